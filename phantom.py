@@ -1,0 +1,842 @@
+"""Synthetic AKOA-style knee MRI: sagittal slices of left and right knees, written to disk with AKOA file names.
+
+The OAI "AKOA" slices cannot be downloaded, so this module draws stand-ins procedurally and writes them the way AKOA
+ships them (flat folder, 8-bit grayscale PNG, 228 x 260, `OAI<id>_BaseLine_<visit>[_]de3d1_SAG_3D_DESS_WE_<SIDE>
+.nii.gz_<slice>.png`), so training on them runs every code path real data takes. Only numpy and Pillow are used.
+
+What a slice shows (DESS with water excitation, so fat is dark and fluid and cartilage are bright): femur shaft,
+metaphysis, condyles and trochlea; tibia with its plateau, shaft and tuberosity; fibular head (lateral slices);
+patella, quadriceps and patellar tendons, Hoffa's fat pad, prefemoral fat, suprapatellar recess; cartilage, joint
+fluid and menisci; cruciate ligaments (notch slices); popliteal vessels; muscles with fascia; subcutaneous fat and
+the skin outline. Each patient has their own bone sizes, intensities and effusion; each scan its own knee flexion,
+pose (rotation +-15 deg, shift, scale 0.85-1.15, occasional crop/zoom), bias field, gamma, gain and Rician noise;
+each slice a little patient motion (+-2 deg, +-2 mm).
+Across the 40 slices of a scan the cut moves from one side of the knee to the other: condyles grow and shrink, the
+notch shows the cruciates, the patella only appears in central slices, the fibula only laterally, and the edge
+slices are mostly muscle and fat.
+
+Orientation (the label): images are seen with superior at the top. A RIGHT knee faces anterior (patella, front of
+the knee) to the image LEFT, as sagittal MRI is usually displayed; a LEFT knee is its mirror image, anterior to the
+image RIGHT. Slices run from the patient's right to left, so slice 0 of a right knee is lateral and slice 0 of a left
+knee is medial. Output is byte-identical for the same seed (every scan has its own generator seeded from
+(seed, patient, scan), so the number of workers does not matter).
+
+Commands:
+    python phantom.py data/phantom --patients 40               # the default training set of train.py
+    python phantom.py data/akoa_like --patients 330             # AKOA-sized: 18,480 slices, 462 scans
+    python phantom.py data/phantom --patients 40 --sheet docs/phantom_sheet.png
+
+Expected output (2-core CPU; 5-6 ms of one core per slice, about half drawing and half PNG encoding, so ~7 s with
+both cores free and ~15 s with one):
+    wrote 2,280 images to data/phantom: 40 patients, 57 scans, LEFT 960 / RIGHT 1,320 images (42.1% left) in 14.7 s
+A second run with the same arguments finds phantom.json and prints "reused 2,280 images in data/phantom: ...".
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import multiprocessing
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+VERSION = 1  # bump whenever the pictures change, so an old set on disk is not reused
+HEIGHT, WIDTH = 228, 260  # AKOA slice size (rows, columns)
+FOV_MM = 140.0  # width of the field of view at pose scale 1, in mm
+_RENDER_DIV = 2  # anatomy is drawn at 1/2 resolution, then upsampled (partial-volume blur for free)
+_EDGE_PX = 1.0  # width of the soft edge of every shape, in render pixels
+_MARGIN = 6  # render pixels drawn beyond each border
+_MOTION = (2.0, 2.0)  # per-slice motion: rotation (degrees) and shift (mm) drawn uniformly within +-these
+
+FILE_RE = re.compile(
+    r"^(?P<patient>OAI\d{7})_BaseLine_(?P<visit>\d+)_?de3d1_SAG_3D_DESS_WE_(?P<side>RIGHT|LEFT|Left)\.nii\.gz_"
+    r"(?P<slice>\d+)\.png$"
+)
+_SIDE_RE = re.compile(r"_(R_I_G_H_T|L_E_F_T|RIGHT|LEFT|Right|Left|right|left)\.nii", re.IGNORECASE)
+
+# Population: AKOA has ~42% left images; some patients have both knees, some several visits.
+LEFT_FRACTION = 0.42
+BOTH_KNEES_FRACTION = 0.25
+SECOND_VISIT_FRACTION = 0.12
+LEFT_TITLE_CASE = 0.2  # share of left scans whose name says "Left" instead of "LEFT"
+_VISITS = (3, 4, 5, 6, 7, 8, 100, 101, 102)
+_VISIT_WEIGHTS = (0.3, 0.14, 0.1, 0.08, 0.06, 0.05, 0.1, 0.1, 0.07)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Population
+# --------------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ScanSpec:
+    """One scan (patient + visit + knee) of the population.
+
+    Args:
+        patient_index: int. Position of the patient in the population (seeds their anatomy).
+        scan_index: int. Position of the scan among the patient's scans (seeds its pose and noise).
+        patient: str. Patient id, "OAI" and 7 digits.
+        visit: int. Visit number written after "BaseLine_".
+        side: str. "LEFT" or "RIGHT", the label.
+        side_text: str. The side as the file name spells it ("RIGHT", "LEFT" or "Left").
+    """
+
+    patient_index: int
+    scan_index: int
+    patient: str
+    visit: int
+    side: str
+    side_text: str
+
+    def filename(self, slice_index):
+        sep = "" if self.visit >= 100 else "_"  # AKOA drops the "_" after three-digit visits
+        stem = f"{self.patient}_BaseLine_{self.visit}{sep}de3d1_SAG_3D_DESS_WE_{self.side_text}"
+        return f"{stem}.nii.gz_{slice_index}.png"
+
+
+def plan_population(patients, seed=0):
+    """Patients, visits and knees of a synthetic AKOA set; the same (patients, seed) always gives the same list.
+
+    Quotas rather than coin flips fix the mix for any size: a quarter of the patients have both knees, about 12% a
+    second visit, and the single-knee patients are split so that about 42% of the scans (and images) are left knees.
+    """
+    if patients < 1:
+        raise ValueError(f"patients must be at least 1, got {patients}")
+    rng = np.random.default_rng([seed, 7919])
+    ids = 9_000_000 + rng.choice(1_000_000, size=patients, replace=False)
+    n_both = round(BOTH_KNEES_FRACTION * patients)
+    n_left = max(0, min(patients - n_both, round(LEFT_FRACTION * (patients + n_both)) - n_both))
+    kinds = ["both"] * n_both + ["LEFT"] * n_left + ["RIGHT"] * (patients - n_both - n_left)
+    kinds = [kinds[i] for i in rng.permutation(patients)]
+    n_visits = np.ones(patients, dtype=int)
+    n_visits[rng.permutation(patients)[: round(SECOND_VISIT_FRACTION * patients)]] = 2
+    weights = np.asarray(_VISIT_WEIGHTS) / sum(_VISIT_WEIGHTS)
+    specs = []
+    for p in range(patients):
+        visits = sorted(int(v) for v in rng.choice(_VISITS, size=n_visits[p], replace=False, p=weights))
+        sides = ["RIGHT", "LEFT"] if kinds[p] == "both" else [kinds[p]]
+        scan = 0
+        for visit in visits:
+            for side in sides:
+                text = "Left" if side == "LEFT" and rng.random() < LEFT_TITLE_CASE else side
+                specs.append(ScanSpec(p, scan, f"OAI{ids[p]:07d}", visit, side, text))
+                scan += 1
+    return specs
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Anatomy
+# --------------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Anatomy:
+    """Everything that shapes one scan: the patient's anatomy and tissue contrast, and the scan's pose and imaging.
+
+    Lengths are in mm, angles in degrees, intensities in arbitrary signal units (fluid near 0.85).
+    """
+
+    side: str  # "LEFT" or "RIGHT"
+    # --- patient: bones and soft tissue ---
+    size: float  # overall scale of the knee
+    condyle_radius: float  # radius of the femoral condyles in their thickest slice
+    patella_half_length: float
+    patella_half_thickness: float
+    patella_height: float  # patella alta (+) / baja (-), mm above the usual position
+    plateau_half_length: float  # antero-posterior half length of the tibial plateau
+    cartilage: float  # cartilage thickness
+    fat_front: float  # subcutaneous fat in front of the knee
+    fat_back: float  # subcutaneous fat behind the knee
+    leg_depth: float  # multiplies the posterior soft tissue (muscle bulk)
+    effusion: float  # 0..1, joint fluid in the suprapatellar recess
+    # --- patient: intensities ---
+    fat_signal: float
+    muscle_signal: float
+    marrow_signal: float
+    cartilage_signal: float
+    fluid_signal: float
+    vessel_signal: float
+    ligament_signal: float
+    dark_signal: float  # cortex, tendons, menisci
+    # --- scan: pose ---
+    flexion: float  # knee flexion angle
+    rotation: float  # in-plane rotation of the whole picture
+    scale: float
+    shift_x: float  # mm, image right positive
+    shift_y: float  # mm, image up positive
+    slice_from: float  # first slice position, in units of the half width of the knee (negative = medial)
+    slice_to: float
+    # --- scan: imaging ---
+    noise: float  # standard deviation of each of the two complex noise channels
+    gain: float
+    gamma: float
+    bias: tuple  # coefficients of the quadratic bias field (x, y, x^2, xy, y^2)
+    texture_seed: int
+
+
+def _sample_patient(rng):
+    size = float(np.clip(rng.normal(1.0, 0.06), 0.88, 1.12))
+    return dict(
+        size=size,
+        condyle_radius=rng.uniform(19.0, 23.0) * size,
+        patella_half_length=rng.uniform(17.0, 21.0) * size,
+        patella_half_thickness=rng.uniform(8.0, 10.5) * size,
+        patella_height=rng.uniform(-4.0, 8.0),
+        plateau_half_length=rng.uniform(23.0, 27.0) * size,
+        cartilage=rng.uniform(1.8, 3.0),
+        fat_front=rng.uniform(2.5, 8.0),
+        fat_back=rng.uniform(6.0, 16.0),
+        leg_depth=rng.uniform(0.85, 1.2),
+        effusion=float(rng.beta(1.2, 3.0)),
+        fat_signal=rng.uniform(0.08, 0.2),
+        muscle_signal=rng.uniform(0.26, 0.38),
+        marrow_signal=rng.uniform(0.14, 0.3),
+        cartilage_signal=rng.uniform(0.55, 0.72),
+        fluid_signal=rng.uniform(0.75, 0.95),
+        vessel_signal=rng.uniform(0.3, 0.55),
+        ligament_signal=rng.uniform(0.06, 0.14),
+        dark_signal=rng.uniform(0.02, 0.05),
+    )
+
+
+def sample_anatomy(rng, *, side=None, patient=None):
+    """Draws the parameters of one scan; `patient` (from a previous draw's patient fields) keeps a patient's anatomy.
+
+    Args:
+        rng: numpy.random.Generator.
+        side: str or None. "LEFT" or "RIGHT"; None draws one.
+        patient: dict or None. Patient fields to reuse (as `_sample_patient` returns); None draws a new patient.
+
+    Returns:
+        An `Anatomy`.
+    """
+    if side is None:
+        side = "LEFT" if rng.random() < LEFT_FRACTION else "RIGHT"
+    if side not in ("LEFT", "RIGHT"):
+        raise ValueError(f"side must be 'LEFT' or 'RIGHT', got {side!r}")
+    if patient is None:
+        patient = _sample_patient(rng)
+    scale = rng.uniform(0.85, 1.15)
+    shift_x, shift_y = rng.uniform(-10.0, 10.0), rng.uniform(-10.0, 10.0)
+    if rng.random() < 0.08:  # occasional crop: a zoomed-in, off-centre field of view
+        scale *= rng.uniform(1.05, 1.2)
+        shift_x += rng.uniform(-6.0, 6.0)
+        shift_y += rng.uniform(-10.0, 10.0)
+    centre = rng.normal(0.0, 0.05)
+    half = rng.uniform(0.9, 1.06)  # bones end near |s| = 1: about 3% of slices are soft tissue only
+    return Anatomy(
+        side=side,
+        **{k: float(v) for k, v in patient.items()},
+        flexion=float(rng.uniform(0.0, 30.0)),
+        rotation=float(rng.uniform(-15.0, 15.0)),
+        scale=float(scale),
+        shift_x=float(shift_x),
+        shift_y=float(shift_y),
+        slice_from=float(centre - half),
+        slice_to=float(centre + half),
+        noise=float(rng.uniform(0.012, 0.04)),
+        gain=float(rng.uniform(0.8, 1.25)),
+        gamma=float(rng.uniform(0.75, 1.3)),
+        bias=tuple(float(c) for c in rng.normal(0.0, [0.1, 0.1, 0.05, 0.05, 0.05])),
+        texture_seed=int(rng.integers(2**31)),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Drawing
+# --------------------------------------------------------------------------------------------------------------------
+def _bump(s, centre, half):
+    """Cross-section factor of a rounded structure centred at `centre` with half width `half` along the slices."""
+    x = (s - centre) / half
+    return math.sqrt(1.0 - x * x) if abs(x) < 1.0 else 0.0
+
+
+def _rotate(x, y, px, py, degrees):
+    """Coordinates of points (x, y) rotated by `degrees` (counter-clockwise) about (px, py)."""
+    a = math.radians(degrees)
+    c, s = math.cos(a), math.sin(a)
+    return px + c * (x - px) - s * (y - py), py + s * (x - px) + c * (y - py)
+
+
+def _ellipse(u, v, cx, cy, a, b, tilt=0.0):
+    """Normalised radius of the ellipse (1 on its outline) at every point."""
+    du, dv = u - cx, v - cy
+    if tilt:
+        c, s = math.cos(math.radians(tilt)), math.sin(math.radians(tilt))
+        du, dv = c * du + s * dv, -s * du + c * dv
+    return np.sqrt((du / a) ** 2 + (dv / b) ** 2)
+
+
+def _segment(u, v, ax, ay, bx, by):
+    """Distance from every point to the segment from (ax, ay) to (bx, by)."""
+    ex, ey = bx - ax, by - ay
+    t = np.clip(((u - ax) * ex + (v - ay) * ey) / (ex * ex + ey * ey), 0.0, 1.0)
+    return np.sqrt((u - ax - t * ex) ** 2 + (v - ay - t * ey) ** 2)
+
+
+def _smooth_min(a, b, k):
+    """Union of two shapes given as signed distances, with the joint rounded over about `k` mm."""
+    h = np.maximum(k - np.abs(a - b), 0.0) * (0.5 / math.sqrt(k))
+    return np.minimum(a, b) - h * h
+
+
+def _smooth_noise(rng, shape, cells):
+    """A smooth random field (zero mean, unit-ish amplitude): coarse Gaussian grid upsampled bilinearly."""
+    h, w = shape
+    grid = rng.standard_normal((max(2, round(cells * h / w)), cells)).astype(np.float32)
+    return np.asarray(Image.fromarray(grid, mode="F").resize((w, h), Image.BILINEAR))
+
+
+class _Scene:
+    """The per-scan part of the drawing: coordinate grids, distance fields, textures, bias and the intensity table.
+
+    `render(s, rng)` then only combines the precomputed fields for one slice position s (-1 medial .. +1 lateral).
+    """
+
+    def __init__(self, an, height, width):
+        if an.side not in ("LEFT", "RIGHT"):
+            raise ValueError(f"side must be 'LEFT' or 'RIGHT', got {an.side!r}")
+        self.an, self.height, self.width = an, height, width
+        hr, wr = -(-height // _RENDER_DIV), -(-width // _RENDER_DIV)
+        m = _MARGIN
+        # the drawing has a margin, so that the small per-slice motion never pulls black into the picture
+        self.in_centre = ((wr + 2 * m) / 2, (hr + 2 * m) / 2)
+        self.in_scale = wr / width
+        mm = FOV_MM / wr  # mm per render pixel
+        self.inv_edge = np.float32(1.0 / (_EDGE_PX * mm))
+        f32 = np.float32
+
+        # --- canonical frame: mm, u anterior, v superior, femoral condyle centre near (0, R + cartilage) ---
+        R = an.condyle_radius
+        tc = an.cartilage
+        xc = 0.0
+        yc = tc + 0.5 + R  # lateral condyle centre; its bone surface ends tc + 0.5 above the joint line (v = 0)
+        ii, jj = np.mgrid[-m : hr + m, -m : wr + m].astype(np.float64)
+        X = (jj + 0.5 - wr / 2) * mm - an.shift_x
+        Y = (hr / 2 - ii - 0.5) * mm - an.shift_y
+        hr, wr = hr + 2 * m, wr + 2 * m  # size of the drawing
+        c, s = math.cos(math.radians(an.rotation)), math.sin(math.radians(an.rotation))
+        u = (c * X + s * Y) / an.scale
+        v = (-s * X + c * Y) / an.scale
+        if an.side == "RIGHT":
+            u = -u  # anterior to the image left
+        xm = xc - 0.15 * R  # middle of the leg, front to back: the image centre
+        u = u + xm
+        v = v + 0.35 * R
+
+        # --- femur ---
+        xs, hw = xc + 0.35 * R, 0.62 * R  # shaft axis and half width
+        self.f_shaft_x = np.abs(u - xs).astype(f32)
+        self.f_shaft_y = (yc + 4.0 - v).astype(f32)
+        self.hw = hw
+        self.f_meta = _ellipse(u, v, xc + 0.2 * R, yc + 0.35 * R, 1.0 * R, 1.2 * R).astype(f32)
+        self.meta_scale = 1.0 * R
+        self.f_notch = (yc - v).astype(f32)  # the intercondylar notch cuts the metaphysis from below
+        self.f_med = _ellipse(u, v, xc - 0.06 * R, yc + 0.05 * R, 1.12 * R * 1.05, 1.05 * R).astype(f32)
+        self.f_lat = _ellipse(u, v, xc, yc, 0.95 * R * 1.05, 0.95 * R * 1.05).astype(f32)
+        self.R = R
+        xtr, ytr, rtr = xc + 0.62 * R, yc + 0.3 * R, 0.72 * R  # trochlea
+        self.f_troch = np.sqrt((u - xtr) ** 2 + (v - ytr) ** 2).astype(f32)
+        self.rtr = rtr
+        self.f_artic = ((v < yc + 0.45 * R) | ((u > xs + 0.5 * hw) & (v < yc + 1.15 * R))).astype(f32)
+
+        # --- tibia (its own frame, rotated about the condyle centre by the flexion angle) ---
+        ut, vt = _rotate(u, v, xc, yc, an.flexion)
+        yt = -(tc + 0.5)  # plateau bone surface
+        xt, tp = xc + 0.1 * R, an.plateau_half_length
+        self.t_top = (vt - yt).astype(f32)
+        self.t_curve = ((ut - xt) ** 2 / R).astype(f32)
+        self.t_meta = _ellipse(ut, vt, xt, yt - 0.75 * R, tp, 1.0 * R).astype(f32)
+        self.t_meta_scale = min(tp, R)
+        self.t_shaft_x = np.abs(ut - (xt - 0.1 * R)).astype(f32)
+        self.t_shaft_y = (vt - (yt - 0.9 * R)).astype(f32)
+        self.t_tub = np.sqrt((ut - (xt + 0.9 * tp)) ** 2 + (vt - (yt - 1.15 * R)) ** 2).astype(f32)
+        self.t_fib = _ellipse(ut, vt, xt - 0.72 * tp, yt - 1.3 * R, 0.36 * R, 0.45 * R).astype(f32)
+        self.t_artic = ((vt > yt - 0.3 * R) & (np.abs(ut - xt) < 1.05 * tp)).astype(f32)
+        # points of the tibia in the canonical frame (for tendons and ligaments)
+        tub = _rotate(xt + 0.9 * tp + 0.25 * R, yt - 1.1 * R, xc, yc, -an.flexion)
+        t_back = _rotate(xt - 0.8 * tp, yt - 0.2 * R, xc, yc, -an.flexion)
+        t_front = _rotate(xt + 0.3 * tp, yt, xc, yc, -an.flexion)
+
+        # --- patella (rides the trochlea: rotated about the trochlea centre by 60% of the flexion) ---
+        pt, pl = an.patella_half_thickness, an.patella_half_length
+        pcx, pcy = xtr + rtr + tc + 1.0 + pt, ytr + 0.2 * R + an.patella_height
+        pcx, pcy = _rotate(pcx, pcy, xtr, ytr, -0.6 * an.flexion)
+        tilt = 8.0 - 0.6 * an.flexion  # lower pole forward
+        self.p_ell = _ellipse(u, v, pcx, pcy, pt, pl, tilt=tilt).astype(f32)
+        self.p_scale = pt
+        ct, st = math.cos(math.radians(tilt)), math.sin(math.radians(tilt))
+        self.p_artic = ((ct * (u - pcx) + st * (v - pcy)) < -0.2 * pt).astype(f32)
+        top = (pcx - st * pl, pcy + ct * pl)
+        bottom = (pcx + st * pl, pcy - ct * pl)
+        self.quad = _segment(u, v, top[0] - 1.0, top[1] - 2.0, top[0] - 12.0, top[1] + 90.0).astype(f32)
+        self.pat_tendon = _segment(u, v, bottom[0] - 1.0, bottom[1] + 2.0, *tub).astype(f32)
+
+        # --- soft tissue in the knee ---
+        self.hoffa = _ellipse(u, v, xc + 0.95 * R, -0.1 * R, 0.65 * R, 0.8 * R, tilt=-15.0).astype(f32)
+        self.prefem = _ellipse(u, v, xs + hw + 0.45 * R, yc + 1.6 * R, 0.42 * R, 1.3 * R).astype(f32)
+        self.supra = _ellipse(
+            u, v, xs + hw + 0.1 * R + 2.0, yc + 0.95 * R, 0.08 * R + 0.2 * R * an.effusion, 0.8 * R, tilt=8.0
+        ).astype(f32)
+        self.joint = ((np.abs(v) < 0.38 * R) & (u > xc - 1.25 * R) & (u < xc + 1.3 * R)).astype(f32)
+        self.men_back = _ellipse(u, v, xc - 0.92 * R, 0.0, 0.36 * R, 0.16 * R).astype(f32)
+        self.men_front = _ellipse(u, v, xc + 0.85 * R, 0.0, 0.3 * R, 0.15 * R).astype(f32)
+        self.pcl = _segment(u, v, *t_back, xc + 0.15 * R, yc - 0.15 * R).astype(f32)
+        self.acl = _segment(u, v, *t_front, xc - 0.45 * R, yc + 0.25 * R).astype(f32)
+        self.popliteal = _ellipse(u, v, xc - 1.65 * R, 0.4 * R, 0.5 * R, 1.1 * R).astype(f32)
+        self.vessel = _segment(u, v, xc - 1.5 * R, -2.4 * R, xc - 1.35 * R, 3.2 * R).astype(f32)
+
+        # --- leg outline: anterior and posterior skin as functions of height, subcutaneous fat inside ---
+        d = an.leg_depth
+        knots = np.array([-200.0, -1.6 * R, -0.2 * R, pcy, pcy + 2.5 * R, 250.0])
+        front = np.array([xt + tp, xt + tp + 4.0, pcx + 0.2 * pt, pcx + pt, pcx + pt + 6.0, pcx + pt + 30.0])
+        back = xc - R * np.array([2.6, 2.95, 2.5, 2.6, 2.75, 2.95]) * d
+        vv = v.ravel()
+        self.front = (np.interp(vv, knots, front + 3.0).reshape(v.shape) - xm).astype(f32)
+        self.back = (xm - np.interp(vv, knots, back).reshape(v.shape)).astype(f32)
+        self.um = (u - xm).astype(f32)
+        # fascia between muscles (behind the knee), as signed offsets; the slice position moves them
+        self.fascia1 = (u - (xc - 1.25 * R) - 5.0 * np.sin(v / 17.0) + 0.15 * v).astype(f32)
+        self.fascia2 = (u - (xc - 1.75 * R) - 4.0 * np.sin(v / 23.0 + 1.0) - 0.1 * v).astype(f32)
+        self.fascia3 = (v - 0.6 * R + 0.3 * (u - xc) + 4.0 * np.sin(u / 9.0)).astype(f32)
+        self.back_region = (u < xc - 0.9 * R).astype(f32)
+
+        # --- textures, bias field, intensity table ---
+        trng = np.random.default_rng(an.texture_seed)
+        self.tex = [_smooth_noise(trng, (hr, wr), n) for n in (9, 9, 26, 26)]
+        Yf, Xf = np.mgrid[-1.0:1.0:height * 1j, -1.0:1.0:width * 1j]
+        b = an.bias
+        bias = 1.0 + b[0] * Xf + b[1] * Yf + b[2] * Xf**2 + b[3] * Xf * Yf + b[4] * Yf**2
+        self.bias = (np.clip(bias, 0.5, 1.6) * an.gain).astype(f32)
+        self.levels = 1024
+        white = 1.05 * an.fluid_signal
+        self.to_level = np.float32((self.levels - 1) / white)
+        self.lut = np.round(255.0 * np.linspace(0.0, 1.0, self.levels) ** an.gamma).astype(np.uint8)
+        self.noise_bank = None
+
+    def _noise(self, rng):
+        """Two noise fields for one slice: windows at random offsets into a per-scan bank (cheaper than drawing)."""
+        h, w = self.height, self.width
+        if self.noise_bank is None:
+            self.noise_bank = rng.standard_normal((2, 2 * h, 2 * w), dtype=np.float32)
+        oy, ox = rng.integers(0, h, size=2), rng.integers(0, w, size=2)
+        return (self.noise_bank[0, oy[0] : oy[0] + h, ox[0] : ox[0] + w],
+                self.noise_bank[1, oy[1] : oy[1] + h, ox[1] : ox[1] + w])
+
+    def render(self, s, rng):
+        an, R = self.an, self.R
+        k = self.inv_edge
+        lat = s > 0
+
+        def cover(d):  # soft inside-mask of a signed distance (mm)
+            a = 0.5 - d * k
+            np.clip(a, 0.0, 1.0, out=a)
+            return a
+
+        def paint(img, alpha, value):
+            img += alpha * (value - img)
+
+        a1 = 0.9 * s
+        tex = self.tex[0] * math.cos(a1) + self.tex[1] * math.sin(a1)  # coarse, drifts slowly across slices
+        fine = self.tex[2] * math.cos(2.5 * s) + self.tex[3] * math.sin(2.5 * s)
+
+        # leg outline: narrower front to back towards the edge slices
+        w = math.sqrt(max(0.0, 1.0 - (s / 1.7) ** 2))
+        d_skin = np.maximum(self.um - self.front * w, -self.back * w - self.um)
+        img = cover(d_skin) * (an.fat_signal * (1.0 + 0.25 * tex))
+        fat_f, fat_b = an.fat_front * w, an.fat_back * w
+        d_musc = np.maximum(self.um - (self.front * w - fat_f), fat_b - self.back * w - self.um)
+        muscle = cover(d_musc)
+        paint(img, muscle, an.muscle_signal * (1.0 + 0.12 * tex + 0.05 * fine))
+        for field, off, amp in ((self.fascia1, 9.0, 1.0), (self.fascia2, -7.0, 1.0), (self.fascia3, 12.0, 0.7)):
+            d = np.abs(field - off * s) - 0.8
+            paint(img, cover(d) * muscle * self.back_region * amp, an.fat_signal)
+        f = _bump(s, 0.05, 0.6)
+        if f > 0:
+            paint(img, cover((self.popliteal - f) * 0.5 * R), an.fat_signal * (1.0 + 0.3 * fine))
+        f = _bump(s, 0.05, 0.35)
+        if f > 0:
+            paint(img, cover(self.vessel - 3.0 * f), an.vessel_signal)
+
+        # fat pads and fluid in front of the femur
+        f = _bump(s, 0.0, 0.85)
+        if f > 0:
+            paint(img, cover((self.prefem - f) * R * 0.42), an.fat_signal * (1.0 + 0.3 * fine))
+            paint(img, cover((self.hoffa - f) * R * 0.65), an.fat_signal * (1.0 + 0.3 * fine))
+        f = _bump(s, 0.0, 0.6)
+        if f > 0 and an.effusion > 0.05:
+            paint(img, cover((self.supra - f) * R * 0.1), an.fluid_signal * min(1.0, 0.5 + an.effusion))
+
+        # femur: shaft (central slices), metaphysis, condyles (medial / lateral), trochlea
+        f_shaft = _bump(s, 0.0, 0.62)
+        f_meta = _bump(s, 0.0, 1.0)
+        f_med = _bump(s, -0.5, 0.44)
+        f_lat = _bump(s, 0.48, 0.42)
+        f_tr = _bump(s, 0.0, 0.85) * (0.8 + 0.2 * min(1.0, abs(s) / 0.3))
+        d_fem = np.maximum(self.f_shaft_x - self.hw * f_shaft, self.f_shaft_y) if f_shaft > 0 else None
+        parts = []
+        if f_meta > 0:
+            d = (self.f_meta - f_meta) * self.meta_scale
+            notch = _bump(s, 0.0, 0.2)
+            if notch > 0:  # the notch roof rises to the condyle centres between the condyles
+                d = np.maximum(d, self.f_notch + (0.85 - 1.1 * notch) * R)
+            parts.append(d)
+        if f_med > 0:
+            parts.append((self.f_med - f_med) * R)
+        if f_lat > 0:
+            parts.append((self.f_lat - f_lat) * R * 0.95)
+        if f_tr > 0:
+            parts.append(self.f_troch - self.rtr * f_tr)
+        for p in parts:
+            d_fem = p if d_fem is None else _smooth_min(d_fem, p, 6.0)
+
+        # tibia: plateau (concave medially, convex laterally), metaphysis, shaft, tuberosity; fibular head
+        f_t = _bump(s, 0.0, 1.0) ** 0.5
+        f_ts = _bump(s, -0.05, 0.6)
+        f_tub = _bump(s, 0.15, 0.4)
+        f_fib = _bump(s, 0.8, 0.26)
+        d_tib = None
+        if f_t > 0:
+            top = self.t_top - (0.08 if not lat else -0.06) * self.t_curve
+            d_tib = np.maximum((self.t_meta - f_t) * self.t_meta_scale, top)
+            if f_ts > 0:
+                d_tib = np.minimum(d_tib, np.maximum(self.t_shaft_x - 0.6 * R * f_ts, self.t_shaft_y))
+            if f_tub > 0:
+                d_tib = np.minimum(d_tib, self.t_tub - 0.3 * R * f_tub)
+        d_pat = (self.p_ell - _bump(s, 0.05, 0.55)) * self.p_scale if _bump(s, 0.05, 0.55) > 0 else None
+
+        # joint fluid, cartilage, menisci
+        tc = an.cartilage
+        if d_fem is not None and d_tib is not None:
+            paint(img, cover(np.minimum(d_fem, d_tib) - tc - 1.0) * self.joint, an.fluid_signal)
+        if d_fem is not None:
+            paint(img, cover(d_fem - tc) * self.f_artic, an.cartilage_signal * (1.0 + 0.08 * fine))
+        if d_tib is not None:
+            paint(img, cover(d_tib - tc) * self.t_artic, an.cartilage_signal * (1.0 + 0.08 * fine))
+        if d_pat is not None:
+            paint(img, cover(d_pat - tc - 0.8) * self.p_artic, an.cartilage_signal * (1.0 + 0.08 * fine))
+        f = max(f_med, f_lat)
+        if f > 0.3:
+            g = 0.6 + 0.4 * f
+            paint(img, cover((self.men_back - g) * 0.16 * R), an.dark_signal)
+            paint(img, cover((self.men_front - g) * 0.15 * R), an.dark_signal)
+
+        # cruciate ligaments in the notch, tendons in front
+        f = _bump(s, 0.0, 0.22)
+        if f > 0:
+            paint(img, cover(self.pcl - 0.2 * R * f), an.ligament_signal)
+            paint(img, cover(self.acl - 0.14 * R * f), an.ligament_signal * 1.6 * (1.0 + 0.4 * fine))
+        f = _bump(s, 0.05, 0.65)
+        if f > 0:
+            paint(img, cover(self.quad - 4.0 * f), an.dark_signal)
+            paint(img, cover(self.pat_tendon - 3.0 * f), an.dark_signal)
+
+        # bones: dark cortex, mottled marrow
+        marrow = an.marrow_signal * (1.0 + 0.3 * fine + 0.1 * tex)
+        bones = [d for d in (d_fem, d_tib, d_pat) if d is not None]
+        if f_fib > 0:
+            bones.append((self.t_fib - f_fib) * 0.36 * R)
+        for d in bones:
+            paint(img, cover(d), an.dark_signal)
+            paint(img, cover(d + 1.4), marrow)
+
+        # to full size: upsample, bias field, Rician noise, gamma and 8 bits
+        # patient motion between slices: a small rotation and shift, applied while upsampling to full size
+        angle, dx, dy = rng.uniform(-_MOTION[0], _MOTION[0]), *rng.uniform(-_MOTION[1], _MOTION[1], size=2)
+        zoom = self.in_scale
+        a, b = zoom * math.cos(math.radians(angle)), zoom * math.sin(math.radians(angle))
+        cx, cy = self.in_centre
+        mm_in = FOV_MM / (self.width * zoom)  # mm per drawing pixel
+        coeffs = (a, -b, cx + dx / mm_in - (a * self.width / 2 - b * self.height / 2),
+                  b, a, cy + dy / mm_in - (b * self.width / 2 + a * self.height / 2))
+        full = np.asarray(
+            Image.fromarray(img, mode="F").transform(
+                (self.width, self.height), Image.AFFINE, coeffs, resample=Image.BILINEAR
+            )
+        )
+        full = full * self.bias
+        n1, n2 = self._noise(rng)
+        re_ = full + an.noise * n1
+        im_ = an.noise * n2
+        mag = np.sqrt(re_ * re_ + im_ * im_)
+        mag *= self.to_level
+        np.minimum(mag, self.levels - 1, out=mag)
+        return self.lut[mag.astype(np.intp)]
+
+    def slice_position(self, slice_index, num_slices):
+        """Position of a slice across the knee, -1 (medial) .. +1 (lateral); slices run from patient right to left."""
+        t = 0.5 if num_slices == 1 else slice_index / (num_slices - 1)
+        an = self.an
+        s = an.slice_from + (an.slice_to - an.slice_from) * t  # left knee: medial to lateral
+        return -s if an.side == "RIGHT" else s  # right knee: lateral to medial
+
+
+def render_slice(anatomy, slice_index, num_slices, rng, height=HEIGHT, width=WIDTH):
+    """One slice of a scan as an 8-bit grayscale image of shape (height, width); `rng` draws its noise."""
+    if not 0 <= slice_index < num_slices:
+        raise ValueError(f"slice_index {slice_index} is outside 0..{num_slices - 1}")
+    scene = _Scene(anatomy, height, width)
+    return scene.render(scene.slice_position(slice_index, num_slices), rng)
+
+
+def render_scan(anatomy, num_slices, rng, height=HEIGHT, width=WIDTH):
+    """All slices of a scan, shape (num_slices, height, width), uint8; the per-scan work is done once."""
+    scene = _Scene(anatomy, height, width)
+    return np.stack([scene.render(scene.slice_position(i, num_slices), rng) for i in range(num_slices)])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Writing a set
+# --------------------------------------------------------------------------------------------------------------------
+def _scan_rngs(seed, spec):
+    base = [seed, spec.patient_index]
+    return (np.random.default_rng(base), np.random.default_rng(base + [spec.scan_index + 1]),
+            np.random.default_rng(base + [spec.scan_index + 1, 1]))
+
+
+def scan_anatomy(seed, spec):
+    """The `Anatomy` that `generate` draws for scan `spec` of the population made with `seed`."""
+    patient_rng, scan_rng, _ = _scan_rngs(seed, spec)
+    return sample_anatomy(scan_rng, side=spec.side, patient=_sample_patient(patient_rng))
+
+
+def _write_scan(job):
+    out_dir, seed, spec, slices, height, width = job
+    noise_rng = _scan_rngs(seed, spec)[2]
+    scene = _Scene(scan_anatomy(seed, spec), height, width)
+    for i in range(slices):
+        pixels = scene.render(scene.slice_position(i, slices), noise_rng)
+        Image.fromarray(pixels, mode="L").save(Path(out_dir) / spec.filename(i), format="PNG", compress_level=1)
+    return slices
+
+
+def _parameters(patients, seed, slices, height, width):
+    return dict(version=VERSION, patients=patients, seed=seed, slices=slices, height=height, width=width)
+
+
+def _reusable(out, params, paths):
+    """Whether folder `out` already holds the complete set made with `params` (its phantom.json says so)."""
+    meta_path = out / "phantom.json"
+    if not meta_path.is_file() or (out / "phantom.partial").exists():
+        return False
+    try:
+        old = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return False
+    return old.get("parameters") == params and all(p.is_file() for p in paths)
+
+
+def generate(out_dir, *, patients=40, seed=0, slices=40, height=HEIGHT, width=WIDTH, workers=None, progress=True):
+    """Writes a synthetic AKOA set into the flat folder `out_dir` and returns the sorted paths of its images.
+
+    A folder that already holds the same set (its `phantom.json` matches and every image is there) is reused as it
+    is. `phantom.json` (parameters and counts) is written last, so a half-written set is never reused; images of an
+    earlier phantom set in the folder that the new plan does not contain are deleted.
+
+    Args:
+        out_dir: str or Path. Folder to write into (created if missing).
+        patients: int. Number of patients (about 1.4 scans each). Defaults to 40.
+        seed: int. Seed of the population and of every picture. Defaults to 0.
+        slices: int. Slices per scan. Defaults to 40.
+        height, width: int. Image size. Defaults to 228 x 260, as AKOA.
+        workers: int or None. Processes; None uses min(2, CPU count). Defaults to None.
+        progress: bool. Print a progress line to stderr. Defaults to True.
+    """
+    if slices < 1:
+        raise ValueError(f"slices must be at least 1, got {slices}")
+    if height < 16 or width < 16:
+        raise ValueError(f"image size {height} x {width} is too small; use at least 16 x 16")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file, not a folder; pass a folder for the synthetic images")
+    specs = plan_population(patients, seed)
+    names = sorted(spec.filename(i) for spec in specs for i in range(slices))
+    paths = [out / n for n in names]
+    params = _parameters(patients, seed, slices, height, width)
+    meta_path, partial = out / "phantom.json", out / "phantom.partial"
+    if _reusable(out, params, paths):
+        return paths
+
+    out.mkdir(parents=True, exist_ok=True)
+    ours = meta_path.exists() or partial.exists()
+    wanted = set(names)
+    stale = [p for p in out.iterdir() if FILE_RE.match(p.name) and p.name not in wanted]
+    if stale and not ours:
+        raise ValueError(
+            f"{out} already holds {len(stale)} knee images that phantom.py did not write; pick an empty folder"
+        )
+    partial.write_text("phantom.py is writing this folder\n")
+    if meta_path.exists():
+        meta_path.unlink()
+    for p in stale:
+        p.unlink()
+
+    jobs = [(str(out), seed, spec, slices, height, width) for spec in specs]
+    workers = min(2, os.cpu_count() or 1) if workers is None else max(1, int(workers))
+    workers = min(workers, len(jobs))
+    done = 0
+
+    live = progress and sys.stderr.isatty()
+
+    def report(n):
+        if live:
+            print(f"\rphantom: {n}/{len(jobs)} scans", end="", file=sys.stderr, flush=True)
+
+    if workers == 1:
+        for job in jobs:
+            _write_scan(job)
+            done += 1
+            report(done)
+    else:
+        # spawn, not fork: the caller may already run threads (TensorFlow) that a fork would copy half-locked
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            for _ in pool.imap_unordered(_write_scan, jobs, chunksize=1):
+                done += 1
+                report(done)
+    if live:
+        print(file=sys.stderr)
+    elif progress:
+        print(f"phantom: {len(jobs)}/{len(jobs)} scans", file=sys.stderr)
+
+    left = sum(slices for spec in specs if spec.side == "LEFT")
+    counts = dict(
+        images=len(names), scans=len(specs), patients=patients, left_images=left, right_images=len(names) - left
+    )
+    meta_path.write_text(json.dumps(dict(parameters=params, counts=counts), indent=2) + "\n")
+    partial.unlink()
+    return paths
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Contact sheet
+# --------------------------------------------------------------------------------------------------------------------
+def _side_of(name):
+    m = _SIDE_RE.search(name)
+    if not m:
+        return None
+    side = m.group(1).replace("_", "").upper()
+    return "LEFT" if side == "LEFT" else "RIGHT"
+
+
+SHEET_COLUMNS = 4
+SHEET_LABEL = 14  # height of the caption strip under each tile, pixels
+SHEET_PAD = 4
+
+
+def sheet_size(per_side, tile_width=WIDTH, tile_height=HEIGHT):
+    """(width, height) of the contact sheet `contact_sheet` writes for `per_side` images a side."""
+    cols = min(SHEET_COLUMNS, per_side)
+    rows = 2 * -(-per_side // cols)
+    return cols * (tile_width + SHEET_PAD) + SHEET_PAD, rows * (tile_height + SHEET_LABEL + SHEET_PAD) + SHEET_PAD
+
+
+def contact_sheet(paths_or_dir, out_png, *, per_side=8, seed=0):
+    """Writes a grid of example slices: LEFT knees in the top rows, RIGHT knees below, each captioned.
+
+    Slices come from different scans where possible, picked at random with `seed`. Tiles take the size of the first
+    picked image. Returns the path written.
+    """
+    if per_side < 1:
+        raise ValueError(f"per_side must be at least 1, got {per_side}")
+    if isinstance(paths_or_dir, (str, os.PathLike)) and Path(paths_or_dir).is_dir():
+        paths = sorted(Path(paths_or_dir).glob("*.png"))
+    else:
+        paths = sorted(Path(p) for p in paths_or_dir)
+    rng = np.random.default_rng(seed)
+    picked = {}
+    for side in ("LEFT", "RIGHT"):
+        scans = {}
+        for p in paths:
+            if _side_of(p.name) == side:
+                scans.setdefault(p.name.split(".nii")[0], []).append(p)
+        keys = sorted(scans)
+        order = [keys[i] for i in rng.permutation(len(keys))]
+        chosen = []
+        while order and len(chosen) < per_side:  # one slice per scan, then around again
+            for key in order:
+                if len(chosen) == per_side:
+                    break
+                chosen.append(scans[key][rng.integers(len(scans[key]))])
+        picked[side] = chosen
+    first = next((ps[0] for ps in picked.values() if ps), None)
+    if first is None:
+        raise ValueError("found no LEFT or RIGHT knee images to show; pass a folder of AKOA-named PNG files")
+    with Image.open(first) as im:
+        tw, th = im.size
+    cols = min(SHEET_COLUMNS, per_side)
+    rows_per_side = -(-per_side // cols)
+    sheet = Image.new("L", sheet_size(per_side, tw, th), 40)
+    draw = ImageDraw.Draw(sheet)
+    for block, side in enumerate(("LEFT", "RIGHT")):
+        for n, p in enumerate(picked[side]):
+            r, c = block * rows_per_side + n // cols, n % cols
+            x = SHEET_PAD + c * (tw + SHEET_PAD)
+            y = SHEET_PAD + r * (th + SHEET_LABEL + SHEET_PAD)
+            with Image.open(p) as im:
+                tile = im.convert("L")
+                if tile.size != (tw, th):
+                    tile = tile.resize((tw, th), Image.BILINEAR)
+            sheet.paste(tile, (x, y))
+            m = FILE_RE.match(p.name)
+            detail = f"{m['patient']} v{m['visit']} slice {m['slice']}" if m else p.name[:30]
+            draw.text((x + 2, y + th + 1), f"{side}  {detail}", fill=255)
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out, format="PNG")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------------------------
+def _parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Write a synthetic AKOA-style set of sagittal knee MRI slices (left vs right knees)."
+    )
+    parser.add_argument("out", type=Path, help="folder to write the PNG slices into")
+    group = parser.add_argument_group("population")
+    group.add_argument("--patients", type=int, default=40, help="number of patients (default: 40)")
+    group.add_argument("--seed", type=int, default=0, help="seed of population and pictures (default: 0)")
+    group.add_argument("--slices", type=int, default=40, help="slices per scan (default: 40)")
+    group = parser.add_argument_group("images")
+    group.add_argument("--height", type=int, default=HEIGHT, help=f"image height (default: {HEIGHT})")
+    group.add_argument("--width", type=int, default=WIDTH, help=f"image width (default: {WIDTH})")
+    group = parser.add_argument_group("run")
+    group.add_argument("--workers", type=int, default=None, help="processes (default: min(2, CPU count))")
+    group.add_argument("--sheet", type=Path, default=None, help="also write a contact sheet PNG here (default: none)")
+    group.add_argument("--sheet-per-side", type=int, default=8, help="images a side on the sheet (default: 8)")
+    return parser, parser.parse_args(argv)
+
+
+def main(argv=None):
+    parser, args = _parse_args(argv)
+    start = time.perf_counter()
+    try:
+        specs = plan_population(args.patients, args.seed)
+        names = [spec.filename(i) for spec in specs for i in range(args.slices)]
+        params = _parameters(args.patients, args.seed, args.slices, args.height, args.width)
+        reused = _reusable(args.out, params, [args.out / n for n in names])
+        paths = generate(
+            args.out, patients=args.patients, seed=args.seed, slices=args.slices, height=args.height,
+            width=args.width, workers=args.workers,
+        )
+        seconds = time.perf_counter() - start
+        left = sum(args.slices for spec in specs if spec.side == "LEFT")
+        done = f"reused {len(paths):,} images in" if reused else f"wrote {len(paths):,} images to"
+        print(
+            f"{done} {args.out}: {args.patients} patients, {len(specs)} scans, "
+            f"LEFT {left:,} / RIGHT {len(paths) - left:,} images ({left / len(paths):.1%} left) in {seconds:.1f} s"
+        )
+        if args.sheet is not None:
+            contact_sheet(paths, args.sheet, per_side=args.sheet_per_side, seed=args.seed)
+            print(f"wrote contact sheet {args.sheet}")
+    except (ValueError, OSError) as err:
+        parser.exit(2, f"phantom.py: error: {err}\n")
+
+
+if __name__ == "__main__":
+    main()

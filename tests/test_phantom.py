@@ -1,0 +1,165 @@
+"""Tests of the synthetic AKOA-style knee set (phantom.py): names, balance, determinism, orientation, reuse, sheet."""
+
+import hashlib
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import phantom
+
+AKOA_RE = re.compile(r"^OAI\d{7}_BaseLine_\d+_?de3d1_SAG_3D_DESS_WE_(RIGHT|LEFT|Left)\.nii\.gz_\d+\.png$")
+SMALL = dict(patients=3, seed=5, slices=4, progress=False)
+
+
+def _digests(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.png"))}
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("phantom_a")
+    paths = phantom.generate(folder, workers=1, **SMALL)
+    return folder, paths
+
+
+@pytest.fixture(scope="module")
+def slices():
+    """Five slices across each of 120 scans, alternating sides: (images float32 (n, H, W), is_left (n,))."""
+    images, left = [], []
+    for k in range(120):
+        rng = np.random.default_rng([2024, k])
+        side = "LEFT" if k % 2 else "RIGHT"
+        images.append(phantom.render_scan(phantom.sample_anatomy(rng, side=side), 5, rng))
+        left += [side == "LEFT"] * 5
+    return np.concatenate(images).astype(np.float32), np.array(left)
+
+
+def test_same_seed_gives_identical_bytes_whatever_the_workers(small_set, tmp_path):
+    folder, paths = small_set
+    again = phantom.generate(tmp_path / "b", workers=2, **SMALL)
+    assert [p.name for p in again] == [p.name for p in paths]
+    assert _digests(tmp_path / "b") == _digests(folder)
+    other = phantom.generate(tmp_path / "c", workers=1, **{**SMALL, "seed": 6})
+    assert len(other) == len(paths)
+    assert not set(_digests(tmp_path / "c").values()) & set(_digests(folder).values())
+
+
+def test_files_are_akoa_named_8_bit_gray_228_by_260(small_set):
+    folder, paths = small_set
+    assert paths == sorted(paths)
+    specs = phantom.plan_population(3, 5)
+    assert len(paths) == 4 * len(specs)
+    assert sorted(p.name for p in folder.glob("*.png")) == [p.name for p in paths]
+    for p in paths:
+        assert AKOA_RE.match(p.name), p.name
+        with Image.open(p) as im:
+            assert (im.mode, im.size, im.format) == ("L", (260, 228), "PNG")
+    slice_numbers = {int(p.name.rsplit("_", 1)[1][:-4]) for p in paths}
+    assert slice_numbers == {0, 1, 2, 3}
+
+
+def test_population_has_akoa_balance_and_name_variants():
+    for seed in (0, 1):
+        specs = phantom.plan_population(200, seed)
+        assert specs == phantom.plan_population(200, seed)
+        left = sum(s.side == "LEFT" for s in specs) / len(specs)  # equal slices per scan: image fraction
+        assert 0.36 <= left <= 0.48
+        assert 1.2 <= len(specs) / 200 <= 1.6  # AKOA: 18,680 / 40 slices = 467 scans
+        by_patient = {}
+        for s in specs:
+            assert re.fullmatch(r"OAI\d{7}", s.patient)
+            by_patient.setdefault(s.patient, []).append(s)
+        assert len(by_patient) == 200
+        assert any({s.side for s in ss} == {"LEFT", "RIGHT"} for ss in by_patient.values())
+        assert any(len({s.visit for s in ss}) > 1 for ss in by_patient.values())
+        names = [s.filename(0) for s in specs]
+        assert all(AKOA_RE.match(n) for n in names)
+        assert any("_de3d1" in n for n in names) and any(re.search(r"\dde3d1", n) for n in names)
+        assert {s.side_text for s in specs} == {"LEFT", "Left", "RIGHT"}
+        assert all(s.side == "LEFT" for s in specs if s.side_text == "Left")
+        assert {s.visit for s in specs} <= {3, 4, 5, 6, 7, 8, 100, 101, 102}
+        assert len({(s.patient, s.visit, s.side) for s in specs}) == len(specs)
+
+
+def test_left_and_right_knees_are_mirror_images(slices):
+    images, left = slices
+    mean_left, mean_right = images[left].mean(0), images[~left].mean(0)
+    flipped = mean_right[:, ::-1]
+    corr = np.corrcoef(mean_left.ravel(), flipped.ravel())[0, 1]
+    assert corr > 0.97
+    # the mirror matches far better than the unflipped right knee: the sides really are oriented oppositely
+    assert np.abs(mean_left - flipped).mean() < 0.5 * np.abs(mean_left - mean_right).mean()
+
+
+def test_no_single_pixel_tells_the_side_but_the_anatomy_does(slices):
+    images, left = slices
+    n = len(left)
+    per_pixel = np.ascontiguousarray(images.reshape(n, -1).T)  # (pixels, images)
+    ranked = left[np.argsort(per_pixel, axis=1)]  # each pixel's labels, sorted by its value
+    left_below = np.cumsum(ranked, axis=1, dtype=np.int32)
+    right_below = np.arange(1, n + 1, dtype=np.int32) - left_below
+    n_left, n_right = left.sum(), n - left.sum()
+    hits = np.maximum(left_below + n_right - right_below, right_below + n_left - left_below).max(1)
+    assert hits.max() / n < 0.9  # best threshold on any one pixel (ties only make this higher)
+    # ... while a mirrored template built on half of the scans tells the sides of the other half
+    train = np.repeat(np.arange(120) < 60, 5)
+    template = images[train & left].mean(0) - images[train & ~left].mean(0)
+    template = (template + template[:, ::-1] * -1) / 2  # odd under the mirror: a right knee scores the opposite
+    scores = (images[~train] - images[~train].mean((1, 2), keepdims=True)).reshape(-1, template.size) @ template.ravel()
+    assert ((scores > 0) == left[~train]).mean() > 0.7  # ~0.8; 0.5 if the sides were not mirrored
+
+
+def test_slices_change_across_the_knee():
+    rng = np.random.default_rng(3)
+    anatomy = phantom.sample_anatomy(rng, side="RIGHT")
+    scan = phantom.render_scan(anatomy, 40, np.random.default_rng(0))
+    assert scan.shape == (40, 228, 260) and scan.dtype == np.uint8
+    one = phantom.render_slice(anatomy, 20, 40, np.random.default_rng(0))
+    assert one.shape == (228, 260) and one.dtype == np.uint8
+    # neighbours differ by little more than noise; the edge of the knee looks unlike its middle
+    scan = scan.astype(np.float32)
+    near = np.abs(scan[20] - scan[21]).mean()
+    assert np.abs(scan[0] - scan[20]).mean() > 1.5 * near and np.abs(scan[39] - scan[20]).mean() > 1.5 * near
+    with pytest.raises(ValueError, match="outside"):
+        phantom.render_slice(anatomy, 40, 40, rng)
+
+
+def test_second_call_reuses_the_set_and_new_parameters_replace_it(tmp_path):
+    paths = phantom.generate(tmp_path, workers=1, **SMALL)
+    stamps = {p: p.stat().st_mtime_ns for p in paths + [tmp_path / "phantom.json"]}
+    assert phantom.generate(tmp_path, workers=1, **SMALL) == paths
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    fewer = phantom.generate(tmp_path, workers=1, **{**SMALL, "patients": 2})
+    assert sorted(tmp_path.glob("*.png")) == fewer
+    assert len(fewer) < len(paths)
+    assert (tmp_path / "phantom.json").is_file() and not (tmp_path / "phantom.partial").exists()
+
+
+def test_refuses_a_folder_of_foreign_knee_images(tmp_path):
+    (tmp_path / "OAI9999999_BaseLine_3_de3d1_SAG_3D_DESS_WE_LEFT.nii.gz_0.png").write_bytes(b"x")
+    with pytest.raises(ValueError, match="did not write"):
+        phantom.generate(tmp_path, workers=1, **SMALL)
+
+
+def test_contact_sheet_puts_left_knees_on_top(small_set, tmp_path):
+    folder, paths = small_set
+    out = phantom.contact_sheet(folder, tmp_path / "sheet.png", per_side=3, seed=1)
+    with Image.open(out) as im:
+        assert im.size == (3 * (260 + 4) + 4, 2 * (228 + 14 + 4) + 4)
+        sheet = np.asarray(im)
+    pixels = {p.name: np.asarray(Image.open(p)) for p in paths}
+    top, bottom = sheet[4 : 4 + 228, 4 : 4 + 260], sheet[250 : 250 + 228, 4 : 4 + 260]
+    assert [n for n, a in pixels.items() if np.array_equal(a, top)][0].split("_WE_")[1].upper().startswith("LEFT")
+    assert "_RIGHT." in [n for n, a in pixels.items() if np.array_equal(a, bottom)][0]
+
+
+def test_command_line_writes_and_reports(tmp_path, capsys):
+    phantom.main([str(tmp_path / "set"), "--patients", "2", "--slices", "2", "--sheet", str(tmp_path / "s.png")])
+    out = capsys.readouterr().out
+    n = len(phantom.plan_population(2, 0)) * 2
+    assert f"wrote {n} images" in out and (tmp_path / "s.png").is_file()
+    with pytest.raises(SystemExit):
+        phantom.main([str(tmp_path / "set"), "--patients", "0"])
+    assert "patients must be at least 1" in capsys.readouterr().err
