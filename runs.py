@@ -1,0 +1,121 @@
+"""Run folders: what `train.py` writes and `driver.py` reads.
+
+A run folder holds `config.json` (every setting, the classes, the image size, versions), `split.csv`, the best and the
+last weights (`model.weights.h5`, `last.weights.h5`), `history.csv`, `metrics.json`, the plots and a TensorBoard log.
+Inference rebuilds the model from `config.json` plus weights and never imports the training script; nothing is
+unpickled (Keras `.weights.h5` files are plain HDF5 arrays).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+
+CONFIG = "config.json"
+BEST_WEIGHTS = "model.weights.h5"
+LAST_WEIGHTS = "last.weights.h5"
+STATE = "resume_state.npz"  # weights + optimizer variables of the last completed epoch (for --resume)
+HISTORY = "history.csv"
+METRICS = "metrics.json"
+SPLIT = "split.csv"
+
+
+class RunError(Exception):
+    """A run folder that cannot be used; the message is one sentence for the user."""
+
+
+def _tmp_name(path):
+    path = pathlib.Path(path)
+    # Keras wants weights files to end in ".weights.h5", so the temporary name keeps the ending.
+    return path.with_name(f".tmp-{os.getpid()}-{path.name}")
+
+
+def atomic_write_text(path, text):
+    """Writes text through a temporary file and `os.replace`, so a kill never leaves half a file in place."""
+    tmp = _tmp_name(path)
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path, obj):
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_save_weights(model, path):
+    tmp = _tmp_name(path)
+    model.save_weights(tmp)
+    os.replace(tmp, path)
+
+
+def read_config(run_dir):
+    run_dir = pathlib.Path(run_dir)
+    path = run_dir / CONFIG
+    if not run_dir.is_dir():
+        raise RunError(f"run folder {run_dir} does not exist; pass a folder written by train.py with --run.")
+    if not path.is_file():
+        raise RunError(f"{run_dir} has no {CONFIG}; pass a folder written by train.py with --run.")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise RunError(f"{path} is not readable JSON ({e}); re-run train.py or restore the file.") from None
+    for key in ("model", "data"):
+        if key not in config:
+            raise RunError(f"{path} has no '{key}' section; it was not written by this project's train.py.")
+    return config
+
+
+@dataclasses.dataclass
+class LoadedRun:
+    """A model rebuilt from a run folder, with what inference needs to feed it."""
+
+    run_dir: pathlib.Path
+    config: dict  # the whole config.json
+    model: object  # a built modules.Perceiver with the weights loaded
+    classes: list  # class names; logit i is classes[i]
+    image_size: tuple  # (height, width)
+    channels: int
+    weights_path: pathlib.Path
+
+
+def load_run(run_dir, *, weights="best", dtype=None):
+    """Rebuilds the model of `run_dir` from config.json and loads its best (or `weights="last"`) weights.
+
+    Raises RunError with one sentence when the folder, its config or its weights do not fit together.
+    """
+    from modules import PerceiverConfig, build_model
+
+    run_dir = pathlib.Path(run_dir)
+    config = read_config(run_dir)
+    try:
+        model_config = PerceiverConfig.from_dict(config["model"])
+    except (TypeError, ValueError) as e:
+        raise RunError(f"{run_dir / CONFIG} describes no valid model: {e}") from None
+    data = config["data"]
+    classes = list(data.get("classes", []))
+    if len(classes) != model_config.num_classes:
+        raise RunError(
+            f"{run_dir / CONFIG} lists {len(classes)} classes but its model has {model_config.num_classes} outputs."
+        )
+    weights_path = run_dir / (BEST_WEIGHTS if weights == "best" else LAST_WEIGHTS)
+    if not weights_path.is_file():
+        raise RunError(f"{run_dir} has no {weights_path.name}; train to the end of an epoch or pass another --run.")
+    model = build_model(model_config, dtype=dtype)
+    try:
+        model.load_weights(weights_path)
+    except (ValueError, KeyError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunError(
+            f"the weights in {weights_path} do not fit the model described by {run_dir / CONFIG} "
+            f"(preset {config.get('train', {}).get('preset', '?')}): {first}"
+        ) from None
+    return LoadedRun(
+        run_dir=run_dir,
+        config=config,
+        model=model,
+        classes=classes,
+        image_size=tuple(data["image_size"]),
+        channels=int(data["channels"]),
+        weights_path=weights_path,
+    )

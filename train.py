@@ -1,0 +1,669 @@
+"""Train a Perceiver to tell left knees from right, evaluate it on held-out patients, and write a run folder.
+
+    python train.py                                   # synthetic knee set + akoa preset (minutes on a 2-core CPU)
+    python train.py --data /data/AKOA --out runs/akoa # real AKOA slices, or any DIR/<class>/*.png folder
+    python train.py --out runs/akoa --resume          # continue a killed run from its last completed epoch
+    python train.py --config my.json --lr 1e-3       # settings from a JSON file; flags override it
+
+With no arguments the embedded synthetic set is made (or reused) under data/, the `akoa` preset is trained, and the
+test patients' accuracy is printed at the end, e.g. `test: accuracy 0.995 (452/454 images) ...`. The run folder
+(default runs/<preset>-<time>) holds config.json, split.csv, model.weights.h5 (best on validation loss),
+last.weights.h5, history.csv, metrics.json, acc.png, loss.png, confusion.png, roc.png and tensorboard/.
+
+Several devices: `--distribute mirrored` (TensorFlow, every local GPU), `--distribute multi-worker` (TensorFlow, one
+process per machine, each with TF_CONFIG set), `--distribute data-parallel` (JAX, every local device).
+`--cpu-devices 2` splits the CPU into logical devices, to try the multi-device paths on a laptop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import math
+import os
+import pathlib
+import platform
+import sys
+import time
+
+import numpy as np
+
+PROJECT = pathlib.Path(__file__).resolve().parent
+HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds")
+
+
+class UsageError(Exception):
+    """A mistake the user can fix; printed as one sentence, no traceback."""
+
+
+# ---------------------------------------------------------------------------------------------- settings
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="train.py",
+        description="Train a Perceiver on knee MRI slices (left vs right) and write a run folder.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=None, help="AKOA folder or DIR/<class>/ images; none: the synthetic knee set")
+    g.add_argument("--phantom-patients", type=int, default=40, help="patients in the synthetic set")
+    g.add_argument("--image-size", type=int, default=64, help="images are resized to SIZE x SIZE")
+    g.add_argument("--channels", type=int, default=3, choices=(1, 3), help="image channels")
+    g.add_argument("--split", default="0.6,0.2,0.2", help="train,val,test fractions of the patients")
+    g.add_argument("--split-manifest", default=None, help="reuse the split in this CSV (a run's split.csv)")
+    g.add_argument("--cache-dir", default=None, help="decoded-image cache ($PERCEIVER_CACHE or ~/.cache/...)")
+    g.add_argument("--workers", type=int, default=None, help="decoding processes (None: CPU count)")
+    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="rotation, shift, scale, intensity and contrast jitter (never a plain flip)")
+    g.add_argument("--flip-swap", action="store_true", default=False,
+                   help="also flip images left-right AND swap their left/right labels (off: a mirrored knee is not "
+                        "a real one)")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--preset", default="akoa", help="model preset: akoa, tiny or paper")
+    g.add_argument("--mixed-precision", default="off", choices=("off", "bf16", "fp16"),
+                   help="compute in bfloat16 or float16 with float32 weights and logits")
+    g.add_argument("--xla", action=argparse.BooleanOptionalAction, default=True, help="compile the step with XLA")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=12, help="training epochs")
+    g.add_argument("--batch-size", type=int, default=32, help="global batch size")
+    g.add_argument("--optimizer", default="adamw", choices=("lamb", "adamw"), help="LAMB (the paper) or AdamW")
+    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    g.add_argument("--weight-decay", type=float, default=1e-4,
+                   help="decoupled weight decay (not on biases, norms, latents)")
+    g.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up, then cosine decay to 0")
+    g.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing of the cross-entropy")
+    g.add_argument("--clip-norm", type=float, default=0.0,
+                   help="clip each gradient to this norm (0: off; under --distribute mirrored it clips per replica)")
+
+    g = p.add_argument_group("run")
+    g.add_argument("--out", default=None, help="run folder (default: runs/<preset>-<date>-<time>)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the split, the initial weights and the batches")
+    g.add_argument("--resume", action="store_true", default=False,
+                   help="continue the run in --out from its last completed epoch, with its saved settings")
+    g.add_argument("--config", default=None, help="JSON file of settings (flag names with _); flags override it")
+    g.add_argument("--distribute", default="none", choices=("none", "mirrored", "multi-worker", "data-parallel"),
+                   help="several devices: mirrored/multi-worker (TensorFlow), data-parallel (JAX)")
+    g.add_argument("--cpu-devices", type=int, default=1, help="split the CPU into this many logical devices")
+    g.add_argument("--quiet", action="store_true", default=False, help="no progress bars, only summary lines")
+    return p
+
+
+_NOT_SETTINGS = {"config", "resume", "quiet"}  # how to run, not what to train
+
+
+def parse_settings(argv=None):
+    """Flags over config file over defaults; unknown config keys and wrong types are errors."""
+    parser = build_parser()
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    defaults = {a.dest: a.default for a in parser._actions if a.dest != "help"}
+    model_overrides = {}
+    if known.config:
+        path = pathlib.Path(known.config)
+        try:
+            values = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise UsageError(f"cannot read the config file {path}: {e}") from None
+        if not isinstance(values, dict):
+            raise UsageError(f"config file {path} must hold a JSON object of settings.")
+        model_overrides = values.pop("model", {}) or {}
+        unknown = sorted(set(values) - set(defaults) | (set(values) & _NOT_SETTINGS))
+        if unknown:
+            raise UsageError(f"config file {path} has unknown setting(s) {', '.join(unknown)}; "
+                             f"use the flag names with _ (e.g. batch_size).")
+        for key, value in values.items():
+            default = defaults[key]
+            ok = default is None or isinstance(value, type(default)) or (
+                isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool))
+            if not ok or (isinstance(default, int) and not isinstance(default, bool) and isinstance(value, bool)):
+                raise UsageError(f"config file {path}: {key} must be a {type(default).__name__}, got {value!r}.")
+        parser.set_defaults(**values)
+    args = parser.parse_args(argv)
+    args.model_overrides = model_overrides
+    return args
+
+
+def check_settings(args):
+    from dataset import DataError, _parse_floats
+
+    checks = [
+        (args.epochs >= 1, f"--epochs {args.epochs} must be at least 1"),
+        (args.batch_size >= 1, f"--batch-size {args.batch_size} must be at least 1"),
+        (args.lr > 0, f"--lr {args.lr} must be positive"),
+        (args.weight_decay >= 0, f"--weight-decay {args.weight_decay} must be zero or positive"),
+        (args.warmup_epochs >= 0, f"--warmup-epochs {args.warmup_epochs} must be zero or positive"),
+        (0 <= args.label_smoothing < 1, f"--label-smoothing {args.label_smoothing} must be in [0, 1)"),
+        (args.clip_norm >= 0, f"--clip-norm {args.clip_norm} must be zero or positive"),
+        (args.image_size >= 4, f"--image-size {args.image_size} must be at least 4"),
+        (args.phantom_patients >= 5, f"--phantom-patients {args.phantom_patients} must be at least 5"),
+        (args.cpu_devices >= 1, f"--cpu-devices {args.cpu_devices} must be at least 1"),
+        (args.seed >= 0, f"--seed {args.seed} must be zero or positive"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message + ".")
+    try:
+        args.ratios = _parse_floats(args.split, 3, "--split")
+    except DataError as e:
+        raise UsageError(str(e)) from None
+    from modules import PRESETS
+
+    if args.preset not in PRESETS:
+        raise UsageError(f"--preset {args.preset!r} is not one of {', '.join(sorted(PRESETS))}.")
+
+
+# ---------------------------------------------------------------------------------------------- devices
+
+
+def setup_devices(args):
+    """Must run before Keras is imported: JAX reads XLA_FLAGS once, TensorFlow fixes its devices at first use."""
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if args.cpu_devices > 1 and backend == "jax":
+        flags = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.cpu_devices}".strip()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if args.cpu_devices > 1:
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * args.cpu_devices)
+
+
+def distribution_scope(args):
+    """A context for building the model, per --distribute; checks that the engine fits the backend."""
+    import contextlib
+
+    import keras
+
+    backend = keras.backend.backend()
+    if args.distribute == "none":
+        return contextlib.nullcontext(), 1
+    if args.distribute in ("mirrored", "multi-worker"):
+        if backend != "tensorflow":
+            raise UsageError(f"--distribute {args.distribute} needs KERAS_BACKEND=tensorflow (it is {backend}); "
+                             "under JAX use --distribute data-parallel.")
+        import tensorflow as tf
+
+        if args.distribute == "mirrored":
+            gpus = tf.config.list_logical_devices("GPU")
+            devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+            strategy = tf.distribute.MirroredStrategy(devices=devices)
+        else:
+            strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        return strategy.scope(), strategy.num_replicas_in_sync
+    if backend != "jax":
+        raise UsageError(f"--distribute data-parallel needs KERAS_BACKEND=jax (it is {backend}); "
+                         "under TensorFlow use --distribute mirrored.")
+    devices = keras.distribution.list_devices()
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+    return contextlib.nullcontext(), len(devices)
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def prepare(args, run_dir, manifest):
+    import dataset
+
+    if args.data is None:
+        import phantom
+
+        root = PROJECT / "data" / f"phantom-{args.phantom_patients}p-seed{args.seed}"
+        print(f"data: synthetic knee set in {root} ({args.phantom_patients} patients)", flush=True)
+        phantom.generate(root, patients=args.phantom_patients, seed=args.seed, progress=not args.quiet)
+    else:
+        root = pathlib.Path(args.data)
+    t0 = time.time()
+    try:
+        data = dataset.prepare_data(
+            root, ratios=args.ratios, seed=args.seed, manifest=manifest, size=(args.image_size, args.image_size),
+            channels=args.channels, cache_dir=args.cache_dir, workers=args.workers,
+            progress=not args.quiet and sys.stderr.isatty(),
+        )
+    except dataset.DataError as e:
+        raise UsageError(str(e)) from None
+    counts = {s: len(data.paths[s]) for s in dataset.SPLITS}
+    for name, n in counts.items():
+        if n == 0:
+            raise UsageError(f"the {name} split of {root} is empty ({counts}); add images or change --split.")
+    if len(data.classes) < 2:
+        raise UsageError(f"{root} has only the class {data.classes}; a classifier needs at least two.")
+    print(f"data: {len(data.records):,} images of {len(data.classes)} classes {data.classes}; "
+          f"train {counts['train']:,} / val {counts['val']:,} / test {counts['test']:,} images, split by patient "
+          f"({data.source}); {len(data.skipped)} skipped; loaded in {time.time() - t0:.1f} s"
+          f"{' from cache' if data.from_cache else ''}", flush=True)
+    for path, reason in data.skipped[:5]:
+        print(f"  skipped {path}: {reason}")
+    if len(data.skipped) > 5:
+        print(f"  ... and {len(data.skipped) - 5} more (python dataset.py summary {root} lists them all)")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+def make_optimizer(args, steps_per_epoch):
+    import keras
+
+    total = max(1, args.epochs * steps_per_epoch)
+    warmup = min(total - 1, int(round(args.warmup_epochs * steps_per_epoch)))
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else args.lr, decay_steps=max(1, total - warmup),
+        warmup_target=args.lr if warmup else None, warmup_steps=warmup,
+    )
+    common = dict(learning_rate=schedule, weight_decay=args.weight_decay or None,
+                  clipnorm=args.clip_norm or None)
+    optimizer = keras.optimizers.Lamb(**common) if args.optimizer == "lamb" else keras.optimizers.AdamW(**common)
+    if args.weight_decay:
+        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "latents"])
+    return optimizer
+
+
+def make_loss(num_classes, label_smoothing):
+    import keras
+    from keras import ops
+
+    if not label_smoothing:
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    smoothed = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing)
+
+    def loss(y_true, logits):
+        return smoothed(ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), num_classes), logits)
+
+    return loss
+
+
+def model_config(args, num_classes, channels):
+    from modules import PerceiverConfig
+
+    size = (args.image_size, args.image_size, channels)
+    try:
+        return PerceiverConfig.preset(args.preset, **{"input_shape": size, "num_classes": num_classes,
+                                                       **args.model_overrides})
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"model settings: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def softmax(logits):
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def cross_entropy(logits, labels, label_smoothing=0.0):
+    """Mean cross-entropy over the examples (the same quantity Keras reports as loss)."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    k = logits.shape[1]
+    target = np.full(logits.shape, label_smoothing / k)
+    target[np.arange(len(labels)), labels] += 1.0 - label_smoothing
+    return float(-(target * log_p).sum(axis=1).mean())
+
+
+def roc_curve(scores, positive):
+    """False and true positive rates over every threshold (ties handled as one step), and the area under it."""
+    scores, positive = np.asarray(scores, float), np.asarray(positive, bool)
+    n_pos, n_neg = positive.sum(), (~positive).sum()
+    if n_pos == 0 or n_neg == 0:
+        return np.array([0.0, 1.0]), np.array([0.0, 1.0]), float("nan")
+    order = np.argsort(-scores, kind="mergesort")
+    s, p = scores[order], positive[order]
+    last_of_tie = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
+    tps = np.cumsum(p)[last_of_tie]
+    fps = (last_of_tie + 1) - tps
+    tpr = np.r_[0.0, tps / n_pos]
+    fpr = np.r_[0.0, fps / n_neg]
+    return fpr, tpr, float(np.trapezoid(tpr, fpr))
+
+
+def group_vote(groups, labels, predicted):
+    """Majority vote of the predictions within each group (ties go to the lower class index); accuracy of the votes."""
+    by = {}
+    for g, y, p in zip(groups, labels, predicted):
+        by.setdefault(g, (y, []))[1].append(p)
+    correct = sum(int(np.bincount(ps).argmax() == y) for y, ps in by.values())
+    return {"accuracy": correct / len(by) if by else float("nan"), "correct": correct, "total": len(by)}
+
+
+def test_metrics(logits, labels, records, classes, label_smoothing):
+    predicted = logits.argmax(axis=1)
+    k = len(classes)
+    confusion = np.zeros((k, k), dtype=int)
+    np.add.at(confusion, (labels, predicted), 1)
+    probs = softmax(logits)
+    if k == 2:
+        auc = roc_curve(probs[:, 1], labels == 1)[2]
+        auc_note = f"positive class {classes[1]!r}"
+    else:
+        aucs = [roc_curve(probs[:, i], labels == i)[2] for i in range(k)]
+        auc = float(np.nanmean(aucs))
+        auc_note = "macro average of one-vs-rest"
+    correct = int((predicted == labels).sum())
+    return {
+        "split": "test",
+        "images": int(len(labels)),
+        "accuracy": correct / len(labels),
+        "correct": correct,
+        "loss": cross_entropy(logits, labels, label_smoothing),
+        "loss_definition": f"mean cross-entropy over the {len(labels)} test images (label smoothing "
+                           f"{label_smoothing})",
+        "roc_auc": auc,
+        "roc_auc_definition": auc_note,
+        "confusion_matrix": {"classes": classes, "rows": "true class", "columns": "predicted class",
+                             "counts": confusion.tolist()},
+        "per_patient": {**group_vote([(r.patient, r.label) for r in records], labels, predicted),
+                        "definition": "majority vote over the slices of each patient's knee (a patient with both "
+                                      "knees in the set counts once per knee)"},
+        "per_scan": {**group_vote([r.scan for r in records], labels, predicted),
+                     "definition": "majority vote over the slices of each scan (patient, visit, side)"},
+    }
+
+
+# ---------------------------------------------------------------------------------------------- plots
+
+
+def plot_run(run_dir, history, metrics):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [int(r["epoch"]) for r in history]
+    last = epochs[-1]
+    for key, name, title in (("accuracy", "acc.png", "Accuracy"), ("loss", "loss.png", "Loss (mean cross-entropy)")):
+        fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+        ax.plot(epochs, [float(r[key]) for r in history], "o-", label="train", color="#1f77b4")
+        ax.plot(epochs, [float(r[f"val_{key}"]) for r in history], "s-", label="validation", color="#ff7f0e")
+        test_value = metrics[key]
+        ax.plot([last], [test_value], "*", markersize=16, color="#d62728",
+                label=f"test (best weights) {test_value:.3f}")
+        ax.axhline(test_value, color="#d62728", linestyle=":", linewidth=1)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.set_title(f"{title}: {metrics['images']} test images, held-out patients")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(run_dir / name)
+        plt.close(fig)
+
+    cm = np.array(metrics["confusion_matrix"]["counts"])
+    classes = metrics["confusion_matrix"]["classes"]
+    fig, ax = plt.subplots(figsize=(4.6, 4.0), dpi=110)
+    ax.imshow(cm, cmap="Blues")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                    color="white" if cm[i, j] > cm.max() / 2 else "black", fontsize=13)
+    ax.set_xticks(range(len(classes)), classes)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"Test confusion matrix (accuracy {metrics['accuracy']:.3f})")
+    fig.tight_layout()
+    fig.savefig(run_dir / "confusion.png")
+    plt.close(fig)
+
+
+def plot_roc(run_dir, logits, labels, classes):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    probs = softmax(logits)
+    fig, ax = plt.subplots(figsize=(4.8, 4.4), dpi=110)
+    targets = [1] if len(classes) == 2 else range(len(classes))
+    for i in targets:
+        fpr, tpr, auc = roc_curve(probs[:, i], labels == i)
+        ax.plot(fpr, tpr, label=f"{classes[i]} vs rest, AUC {auc:.4f}", linewidth=2)
+    ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="chance")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(f"Test ROC ({len(labels)} images)")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(run_dir / "roc.png")
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------- run folder
+
+
+def versions():
+    import keras
+
+    out = {"python": platform.python_version(), "keras": keras.__version__, "numpy": np.__version__,
+           "backend": keras.backend.backend()}
+    for name in ("tensorflow", "jax", "torch", "PIL"):
+        module = sys.modules.get(name)
+        if module is not None:
+            out[name] = getattr(module, "__version__", "?")
+    return out
+
+
+def read_history(path):
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [dict(row) for row in csv.DictReader(f)]
+
+
+def write_history(path, rows):
+    import io
+
+    from runs import atomic_write_text
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def save_state(path, model, epoch, best_val_loss, best_epoch):
+    """Weights, optimizer variables and progress of the last completed epoch, written atomically (no pickle)."""
+    from keras import ops
+
+    from runs import _tmp_name
+
+    arrays = {f"w{i}": ops.convert_to_numpy(v.value) for i, v in enumerate(model.weights)}
+    arrays.update({f"o{i}": ops.convert_to_numpy(v.value) for i, v in enumerate(model.optimizer.variables)})
+    arrays["progress"] = np.array([epoch, best_val_loss, best_epoch], dtype=np.float64)
+    tmp = _tmp_name(path).with_suffix(".npz")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def load_state(path, model):
+    with np.load(path, allow_pickle=False) as state:
+        for i, v in enumerate(model.weights):
+            v.assign(state[f"w{i}"])
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        for i, v in enumerate(model.optimizer.variables):
+            v.assign(state[f"o{i}"])
+        epoch, best_val_loss, best_epoch = state["progress"]
+    return int(epoch), float(best_val_loss), int(best_epoch)
+
+
+def prepare_run_folder(args):
+    import runs
+
+    if args.out is None:
+        if args.resume:
+            raise UsageError("--resume needs --out, the run folder to continue.")
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        args.out = str(PROJECT / "runs" / f"{args.preset}-{stamp}")
+    run_dir = pathlib.Path(args.out)
+    if args.resume:
+        if not (run_dir / runs.STATE).is_file():
+            raise UsageError(f"nothing to resume in {run_dir}: it has no {runs.STATE} (no epoch was completed).")
+        saved = runs.read_config(run_dir)["train"]
+        for key, value in saved.items():
+            setattr(args, key, value)
+        args.resume, args.out = True, str(run_dir)
+        return run_dir
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise UsageError(f"run folder {run_dir} already exists and is not empty; choose another --out, or add "
+                         "--resume to continue it.")
+    return run_dir
+
+
+def settings_dict(args):
+    skip = _NOT_SETTINGS | {"ratios"}
+    return {k: v for k, v in vars(args).items() if k not in skip}
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def train(args):
+    run_dir = prepare_run_folder(args)
+    check_settings(args)
+    setup_devices(args)
+
+    import keras
+    from keras import ops
+
+    import dataset
+    import runs
+    from modules import build_model
+
+    keras.utils.set_random_seed(args.seed)
+    manifest = args.split_manifest
+    if args.resume:
+        manifest = str(run_dir / runs.SPLIT)
+    data = prepare(args, run_dir, manifest)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    classes = data.classes
+    mconfig = model_config(args, len(classes), args.channels)
+
+    scope, replicas = distribution_scope(args)
+    if args.batch_size % replicas:
+        raise UsageError(f"--batch-size {args.batch_size} must be divisible by the {replicas} devices in use.")
+    steps = math.ceil(len(data.paths["train"]) / args.batch_size)
+    dtype = {"off": None, "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[args.mixed_precision]
+    with scope:
+        model = build_model(mconfig, dtype=dtype)
+        model.compile(
+            optimizer=make_optimizer(args, steps),
+            loss=make_loss(len(classes), args.label_smoothing),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            jit_compile=bool(args.xla),
+        )
+        model.optimizer.build(model.trainable_variables)
+
+    config = {
+        "train": settings_dict(args),
+        "model": mconfig.to_dict(),
+        "data": {"root": str(data.root), "layout": data.layout, "classes": classes,
+                 "image_size": [args.image_size, args.image_size], "channels": args.channels,
+                 "normalization": "x / 127.5 - 1 (dataset.normalize)",
+                 "images": {s: len(data.paths[s]) for s in dataset.SPLITS}, "skipped": len(data.skipped),
+                 "split_source": data.source},
+        "seed": args.seed,
+        "backend": keras.backend.backend(),
+        "devices": replicas,
+        "versions": versions(),
+        "command": [sys.executable, *sys.argv],
+        "parameters": int(model.count_params()),
+    }
+    if not args.resume:
+        dataset.write_manifest(run_dir / runs.SPLIT, data.records, data.split, root=data.root)
+        runs.atomic_write_json(run_dir / runs.CONFIG, config)
+
+    history = read_history(run_dir / runs.HISTORY) if args.resume else []
+    start, best_val, best_epoch = 0, math.inf, -1
+    if args.resume:
+        start, best_val, best_epoch = load_state(run_dir / runs.STATE, model)
+        history = history[:start]
+        print(f"resuming {run_dir} after epoch {start} (best validation loss {best_val:.4f} at epoch {best_epoch})")
+
+    augment = dataset.Augment(flip_swap=args.flip_swap) if args.augment else None
+    val_ds = dataset.make_dataset(data.images["val"], data.labels["val"], batch_size=args.batch_size,
+                                  training=False, class_names=classes)
+    tensorboard = keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False,
+                                              profile_batch=0)
+    print(f"model: preset {args.preset}, {model.count_params():,} parameters, backend {keras.backend.backend()}, "
+          f"{replicas} device(s); {args.epochs} epochs of {steps} steps, batch {args.batch_size}, "
+          f"{args.optimizer} lr {args.lr:g}", flush=True)
+    verbose = 0 if args.quiet or not sys.stdout.isatty() else 1
+    stopped_by_nan = False
+    for epoch in range(start, args.epochs):
+        t0 = time.time()
+        train_ds = dataset.make_dataset(data.images["train"], data.labels["train"], batch_size=args.batch_size,
+                                        training=True, seed=args.seed * 100_003 + epoch, augment=augment,
+                                        class_names=classes)
+        logs = model.fit(train_ds, validation_data=val_ds, epochs=epoch + 1, initial_epoch=epoch, shuffle=False, verbose=verbose,
+                         callbacks=[tensorboard, keras.callbacks.TerminateOnNaN()]).history
+        row = {"epoch": epoch + 1, "seconds": round(time.time() - t0, 2),
+               "learning_rate": float(ops.convert_to_numpy(model.optimizer.learning_rate))}
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            row[key] = float(logs[key][-1]) if logs.get(key) else float("nan")
+        if not all(math.isfinite(row[k]) for k in ("loss", "val_loss")):
+            stopped_by_nan = True
+            print(f"epoch {epoch + 1}: the loss became NaN or infinite; training stopped. The best weights so far "
+                  f"are kept in {run_dir / runs.BEST_WEIGHTS}; try a lower --lr or --mixed-precision off.",
+                  file=sys.stderr)
+            break
+        history.append(row)
+        if row["val_loss"] < best_val:
+            best_val, best_epoch = row["val_loss"], epoch + 1
+            runs.atomic_save_weights(model, run_dir / runs.BEST_WEIGHTS)
+        runs.atomic_save_weights(model, run_dir / runs.LAST_WEIGHTS)
+        write_history(run_dir / runs.HISTORY, history)
+        save_state(run_dir / runs.STATE, model, epoch + 1, best_val, best_epoch)
+        print(f"epoch {epoch + 1}/{args.epochs}  loss {row['loss']:.4f}  acc {row['accuracy']:.4f}  "
+              f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}  "
+              f"lr {row['learning_rate']:.2e}  {row['seconds']:.1f}s{'  *best' if best_epoch == epoch + 1 else ''}",
+              flush=True)
+
+    if best_epoch < 0:
+        raise UsageError("no epoch finished with a finite loss, so there are no weights to evaluate; lower --lr.")
+    model.load_weights(run_dir / runs.BEST_WEIGHTS)
+    test_ds = dataset.make_dataset(data.images["test"], data.labels["test"], batch_size=args.batch_size,
+                                   training=False, class_names=classes)
+    logits = np.asarray(model.predict(test_ds, verbose=0), dtype=np.float64)
+    by_path = {r.path: r for r in data.records}
+    metrics = test_metrics(logits, data.labels["test"], [by_path[p] for p in data.paths["test"]], classes,
+                           args.label_smoothing)
+    metrics.update(best_epoch=best_epoch, best_val_loss=best_val, epochs_run=len(history),
+                   stopped_by_nan=stopped_by_nan)
+    runs.atomic_write_json(run_dir / runs.METRICS, metrics)
+    plot_run(run_dir, history, metrics)
+    plot_roc(run_dir, logits, data.labels["test"], classes)
+    print(f"test: accuracy {metrics['accuracy']:.4f} ({metrics['correct']}/{metrics['images']} images), "
+          f"loss {metrics['loss']:.4f}, ROC-AUC {metrics['roc_auc']:.4f}, per-patient accuracy "
+          f"{metrics['per_patient']['accuracy']:.4f} ({metrics['per_patient']['correct']}/"
+          f"{metrics['per_patient']['total']}); best epoch {best_epoch}")
+    print(f"run folder: {run_dir}")
+    return 1 if stopped_by_nan else 0
+
+
+def main(argv=None):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the log
+    try:
+        args = parse_settings(argv)
+        return train(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; continue with --resume --out RUN_FOLDER.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
