@@ -1,0 +1,231 @@
+"""End-to-end tests of train.py, run as a user runs it (a subprocess), on a tiny synthetic knee set."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import phantom
+import runs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--preset", "tiny", "--image-size", "16", "--batch-size", "16", "--no-xla", "--quiet"]
+
+
+def run_train(*args, env=None, check=True, timeout=300):
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, env=full_env, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train.py exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def knees(tmp_path_factory):
+    out = tmp_path_factory.mktemp("knees")
+    phantom.generate(out, patients=12, slices=6, height=48, width=56, seed=3, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def smoke_run(knees, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "smoke"
+    proc = run_train("--data", knees, "--out", out, "--epochs", "3", *TINY)
+    return out, proc
+
+
+def _history(run_dir):
+    with open(run_dir / runs.HISTORY) as f:
+        return list(csv.DictReader(f))
+
+
+def test_smoke_run_writes_every_artifact(smoke_run):
+    run_dir, proc = smoke_run
+    for name in ("config.json", "split.csv", "model.weights.h5", "last.weights.h5", "history.csv", "metrics.json",
+                 "acc.png", "loss.png", "confusion.png", "roc.png"):
+        assert (run_dir / name).is_file(), name
+    assert any((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    assert not list(run_dir.glob(".tmp-*")), "a temporary file was left behind"
+    rows = _history(run_dir)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert "test: accuracy" in proc.stdout
+
+
+def test_config_records_everything_needed_to_rebuild(smoke_run):
+    run_dir, _ = smoke_run
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["train"]["preset"] == "tiny" and config["train"]["epochs"] == 3
+    assert config["data"]["classes"] == ["left", "right"]
+    assert config["data"]["image_size"] == [16, 16]
+    assert config["model"]["input_shape"] == [16, 16, 3]
+    assert config["backend"] and config["versions"]["keras"]
+    loaded = runs.load_run(run_dir)
+    assert loaded.model.count_params() == config["parameters"]
+
+
+def test_metrics_are_consistent(smoke_run):
+    run_dir, _ = smoke_run
+    m = json.loads((run_dir / "metrics.json").read_text())
+    cm = np.array(m["confusion_matrix"]["counts"])
+    assert cm.sum() == m["images"] and np.trace(cm) == m["correct"]
+    assert m["accuracy"] == pytest.approx(m["correct"] / m["images"])
+    with open(run_dir / "split.csv") as f:
+        split = list(csv.DictReader(f))
+    test_rows = [r for r in split if r["split"] == "test"]
+    assert m["images"] == len(test_rows)
+    assert m["per_patient"]["total"] == len({(r["patient"], r["label"]) for r in test_rows})
+    assert 1 <= m["best_epoch"] <= 3 and m["epochs_run"] == 3
+    patients = {s: {r["patient"] for r in split if r["split"] == s} for s in ("train", "val", "test")}
+    assert not (patients["train"] & patients["test"]) and not (patients["train"] & patients["val"])
+
+
+def test_test_loss_is_the_mean_over_test_examples(smoke_run):
+    """metrics.json's loss equals Keras' own evaluate() on the same images with the best weights."""
+    import keras
+
+    import dataset
+
+    run_dir, _ = smoke_run
+    m = json.loads((run_dir / "metrics.json").read_text())
+    loaded = runs.load_run(run_dir)
+    records, split = dataset.read_manifest(run_dir / "split.csv", root=loaded.config["data"]["root"])
+    paths = [r.path for r in records if split[r.path] == "test"]
+    images = dataset.load_images(paths, size=loaded.image_size, progress=False, cache=False).images
+    labels = dataset.labels_to_indices([r for r in records if split[r.path] == "test"], loaded.classes)
+    loaded.model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    # An odd batch size, so a wrong per-batch average would show.
+    loss, accuracy = loaded.model.evaluate(dataset.normalize(images), labels, batch_size=7, verbose=0)
+    assert m["loss"] == pytest.approx(loss, rel=1e-4)
+    assert m["accuracy"] == pytest.approx(accuracy)
+
+
+def test_plots_are_real_pictures(smoke_run):
+    run_dir, _ = smoke_run
+    for name in ("acc.png", "loss.png", "confusion.png", "roc.png"):
+        with Image.open(run_dir / name) as im:
+            assert im.format == "PNG"
+            assert im.width >= 400 and im.height >= 300
+            pixels = np.asarray(im.convert("RGB"), dtype=np.float32)
+        assert pixels.std() > 10, f"{name} is blank"
+        # Curves and markers are drawn in colour, not only black axes on white.
+        saturation = pixels.max(axis=2) - pixels.min(axis=2)
+        assert (saturation > 80).mean() > 0.002, f"{name} has no coloured content"
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_result(knees, tmp_path):
+    common = ["--data", knees, "--epochs", "3", "--seed", "5", *TINY]
+    straight = tmp_path / "straight"
+    run_train(*common, "--out", straight)
+
+    killed = tmp_path / "killed"
+    proc = run_train(*common, "--out", killed, env={"PERCEIVER_KILL_AFTER_EPOCH": "1"}, check=False)
+    assert proc.returncode == -9, proc.stderr
+    assert len(_history(killed)) == 1 and not (killed / "metrics.json").exists()
+
+    refused = run_train(*common, "--out", killed, check=False)  # without --resume the folder is not touched
+    assert refused.returncode == 2 and "already exists" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+    resumed = run_train("--resume", "--out", killed, "--quiet")
+    assert "resuming" in resumed.stdout
+    assert [r["epoch"] for r in _history(killed)] == ["1", "2", "3"]
+    a = json.loads((straight / "metrics.json").read_text())
+    b = json.loads((killed / "metrics.json").read_text())
+    assert a["confusion_matrix"] == b["confusion_matrix"]
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6)
+    for ra, rb in zip(_history(straight), _history(killed)):
+        assert float(rb["loss"]) == pytest.approx(float(ra["loss"]), rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--epochs", "0"], "--epochs 0 must be at least 1"),
+        (["--preset", "huge"], "--preset 'huge' is not one of"),
+        (["--split", "0.6,0.2"], "--split"),
+        (["--lr", "-1"], "--lr -1.0 must be positive"),
+    ],
+)
+def test_bad_flags_fail_in_one_sentence(args, message, tmp_path, knees):
+    proc = run_train("--data", knees, "--out", tmp_path / "r", *args, check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_folder_without_images_fails_clearly(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "metrics.json").write_text("{}")
+    proc = run_train("--data", empty, "--out", tmp_path / "new", "--quiet", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "no images" in proc.stderr and str(empty) in proc.stderr
+    assert not (tmp_path / "new").exists()
+    proc = run_train("--data", empty, "--out", earlier, "--quiet", check=False)
+    assert proc.returncode == 2 and "already exists" in proc.stderr
+    assert (earlier / "metrics.json").read_text() == "{}"
+
+
+def test_config_file_and_flag_precedence(tmp_path, knees):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"epochs": 1, "lr": 0.003, "model": {"num_latents": 4}}))
+    out = tmp_path / "r"
+    run_train("--config", cfg, "--lr", "0.002", "--data", knees, "--out", out, *TINY)
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["epochs"] == 1  # from the file
+    assert config["train"]["lr"] == 0.002  # the flag wins
+    assert config["model"]["num_latents"] == 4
+    cfg.write_text(json.dumps({"epoch": 1}))
+    proc = run_train("--config", cfg, "--data", knees, "--out", tmp_path / "r2", check=False)
+    assert proc.returncode == 2 and "unknown setting(s) epoch" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def even_folders(knees, tmp_path_factory):
+    """64 slices in left/ and right/ class folders, no patient ids: a 0.5/0.25/0.25 split gives 32/16/16 images, so
+    every batch of 16 halves evenly over two devices (uneven replica batches weigh examples differently)."""
+    out = tmp_path_factory.mktemp("folders")
+    for side in ("left", "right"):
+        (out / side).mkdir()
+        files = sorted(p for p in knees.glob("*.png") if phantom.FILE_RE.match(p.name)
+                       and p.name.upper().split("_WE_")[1].startswith(side.upper()))
+        for i, p in enumerate(files[:32]):
+            (out / side / f"slice{i:03d}.png").write_bytes(p.read_bytes())
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend, engine", [("tensorflow", "mirrored"), ("jax", "data-parallel")])
+def test_two_devices_train(backend, engine, even_folders, tmp_path):
+    """Both engines train over two logical CPU devices and write a complete run.
+
+    Known gap (open in the issue): the per-epoch losses do not yet match single-device training to 1e-3 (tf.distribute
+    re-shards the shuffled tf.data pipeline; the JAX run differs too), so this test checks the engine runs end to end.
+    """
+    pytest.importorskip(backend)
+    env = {"KERAS_BACKEND": backend}
+    common = ["--data", even_folders, "--split", "0.5,0.25,0.25", "--epochs", "2", "--no-augment",
+              "--cpu-devices", "2", *TINY]
+    run_train(*common, "--out", tmp_path / "two", "--distribute", engine, env=env)
+    config = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert config["devices"] == 2 and config["backend"] == backend
+    rows = _history(tmp_path / "two")
+    assert len(rows) == 2 and all(np.isfinite(float(r[k])) for r in rows for k in ("loss", "val_loss"))
+    assert (tmp_path / "two" / "metrics.json").is_file()
+
+
+def test_distribution_engine_must_fit_the_backend(tmp_path, even_folders):
+    proc = run_train("--data", even_folders, "--out", tmp_path / "r", "--distribute", "data-parallel", *TINY,
+                     env={"KERAS_BACKEND": "tensorflow"}, check=False)
+    assert proc.returncode == 2 and "needs KERAS_BACKEND=jax" in proc.stderr
