@@ -1036,11 +1036,15 @@ def _check_arrays(images, labels, batch_size, seed):
 
 
 def make_dataset(images_uint8, labels_int, *, batch_size, training, seed=0, augment=None, class_names=None,
-                 backend=None, workers=1):
+                 backend=None, workers=1, epoch=None):
     """Batches (x float32 (B, H, W, C) in [-1, 1], y int32 (B,)) for Keras.
 
     Training: shuffled with `seed` and reshuffled every epoch, augmented when `augment` is given. Otherwise: in
     order, no augmentation. The last partial batch is always kept.
+
+    With `epoch` set, the dataset is one epoch's worth: its order and augmentation come from (seed, epoch) alone,
+    drawn in numpy. train.py builds one such dataset per epoch, which makes a resumed run repeat the epochs it missed
+    exactly, and keeps the order the same on one device or several (tf.distribute rewrites a tf.data shuffle).
 
     Args:
         images_uint8: np.ndarray. uint8 (n, height, width, channels).
@@ -1054,6 +1058,7 @@ def make_dataset(images_uint8, labels_int, *, batch_size, training, seed=0, augm
             Defaults to keras.backend.backend().
         workers: int. PyDataset threads preparing batches (augmentation is numpy, ~0.5 ms an image on one
             core; raise this to feed a GPU). Batches stay deterministic. tf.data tunes itself. Defaults to 1.
+        epoch: int | None. Make the dataset for this epoch only (see above). Defaults to None.
     """
     images, labels = _check_arrays(images_uint8, labels_int, batch_size, seed)
     augment = augment if training else None
@@ -1063,20 +1068,29 @@ def make_dataset(images_uint8, labels_int, *, batch_size, training, seed=0, augm
         import keras
 
         backend = keras.backend.backend()
+    if epoch is not None and (not isinstance(epoch, (int, np.integer)) or epoch < 0):
+        raise ValueError(f"epoch {epoch!r} must be a non-negative integer or None.")
     if backend == "tensorflow":
-        return _tf_dataset(images, labels, int(batch_size), training, int(seed), augment, class_names)
-    return _py_dataset_class()(images, labels, batch_size=int(batch_size), training=training, seed=int(seed),
-                               augment=augment, class_names=class_names, workers=int(workers))
+        return _tf_dataset(images, labels, int(batch_size), training, int(seed), augment, class_names, epoch)
+    batches = _py_dataset_class()(images, labels, batch_size=int(batch_size), training=training, seed=int(seed),
+                                  augment=augment, class_names=class_names, workers=int(workers))
+    if epoch is not None:
+        batches.epoch = int(epoch)
+        batches._order = batches._permutation()
+    return batches
 
 
-def _tf_dataset(images, labels, batch_size, training, seed, augment, class_names):
+def _tf_dataset(images, labels, batch_size, training, seed, augment, class_names, epoch=None):
     import tensorflow as tf
 
     n, h, w, c = images.shape
     images_t, labels_t = tf.constant(images), tf.constant(labels)
-    ds = tf.data.Dataset.range(n)
-    if training:
-        ds = ds.shuffle(max(n, 1), seed=seed, reshuffle_each_iteration=True)
+    if training and epoch is not None:  # the same order as the PyDataset path for this (seed, epoch)
+        ds = tf.data.Dataset.from_tensor_slices(np.random.default_rng([seed, epoch]).permutation(n))
+    else:
+        ds = tf.data.Dataset.range(n)
+        if training:
+            ds = ds.shuffle(max(n, 1), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
     ds = ds.map(lambda i: (normalize(tf.gather(images_t, i)), tf.gather(labels_t, i)),
                 num_parallel_calls=tf.data.AUTOTUNE)
@@ -1091,7 +1105,12 @@ def _tf_dataset(images, labels, batch_size, training, seed, augment, class_names
             y.set_shape((None,))
             return x, y
 
-        seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True)
+        if epoch is None:
+            seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True)
+        else:
+            batches = math.ceil(n / batch_size)
+            seeds = tf.data.Dataset.from_tensor_slices(
+                np.random.default_rng([seed, epoch, 1]).integers(0, 2**62, size=batches))
         ds = tf.data.Dataset.zip((ds, seeds)).map(tf_augment, num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = True

@@ -466,7 +466,6 @@ def train(args):
     import runs
     from modules import build_model
 
-    keras.utils.set_random_seed(args.seed)
     manifest = args.split_manifest
     if args.resume:
         manifest = str(run_dir / runs.SPLIT)
@@ -480,6 +479,7 @@ def train(args):
         raise UsageError(f"--batch-size {args.batch_size} must be divisible by the {replicas} devices in use.")
     steps = math.ceil(len(data.paths["train"]) / args.batch_size)
     dtype = {"off": None, "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[args.mixed_precision]
+    keras.utils.set_random_seed(args.seed)  # here, after data loading, whose code paths may draw random numbers
     with scope:
         model = build_model(mconfig, dtype=dtype)
         model.compile(
@@ -529,7 +529,7 @@ def train(args):
     for epoch in range(start, args.epochs):
         t0 = time.time()
         train_ds = dataset.make_dataset(data.images["train"], data.labels["train"], batch_size=args.batch_size,
-                                        training=True, seed=args.seed * 100_003 + epoch, augment=augment,
+                                        training=True, seed=args.seed, epoch=epoch, augment=augment,
                                         class_names=classes)
         logs = model.fit(train_ds, validation_data=val_ds, epochs=epoch + 1, initial_epoch=epoch, shuffle=False, verbose=verbose,
                          callbacks=[tensorboard, keras.callbacks.TerminateOnNaN()]).history

@@ -207,22 +207,20 @@ def even_folders(knees, tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend, engine", [("tensorflow", "mirrored"), ("jax", "data-parallel")])
-def test_two_devices_train(backend, engine, even_folders, tmp_path):
-    """Both engines train over two logical CPU devices and write a complete run.
-
-    Known gap (open in the issue): the per-epoch losses do not yet match single-device training to 1e-3 (tf.distribute
-    re-shards the shuffled tf.data pipeline; the JAX run differs too), so this test checks the engine runs end to end.
-    """
+def test_two_devices_match_one(backend, engine, even_folders, tmp_path):
+    """Two logical CPU devices train like one: the same per-epoch losses within float tolerance."""
     pytest.importorskip(backend)
     env = {"KERAS_BACKEND": backend}
-    common = ["--data", even_folders, "--split", "0.5,0.25,0.25", "--epochs", "2", "--no-augment",
-              "--cpu-devices", "2", *TINY]
+    common = ["--data", even_folders, "--split", "0.5,0.25,0.25", "--epochs", "2", "--cpu-devices", "2", *TINY]
+    run_train(*common, "--out", tmp_path / "one", env=env)
     run_train(*common, "--out", tmp_path / "two", "--distribute", engine, env=env)
     config = json.loads((tmp_path / "two" / "config.json").read_text())
     assert config["devices"] == 2 and config["backend"] == backend
-    rows = _history(tmp_path / "two")
-    assert len(rows) == 2 and all(np.isfinite(float(r[k])) for r in rows for k in ("loss", "val_loss"))
-    assert (tmp_path / "two" / "metrics.json").is_file()
+    one, two = _history(tmp_path / "one"), _history(tmp_path / "two")
+    assert len(one) == len(two) == 2
+    for a, b in zip(one, two):
+        for key in ("loss", "val_loss"):
+            assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-3), (key, a, b)
 
 
 def test_distribution_engine_must_fit_the_backend(tmp_path, even_folders):
