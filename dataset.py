@@ -673,6 +673,37 @@ def load_image(path, size=DEFAULT_SIZE, channels=3, *, max_pixels=MAX_PIXELS):
         raise DataError(f"cannot use image {path}: {e}.") from None
 
 
+def array_to_uint8_image(array2d, size, channels):
+    """Converts one 2-D slice (a DICOM or NIfTI slice, say) to uint8 (height, width, channels) exactly as
+    `load_image` treats a PNG of it.
+
+    uint8 slices go the 8-bit grayscale way (resized as they are); any other dtype (16-bit, signed, float) the 16-bit
+    way: resized as float, then scaled so that the maximum becomes 255 (the minimum, if below 0, becomes 0). An
+    (h, w, 3) uint8 array is an RGB image.
+
+    Raises:
+        DataError: when the array is not a usable slice.
+    """
+    from PIL import Image
+
+    a = np.asarray(array2d)
+    if a.ndim == 3 and a.shape[-1] == 3 and a.dtype == np.uint8:
+        im = Image.fromarray(np.ascontiguousarray(a), "RGB")
+    elif a.ndim != 2:
+        raise DataError(f"a slice must be 2-D, got shape {a.shape}")
+    elif a.dtype == np.uint8:
+        im = Image.fromarray(np.ascontiguousarray(a), "L")
+    else:
+        a = a.astype(np.float32)
+        if not np.isfinite(a).all():
+            raise DataError("the slice holds NaN or infinite values")
+        im = Image.fromarray(np.ascontiguousarray(a), "F")
+    try:
+        return _to_array(im, _check_size(size), _check_channels(channels))
+    except _Skip as e:
+        raise DataError(str(e)) from None
+
+
 def _decode_chunk(paths, size, channels, max_pixels):
     out = np.zeros((len(paths), size[0], size[1], channels), np.uint8)
     failed = []

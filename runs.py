@@ -79,6 +79,27 @@ class LoadedRun:
     weights_path: pathlib.Path
 
 
+def _shape_difference(weights_path, model):
+    """Which array shapes the weights file has that the model lacks, and the reverse; None if they agree.
+
+    Reads only shapes from the HDF5 file (h5py, nothing unpickled). Shared layers repeat in the file, so sets of
+    shapes are compared, not counts."""
+    import h5py
+
+    want = {tuple(v.shape) for v in model.weights}
+    got = set()
+    try:
+        with h5py.File(weights_path, "r") as f:
+            f.visititems(lambda name, obj: got.add(tuple(obj.shape))
+                         if isinstance(obj, h5py.Dataset) and obj.shape else None)
+    except OSError:
+        return "it is not a readable HDF5 weights file"
+    extra, missing = sorted(got - want), sorted(want - got)
+    parts = [f"the file has arrays of shape {', '.join(map(str, extra[:2]))} that the model lacks" if extra else "",
+             f"the model needs {', '.join(map(str, missing[:2]))}" if missing else ""]
+    return "; ".join(p for p in parts if p) or None
+
+
 def load_run(run_dir, *, weights="best", dtype=None):
     """Rebuilds the model of `run_dir` from config.json and loads its best (or `weights="last"`) weights.
 
@@ -105,10 +126,11 @@ def load_run(run_dir, *, weights="best", dtype=None):
     try:
         model.load_weights(weights_path)
     except (ValueError, KeyError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        preset = config.get("train", {}).get("preset", "?")
         raise RunError(
-            f"the weights in {weights_path} do not fit the model described by {run_dir / CONFIG} "
-            f"(preset {config.get('train', {}).get('preset', '?')}): {first}"
+            f"the weights in {weights_path} do not fit the model described by {run_dir / CONFIG} (preset {preset}): "
+            f"{_shape_difference(weights_path, model) or str(e).strip().splitlines()[0]}; pass the run folder these "
+            "weights were trained in, or retrain with this config"
         ) from None
     return LoadedRun(
         run_dir=run_dir,

@@ -1,0 +1,265 @@
+"""Tests of driver.py: predictions, mixed inputs, wrong-side flags, DICOM and NIfTI volumes, --explain, strict loading.
+
+Run folders are built directly with the runs/modules APIs (config.json + split.csv + weights), as train.py writes them,
+so no training is needed; the models have random or hand-set weights.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import dataset
+import driver
+from metrics import softmax
+import phantom
+import runs
+from modules import PerceiverConfig, build_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = 16
+
+
+def _make_run(run_dir, data_root, records, split, *, preset="tiny", bias=None, seed=0):
+    """A run folder as train.py writes it: config.json, split.csv and model.weights.h5 (random or biased weights)."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    config = PerceiverConfig.preset(preset, input_shape=(SIZE, SIZE, 3), num_classes=2)
+    model = build_model(config)
+    if bias is not None:  # make one class win whatever the image: logits = W x + b with b dominating
+        kernel, b = model.classifier.get_weights()
+        model.classifier.set_weights([np.zeros_like(kernel), np.asarray(bias, np.float32)])
+    os.makedirs(run_dir, exist_ok=True)
+    runs.atomic_write_json(os.path.join(run_dir, runs.CONFIG), {
+        "train": {"preset": preset}, "model": config.to_dict(),
+        "data": {"root": str(data_root), "layout": "akoa", "classes": ["left", "right"], "image_size": [SIZE, SIZE],
+                 "channels": 3},
+    })
+    dataset.write_manifest(os.path.join(run_dir, runs.SPLIT), records, split, root=data_root)
+    runs.atomic_save_weights(model, os.path.join(run_dir, runs.BEST_WEIGHTS))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("driver")
+    data = tmp / "data"
+    phantom.generate(data, patients=8, slices=4, height=64, width=72, progress=False)
+    found = dataset.discover(data)
+    split = dataset.split_by_patient(found.records, seed=0)
+    run = _make_run(tmp / "run", data, found.records, split)
+    always_right = _make_run(tmp / "right", data, found.records, split, bias=[-20.0, 20.0])
+    paths = sorted(r.path for r in found.records)
+    return {"tmp": tmp, "data": data, "run": str(run), "right": str(always_right), "paths": paths,
+            "loaded": driver.load(run), "loaded_right": driver.load(always_right)}
+
+
+def _cli(*args, cwd=REPO):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, os.path.join(REPO, "driver.py"), *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=120)
+
+
+def test_predictions_match_model_predict(env):
+    loaded, paths = env["loaded"], env["paths"][:20]
+    inputs, _ = driver.find_inputs(paths)
+    results = driver.classify(driver.Predictor(loaded, batch_size=8), inputs, workers=2)
+    x = dataset.normalize(np.stack([dataset.load_image(p, (SIZE, SIZE), 3) for p in paths]))
+    want = softmax(loaded.model.predict(x, verbose=0))
+    got = np.array([r.probabilities for r in results])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert [r.predicted for r in results] == [loaded.classes[i] for i in want.argmax(1)]
+    assert [r.path for r in results] == paths  # input order kept across threads and batches
+
+
+def test_mixed_good_and_bad_inputs(env, tmp_path):
+    good = env["paths"][:3]
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    truncated = tmp_path / "cut.png"
+    truncated.write_bytes(open(good[0], "rb").read()[:200])
+    inputs, _ = driver.find_inputs([good[0], str(empty), good[1], str(text), str(truncated), good[2]])
+    results = driver.classify(driver.Predictor(env["loaded"]), inputs, workers=2)
+    ok = {r.path: r for r in results if r.error is None}
+    bad = {os.path.basename(r.path): r.error for r in results if r.error is not None}
+    assert sorted(ok) == sorted(good) and all(r.predicted in ("left", "right") for r in ok.values())
+    assert set(bad) == {"empty.png", "notes.png", "cut.png"}
+    assert bad["empty.png"].startswith("empty") and bad["notes.png"].startswith("not-image")
+    proc = _cli(good[0], empty, "--run", env["run"])
+    assert proc.returncode == driver.EXIT_FAILED, proc.stderr
+    assert "1 classified, 1 failed" in proc.stdout and "failed: empty" in proc.stdout
+
+
+def test_left_file_called_right_is_flagged(env, tmp_path):
+    left = [p for p in env["paths"] if dataset.side_from_name(p) == "left"][:2]
+    right = [p for p in env["paths"] if dataset.side_from_name(p) == "right"][:1]
+    inputs, _ = driver.find_inputs(left + right)
+    results = driver.classify(driver.Predictor(env["loaded_right"]), inputs)
+    assert [r.predicted for r in results] == ["right"] * 3
+    assert [r.flagged for r in results] == [True, True, False]
+    assert results[0].expected == "left" and results[0].expected_source == "file name"
+    counts = driver.summary(results, ["left", "right"])
+    assert counts == {"classified": 3, "failed": 0, "flagged": 2, "ignored": 0}
+    proc = _cli(*left, *right, "--run", env["right"], "--results-file", tmp_path / "r.json")
+    assert proc.returncode == 0, proc.stderr
+    flagged_lines = [line for line in proc.stdout.splitlines() if "WRONG SIDE?" in line]
+    assert len(flagged_lines) == 2 and all("LEFT" in line.upper() for line in flagged_lines)
+    assert "2 possible wrong-side labels" in proc.stdout
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["summary"]["flagged"] == 2 and [r["flagged"] for r in saved["results"]] == [True, True, False]
+    assert _cli(*left, "--run", env["right"], "--strict").returncode == driver.EXIT_WRONG_SIDE
+    # --expect right checks the batch instead of the names: nothing is flagged, and a CSV says so
+    proc = _cli(*left, "--run", env["right"], "--expect", "right", "--results-file", tmp_path / "r.csv")
+    assert "0 possible wrong-side labels" in proc.stdout
+    rows = (tmp_path / "r.csv").read_text().splitlines()
+    assert rows[0].startswith("file,kind,slice,predicted,probability,expected") and len(rows) == 3
+    assert all(",right,--expect," in row for row in rows[1:])
+
+
+def _volume(paths):
+    """Slices as 16-bit arrays, as a scanner would store them (0..4000)."""
+    return np.stack([np.asarray(Image.open(p).convert("L"), np.uint16) * 15 for p in paths])
+
+
+def test_dicom_and_nifti_volumes_classify(env, tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    nibabel = pytest.importorskip("nibabel")
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    left = [p for p in env["paths"] if dataset.side_from_name(p) == "left"][:4]
+    vol = _volume(left)  # (slices, rows, cols)
+
+    def write_dicom(path, frames, laterality):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = MRImageStorage, meta.MediaStorageSOPInstanceUID, "MR"
+        ds.Rows, ds.Columns = frames.shape[1:]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        if len(frames) > 1:
+            ds.NumberOfFrames = len(frames)
+        ds.ImageLaterality = laterality
+        ds.PixelData = np.ascontiguousarray(frames if len(frames) > 1 else frames[0]).tobytes()
+        ds.save_as(path, enforce_file_format=True)
+
+    write_dicom(tmp_path / "multi.dcm", vol, "R")  # header says right, the pixels are left knees
+    write_dicom(tmp_path / "single", vol[:1], "L")  # extensionless: found by its DICM preamble
+    nibabel.save(nibabel.Nifti1Image(np.transpose(vol, (1, 2, 0)).astype(np.int16), np.eye(4)),
+                 str(tmp_path / "knee_LEFT.nii.gz"))
+    inputs, _ = driver.find_inputs([tmp_path])
+    assert sorted((os.path.basename(i.path), i.kind) for i in inputs) == [
+        ("knee_LEFT.nii.gz", "nifti"), ("multi.dcm", "dicom"), ("single", "dicom")]
+    loaded = env["loaded"]
+    results = {os.path.basename(r.path): r for r in driver.classify(driver.Predictor(loaded), inputs)}
+    # every path gives the model the same pixels: each slice equals the PNG it came from, scaled as 16-bit
+    want = softmax(loaded.model.predict(dataset.normalize(np.stack(
+        [dataset.array_to_uint8_image(s, (SIZE, SIZE), 3) for s in vol])), verbose=0))
+    for name in ("multi.dcm", "knee_LEFT.nii.gz"):
+        r = results[name]
+        assert r.error is None and len(r.slices) == 4
+        np.testing.assert_allclose([s["probabilities"] for s in r.slices], want, atol=1e-5)
+        np.testing.assert_allclose(r.probabilities, want.mean(0), atol=1e-5)
+    assert results["single"].slices is None
+    np.testing.assert_allclose(results["single"].probabilities, want[0], atol=1e-5)
+    assert (results["multi.dcm"].expected, results["multi.dcm"].expected_source) == ("right", "DICOM header")
+    assert (results["single"].expected, results["knee_LEFT.nii.gz"].expected) == ("left", "left")
+    # the 16-bit scaling is dataset.py's: the same slice written as a 16-bit PNG decodes to the same pixels
+    Image.fromarray(vol[0].astype(np.uint16)).save(tmp_path / "slice16.png")
+    np.testing.assert_array_equal(dataset.load_image(tmp_path / "slice16.png", (SIZE, SIZE), 3),
+                                  dataset.array_to_uint8_image(vol[0], (SIZE, SIZE), 3))
+
+
+def test_missing_optional_reader_names_the_package(env, tmp_path, monkeypatch):
+    (tmp_path / "x.nii.gz").write_bytes(b"\x00" * 400)
+    monkeypatch.setitem(sys.modules, "nibabel", None)  # import nibabel now raises ImportError
+    inputs, _ = driver.find_inputs([tmp_path / "x.nii.gz"])
+    (r,) = driver.classify(driver.Predictor(env["loaded"]), inputs)
+    assert r.error == "reading NIfTI needs nibabel: pip install nibabel"
+
+
+def test_explain_writes_one_image_per_input_with_attention(env, tmp_path):
+    paths = env["paths"][:3]
+    inputs, _ = driver.find_inputs(paths)
+    results, images = driver.classify(driver.Predictor(env["loaded"]), inputs, keep_images=True)
+    written = driver.explain(env["loaded"], inputs, results, images, tmp_path / "ex")
+    assert len(written) == 3 and len(set(written)) == 3
+    maps = env["loaded"].model.attention_heatmaps(dataset.normalize(images[0]))[0]
+    assert maps.shape == (2, SIZE, SIZE) and maps.std() > 0  # the attention is not flat
+    for path in written:
+        rgb = np.asarray(Image.open(path).convert("RGB"), np.float32)
+        h, w, _ = rgb.shape
+        assert w > 2.2 * h  # three panels side by side
+        chroma = rgb.max(-1) - rgb.min(-1)  # 0 on the grayscale input, the heat overlay is coloured
+        inner = slice(int(0.3 * h), int(0.85 * h))
+        input_panel, last_panel = chroma[inner, int(0.04 * w):int(0.26 * w)], chroma[inner, int(0.66 * w):int(0.86 * w)]
+        assert input_panel.max() < 10
+        assert last_panel.std() > 5  # a heat map that varies over the image, not a flat tint
+
+
+def test_mismatched_weights_are_refused_clearly(env, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(env["run"], bad)
+    config = json.loads((bad / runs.CONFIG).read_text())
+    config["model"]["latent_dim"] = 64  # the weights were made for 32
+    config["train"]["preset"] = "tiny"
+    (bad / runs.CONFIG).write_text(json.dumps(config))
+    with pytest.raises(driver.UsageError, match="do not fit the model"):
+        driver.load(bad)
+    proc = _cli(env["paths"][0], "--run", bad)
+    assert proc.returncode == driver.EXIT_USAGE
+    last = proc.stderr.strip().splitlines()[-1]  # lines before it are TensorFlow's start-up chatter
+    assert last.startswith("error: the weights in") and "Traceback" not in proc.stderr
+    assert "the model needs (8, 64)" in last, last  # the latent array: 8 latents of width 64, not 32
+
+
+def test_usage_errors_are_one_sentence(env, tmp_path):
+    cases = [
+        (["nope/*.png", "--run", env["run"]], "no files match the pattern"),
+        ([tmp_path / "missing.png", "--run", env["run"]], "does not exist"),
+        ([env["paths"][0], "--run", tmp_path / "no-run"], "does not exist"),
+    ]
+    (tmp_path / "a.txt").write_text("x")
+    cases.append(([tmp_path / "a.txt", "--run", env["run"]], "not a supported file type"))
+    for args, words in cases:
+        proc = _cli(*args)
+        assert proc.returncode == driver.EXIT_USAGE, (args, proc.stderr)
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ") and words in last and "Traceback" not in proc.stderr
+
+
+def test_test_split_accuracy_and_confusion(env):
+    import io
+
+    args = driver.build_parser().parse_args(["--run", env["right"]])
+    out = io.StringIO()
+    assert driver.run(args, out=out) == 0
+    text = out.getvalue()
+    records, split = dataset.read_manifest(os.path.join(env["right"], runs.SPLIT), root=env["data"])
+    labels = [r.label for r in records if split[r.path] == "test"]
+    n_right = labels.count("right")
+    assert f"accuracy {n_right / len(labels):.4f} ({n_right}/{len(labels)} images)" in text
+    rows = {line.split()[0]: line.split()[1:] for line in text.splitlines() if line.split()[:1] in (["left"],
+                                                                                                   ["right"])}
+    assert rows == {"left": ["0", str(len(labels) - n_right)], "right": ["0", str(n_right)]}
+
+
+def test_keras_file_loads_in_safe_mode(env, tmp_path):
+    path = tmp_path / "m.keras"
+    env["loaded"].model.save(path)
+    loaded = driver.load(path)
+    assert loaded.classes == ["left", "right"] and loaded.image_size == (SIZE, SIZE)
+    x = np.zeros((2, SIZE, SIZE, 3), np.uint8)
+    np.testing.assert_allclose(driver.Predictor(loaded).logits(x), driver.Predictor(env["loaded"]).logits(x),
+                               atol=1e-6)
