@@ -664,7 +664,7 @@ def test_split_inputs(loaded, data_root=None):
     split_path = loaded.run_dir / runs.SPLIT
     if not loaded.config or not split_path.is_file():
         raise UsageError(f"{loaded.run_dir} has no {runs.SPLIT} to take test images from; pass images to classify.")
-    root = data_root or loaded.config.get("data", {}).get("root")
+    root = data_root or str(runs.data_root(loaded.config))
     try:
         records, split = dataset.read_manifest(split_path, root=root)
     except dataset.DataError as e:

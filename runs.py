@@ -22,6 +22,36 @@ METRICS = "metrics.json"
 SPLIT = "split.csv"
 
 
+PROJECT = pathlib.Path(__file__).resolve().parent
+
+
+def portable_root(root):
+    """The data folder as config.json records it: relative to the project when inside it, so a clone elsewhere
+    (the shipped reference run) still finds the synthetic set; absolute otherwise."""
+    root = pathlib.Path(root).resolve()
+    try:
+        return str(root.relative_to(PROJECT))
+    except ValueError:
+        return str(root)
+
+
+def data_root(config, *, regenerate=True, progress=False):
+    """The run's data folder as an absolute path. A synthetic set that is missing (a fresh clone) is made again:
+    phantom.py is byte-identical for the same settings, so the recorded split still fits it."""
+    data = config.get("data", {})
+    root = pathlib.Path(data.get("root", ""))
+    if not root.is_absolute():
+        root = PROJECT / root
+    params = data.get("phantom")
+    if regenerate and params and not root.is_dir():
+        import phantom
+
+        print(f"making the synthetic knee set this run was trained on in {root} ...", flush=True)
+        phantom.generate(root, patients=params["patients"], slices=params["slices"], seed=params["seed"],
+                         progress=progress)
+    return root
+
+
 class RunError(Exception):
     """A run folder that cannot be used; the message is one sentence for the user."""
 

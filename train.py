@@ -50,7 +50,9 @@ def build_parser():
     )
     g = p.add_argument_group("data")
     g.add_argument("--data", default=None, help="AKOA folder or DIR/<class>/ images; none: the synthetic knee set")
-    g.add_argument("--phantom-patients", type=int, default=40, help="patients in the synthetic set")
+    g.add_argument("--phantom-patients", type=int, default=160, help="patients in the synthetic set")
+    g.add_argument("--phantom-slices", type=int, default=10,
+                   help="slices per synthetic scan, spread over the whole knee (AKOA has 40)")
     g.add_argument("--image-size", type=int, default=64, help="images are resized to SIZE x SIZE")
     g.add_argument("--channels", type=int, default=3, choices=(1, 3), help="image channels")
     g.add_argument("--split", default="0.6,0.2,0.2", help="train,val,test fractions of the patients")
@@ -143,6 +145,7 @@ def check_settings(args):
         (args.clip_norm >= 0, f"--clip-norm {args.clip_norm} must be zero or positive"),
         (args.image_size >= 4, f"--image-size {args.image_size} must be at least 4"),
         (args.phantom_patients >= 5, f"--phantom-patients {args.phantom_patients} must be at least 5"),
+        (args.phantom_slices >= 1, f"--phantom-slices {args.phantom_slices} must be at least 1"),
         (args.cpu_devices >= 1, f"--cpu-devices {args.cpu_devices} must be at least 1"),
         (args.seed >= 0, f"--seed {args.seed} must be zero or positive"),
     ]
@@ -215,9 +218,11 @@ def prepare(args, run_dir, manifest):
     if args.data is None:
         import phantom
 
-        root = PROJECT / "data" / f"phantom-{args.phantom_patients}p-seed{args.seed}"
-        print(f"data: synthetic knee set in {root} ({args.phantom_patients} patients)", flush=True)
-        phantom.generate(root, patients=args.phantom_patients, seed=args.seed, progress=not args.quiet)
+        root = PROJECT / "data" / f"phantom-{args.phantom_patients}p-{args.phantom_slices}s-seed{args.seed}"
+        print(f"data: synthetic knee set in {root} ({args.phantom_patients} patients, {args.phantom_slices} slices "
+              "per scan)", flush=True)
+        phantom.generate(root, patients=args.phantom_patients, slices=args.phantom_slices, seed=args.seed,
+                         progress=not args.quiet)
     else:
         root = pathlib.Path(args.data)
     t0 = time.time()
@@ -493,7 +498,9 @@ def train(args):
     config = {
         "train": settings_dict(args),
         "model": mconfig.to_dict(),
-        "data": {"root": str(data.root), "layout": data.layout, "classes": classes,
+        "data": {"root": runs.portable_root(data.root), "layout": data.layout, "classes": classes,
+                 "phantom": None if args.data else {"patients": args.phantom_patients, "slices": args.phantom_slices,
+                                                    "seed": args.seed},
                  "image_size": [args.image_size, args.image_size], "channels": args.channels,
                  "normalization": "x / 127.5 - 1 (dataset.normalize)",
                  "images": {s: len(data.paths[s]) for s in dataset.SPLITS}, "skipped": len(data.skipped),
