@@ -9,7 +9,8 @@ metaphysis, condyles and trochlea; tibia with its plateau, shaft and tuberosity;
 patella, quadriceps and patellar tendons, Hoffa's fat pad, prefemoral fat, suprapatellar recess; cartilage, joint
 fluid and menisci; cruciate ligaments (notch slices); popliteal vessels; muscles with fascia; subcutaneous fat and
 the skin outline. Each patient has their own bone sizes, intensities and effusion; each scan its own knee flexion,
-pose (rotation +-15 deg, shift, scale 0.85-1.15, occasional crop/zoom), bias field, gamma, gain and Rician noise;
+pose (rotation +-6 deg, shift +-6 mm, scale 0.92-1.08, occasional crop/zoom; OAI positioned every knee
+the same way in the same coil, so real poses vary little), bias field, gamma, gain and Rician noise;
 each slice a little patient motion (+-2 deg, +-2 mm).
 Across the 40 slices of a scan the cut moves from one side of the knee to the other: condyles grow and shrink, the
 notch shows the cruciates, the patella only appears in central slices, the fibula only laterally, and the edge
@@ -48,13 +49,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-VERSION = 1  # bump whenever the pictures change, so an old set on disk is not reused
+VERSION = 2  # bump whenever the pictures change, so an old set on disk is not reused
 HEIGHT, WIDTH = 228, 260  # AKOA slice size (rows, columns)
 FOV_MM = 140.0  # width of the field of view at pose scale 1, in mm
 _RENDER_DIV = 2  # anatomy is drawn at 1/2 resolution, then upsampled (partial-volume blur for free)
 _EDGE_PX = 1.0  # width of the soft edge of every shape, in render pixels
 _MARGIN = 6  # render pixels drawn beyond each border
-_MOTION = (2.0, 2.0)  # per-slice motion: rotation (degrees) and shift (mm) drawn uniformly within +-these
+_MOTION = (0.5, 0.5)  # per-slice motion: rotation (degrees) and shift (mm) drawn uniformly within +-these
 
 FILE_RE = re.compile(
     r"^(?P<patient>OAI\d{7})_BaseLine_(?P<visit>\d+)_?de3d1_SAG_3D_DESS_WE_(?P<side>RIGHT|LEFT|Left)\.nii\.gz_"
@@ -220,8 +221,8 @@ def sample_anatomy(rng, *, side=None, patient=None):
         raise ValueError(f"side must be 'LEFT' or 'RIGHT', got {side!r}")
     if patient is None:
         patient = _sample_patient(rng)
-    scale = rng.uniform(0.85, 1.15)
-    shift_x, shift_y = rng.uniform(-10.0, 10.0), rng.uniform(-10.0, 10.0)
+    scale = rng.uniform(0.92, 1.08)
+    shift_x, shift_y = rng.uniform(-6.0, 6.0), rng.uniform(-6.0, 6.0)
     if rng.random() < 0.08:  # occasional crop: a zoomed-in, off-centre field of view
         scale *= rng.uniform(1.05, 1.2)
         shift_x += rng.uniform(-6.0, 6.0)
@@ -231,8 +232,8 @@ def sample_anatomy(rng, *, side=None, patient=None):
     return Anatomy(
         side=side,
         **{k: float(v) for k, v in patient.items()},
-        flexion=float(rng.uniform(0.0, 30.0)),
-        rotation=float(rng.uniform(-15.0, 15.0)),
+        flexion=float(rng.uniform(0.0, 20.0)),
+        rotation=float(rng.uniform(-6.0, 6.0)),
         scale=float(scale),
         shift_x=float(shift_x),
         shift_y=float(shift_y),

@@ -75,7 +75,7 @@ def build_parser():
     g.add_argument("--epochs", type=int, default=12, help="training epochs")
     g.add_argument("--batch-size", type=int, default=32, help="global batch size")
     g.add_argument("--optimizer", default="adamw", choices=("lamb", "adamw"), help="LAMB (the paper) or AdamW")
-    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    g.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
     g.add_argument("--weight-decay", type=float, default=1e-4,
                    help="decoupled weight decay (not on biases, norms, latents)")
     g.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up, then cosine decay to 0")
