@@ -523,26 +523,41 @@ class Perceiver(keras.Model):
             num_heads=c.num_cross_attend_heads, qk_dim=c.cross_attend_qk_dim, widening_factor=c.cross_attend_widening,
             dtype=policy,
         )
+        # Only the distinct layers are tracked (so each shared weight is saved once); the repeat order is plain ints.
         if c.share_cross_attend_weights:
-            distinct = [CrossAttention(**cross, name="cross_attend_0")]
+            self.cross_attend_layers = [CrossAttention(**cross, name="cross_attend_0")]
             if c.num_cross_attends > 1:
-                distinct.append(CrossAttention(**cross, name="cross_attend_shared"))
-            self.cross_attends = [distinct[min(i, 1)] for i in range(c.num_cross_attends)]
+                self.cross_attend_layers.append(CrossAttention(**cross, name="cross_attend_shared"))
+            self._cross_order = tuple(min(i, 1) for i in range(c.num_cross_attends))
         else:
-            self.cross_attends = [CrossAttention(**cross, name=f"cross_attend_{i}") for i in range(c.num_cross_attends)]
+            self.cross_attend_layers = [
+                CrossAttention(**cross, name=f"cross_attend_{i}") for i in range(c.num_cross_attends)
+            ]
+            self._cross_order = tuple(range(c.num_cross_attends))
         transformer = dict(
             num_blocks=c.num_self_attends_per_block, num_heads=c.num_self_attend_heads,
             widening_factor=c.self_attend_widening, dtype=policy,
         )
         if c.share_latent_transformer:
-            shared = LatentTransformer(**transformer, name="latent_transformer")
-            self.transformers = [shared] * c.num_cross_attends
+            self.transformer_layers = [LatentTransformer(**transformer, name="latent_transformer")]
+            self._transformer_order = (0,) * c.num_cross_attends
         else:
-            self.transformers = [
+            self.transformer_layers = [
                 LatentTransformer(**transformer, name=f"latent_transformer_{i}") for i in range(c.num_cross_attends)
             ]
+            self._transformer_order = tuple(range(c.num_cross_attends))
         self.final_norm = layers.LayerNormalization(epsilon=1e-5, dtype=policy, name="final_norm")
         self.classifier = layers.Dense(c.num_classes, dtype="float32", name="logits")  # float32 logits always
+
+    @property
+    def cross_attends(self):
+        """The cross-attention layer of each repeat, in order (shared layers appear more than once)."""
+        return [self.cross_attend_layers[i] for i in self._cross_order]
+
+    @property
+    def transformers(self):
+        """The latent Transformer of each repeat, in order."""
+        return [self.transformer_layers[i] for i in self._transformer_order]
 
     def build(self, input_shape):
         c = self.config
@@ -555,9 +570,9 @@ class Perceiver(keras.Model):
         self.encoding.build(input_shape)
         encoded = self.encoding.compute_output_shape(input_shape)
         latent_shape = (input_shape[0], c.num_latents, c.latent_dim)
-        for layer in dict.fromkeys(self.cross_attends):  # distinct layers, in order
+        for layer in self.cross_attend_layers:
             layer.build(latent_shape, encoded)
-        for layer in dict.fromkeys(self.transformers):
+        for layer in self.transformer_layers:
             layer.build(latent_shape)
         self.final_norm.build((input_shape[0], c.latent_dim))
         self.classifier.build((input_shape[0], c.latent_dim))

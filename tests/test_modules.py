@@ -236,6 +236,7 @@ def test_weight_sharing_is_real(share):
     model = build_model(config)
     crosses = _cross_attention_layers(model)
     transformers = {id(t) for t in model.transformers}
+    assert len(model.cross_attend_layers) == len(crosses) and len(model.transformer_layers) == len(transformers)
     assert len(crosses) == (2 if share else 8)
     assert len(transformers) == (1 if share else 8)
     # The variables tell the same story: count kernels of the query projections and of the first block.
@@ -424,3 +425,20 @@ def test_layers_fail_early_on_bad_widths():
         FourierPositionEncoding(num_bands=0)
     with pytest.raises(ValueError, match="needs inputs of shape"):
         FourierPositionEncoding(num_bands=2)(np.zeros((4, 3), "float32"))
+
+
+def test_shared_weights_are_saved_once(tmp_path):
+    import h5py
+
+    shared = build_model(TINY.replace(num_cross_attends=8))
+    separate = build_model(TINY.replace(num_cross_attends=8, share_cross_attend_weights=False,
+                                        share_latent_transformer=False))
+    counts = {}
+    for name, model in (("shared", shared), ("separate", separate)):
+        model.save_weights(tmp_path / f"{name}.weights.h5")
+        with h5py.File(tmp_path / f"{name}.weights.h5") as f:
+            sizes = []
+            f.visititems(lambda _, obj: sizes.append(obj.size) if isinstance(obj, h5py.Dataset) else None)
+        counts[name] = sum(sizes)
+    assert counts["shared"] == shared.count_params()
+    assert counts["separate"] == separate.count_params() > 3 * counts["shared"]
