@@ -474,14 +474,13 @@ def train(args):
     manifest = args.split_manifest
     if args.resume:
         manifest = str(run_dir / runs.SPLIT)
-    data = prepare(args, run_dir, manifest)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    classes = data.classes
-    mconfig = model_config(args, len(classes), args.channels)
-
     scope, replicas = distribution_scope(args)
     if args.batch_size % replicas:
         raise UsageError(f"--batch-size {args.batch_size} must be divisible by the {replicas} devices in use.")
+    data = prepare(args, run_dir, manifest)
+    classes = data.classes
+    mconfig = model_config(args, len(classes), args.channels)
+    run_dir.mkdir(parents=True, exist_ok=True)
     steps = math.ceil(len(data.paths["train"]) / args.batch_size)
     dtype = {"off": None, "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[args.mixed_precision]
     keras.utils.set_random_seed(args.seed)  # here, after data loading, whose code paths may draw random numbers
@@ -546,9 +545,10 @@ def train(args):
             row[key] = float(logs[key][-1]) if logs.get(key) else float("nan")
         if not all(math.isfinite(row[k]) for k in ("loss", "val_loss")):
             stopped_by_nan = True
-            print(f"epoch {epoch + 1}: the loss became NaN or infinite; training stopped. The best weights so far "
-                  f"are kept in {run_dir / runs.BEST_WEIGHTS}; try a lower --lr or --mixed-precision off.",
-                  file=sys.stderr)
+            kept = (f"the best weights so far (epoch {best_epoch}) are kept in {run_dir / runs.BEST_WEIGHTS}"
+                     if best_epoch > 0 else "no epoch had finished, so no weights were kept")
+            print(f"epoch {epoch + 1}: the loss became NaN or infinite, so training stopped; {kept}; try a lower --lr "
+                  "or --mixed-precision off.", file=sys.stderr)
             break
         history.append(row)
         if row["val_loss"] < best_val:

@@ -227,3 +227,13 @@ def test_distribution_engine_must_fit_the_backend(tmp_path, even_folders):
     proc = run_train("--data", even_folders, "--out", tmp_path / "r", "--distribute", "data-parallel", *TINY,
                      env={"KERAS_BACKEND": "tensorflow"}, check=False)
     assert proc.returncode == 2 and "needs KERAS_BACKEND=jax" in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_nan_loss_stops_with_one_clear_message(tmp_path, knees):
+    out = tmp_path / "r"
+    proc = run_train("--data", knees, "--out", out, "--epochs", "3", "--lr", "1e35", "--warmup-epochs", "0", *TINY,
+                     check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "epoch 1: the loss became NaN or infinite, so training stopped" in proc.stderr
+    assert not (out / "model.weights.h5").exists() and not (out / "metrics.json").exists()
