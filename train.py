@@ -530,6 +530,14 @@ def train(args):
     print(f"model: preset {args.preset}, {model.count_params():,} parameters, backend {keras.backend.backend()}, "
           f"{replicas} device(s); {args.epochs} epochs of {steps} steps, batch {args.batch_size}, "
           f"{args.optimizer} lr {args.lr:g}", flush=True)
+    # Weights files hold the model alone: Keras would add the optimizer's moments (2x the size) to a compiled
+    # model's file, and --resume restores those from resume_state.npz instead.
+    plain = build_model(mconfig)
+
+    def weights_only():
+        plain.set_weights(model.get_weights())
+        return plain
+
     verbose = 0 if args.quiet or not sys.stdout.isatty() else 1
     stopped_by_nan = False
     for epoch in range(start, args.epochs):
@@ -553,8 +561,8 @@ def train(args):
         history.append(row)
         if row["val_loss"] < best_val:
             best_val, best_epoch = row["val_loss"], epoch + 1
-            runs.atomic_save_weights(model, run_dir / runs.BEST_WEIGHTS)
-        runs.atomic_save_weights(model, run_dir / runs.LAST_WEIGHTS)
+            runs.atomic_save_weights(weights_only(), run_dir / runs.BEST_WEIGHTS)
+        runs.atomic_save_weights(weights_only(), run_dir / runs.LAST_WEIGHTS)
         write_history(run_dir / runs.HISTORY, history)
         save_state(run_dir / runs.STATE, model, epoch + 1, best_val, best_epoch)
         if os.environ.get("PERCEIVER_KILL_AFTER_EPOCH") == str(epoch + 1):  # for the resume test: die like a kill -9

@@ -67,6 +67,13 @@ def test_config_records_everything_needed_to_rebuild(smoke_run):
     assert config["backend"] and config["versions"]["keras"]
     loaded = runs.load_run(run_dir)
     assert loaded.model.count_params() == config["parameters"]
+    import h5py
+
+    for name in ("model.weights.h5", "last.weights.h5"):  # the model's weights alone, no optimizer moments
+        sizes = []
+        with h5py.File(run_dir / name) as f:
+            f.visititems(lambda _, obj: sizes.append(obj.size) if isinstance(obj, h5py.Dataset) else None)
+        assert sum(sizes) == config["parameters"], name
 
 
 def test_metrics_are_consistent(smoke_run):
