@@ -56,7 +56,8 @@ class RunError(Exception):
     """A run folder that cannot be used; the message is one sentence for the user."""
 
 
-def _tmp_name(path):
+def temporary_name(path):
+    """A sibling name for writing `path` atomically (written there, then renamed over `path`)."""
     path = pathlib.Path(path)
     # Keras wants weights files to end in ".weights.h5", so the temporary name keeps the ending.
     return path.with_name(f".tmp-{os.getpid()}-{path.name}")
@@ -64,7 +65,7 @@ def _tmp_name(path):
 
 def atomic_write_text(path, text):
     """Writes text through a temporary file and `os.replace`, so a kill never leaves half a file in place."""
-    tmp = _tmp_name(path)
+    tmp = temporary_name(path)
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -74,7 +75,7 @@ def atomic_write_json(path, obj):
 
 
 def atomic_save_weights(model, path):
-    tmp = _tmp_name(path)
+    tmp = temporary_name(path)
     model.save_weights(tmp)
     os.replace(tmp, path)
 

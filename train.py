@@ -212,7 +212,7 @@ def distribution_scope(args):
 # ---------------------------------------------------------------------------------------------- data
 
 
-def prepare(args, run_dir, manifest):
+def prepare(args, manifest):
     import dataset
 
     if args.data is None:
@@ -405,12 +405,12 @@ def save_state(path, model, epoch, best_val_loss, best_epoch):
     """Weights, optimizer variables and progress of the last completed epoch, written atomically (no pickle)."""
     from keras import ops
 
-    from runs import _tmp_name
+    from runs import temporary_name
 
     arrays = {f"w{i}": ops.convert_to_numpy(v.value) for i, v in enumerate(model.weights)}
     arrays.update({f"o{i}": ops.convert_to_numpy(v.value) for i, v in enumerate(model.optimizer.variables)})
     arrays["progress"] = np.array([epoch, best_val_loss, best_epoch], dtype=np.float64)
-    tmp = _tmp_name(path).with_suffix(".npz")
+    tmp = temporary_name(path)
     with open(tmp, "wb") as f:
         np.savez(f, **arrays)
     os.replace(tmp, path)
@@ -477,7 +477,7 @@ def train(args):
     scope, replicas = distribution_scope(args)
     if args.batch_size % replicas:
         raise UsageError(f"--batch-size {args.batch_size} must be divisible by the {replicas} devices in use.")
-    data = prepare(args, run_dir, manifest)
+    data = prepare(args, manifest)
     classes = data.classes
     mconfig = model_config(args, len(classes), args.channels)
     run_dir.mkdir(parents=True, exist_ok=True)
