@@ -574,10 +574,10 @@ def train(args):
 
     if best_epoch < 0:
         raise UsageError("no epoch finished with a finite loss, so there are no weights to evaluate; lower --lr.")
-    model.load_weights(run_dir / runs.BEST_WEIGHTS)
+    plain.load_weights(run_dir / runs.BEST_WEIGHTS)  # the model alone, as driver.py will load it
     test_ds = dataset.make_dataset(data.images["test"], data.labels["test"], batch_size=args.batch_size,
                                    training=False, class_names=classes)
-    logits = np.asarray(model.predict(test_ds, verbose=0), dtype=np.float64)
+    logits = np.asarray(plain.predict(test_ds, verbose=0), dtype=np.float64)
     by_path = {r.path: r for r in data.records}
     from metrics import classification_metrics
 
