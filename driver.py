@@ -685,12 +685,12 @@ def test_split_inputs(loaded, data_root=None):
 
 def confusion_matrix(results, classes):
     """(classes x classes) counts: rows the expected class, columns the predicted class (classified inputs only)."""
+    from metrics import confusion_counts
+
     index = {c: i for i, c in enumerate(classes)}
-    m = np.zeros((len(classes), len(classes)), np.int64)
-    for r in results:
-        if r.error is None and r.expected in index:
-            m[index[r.expected], index[r.predicted]] += 1
-    return m
+    pairs = [(index[r.expected], index[r.predicted]) for r in results if r.error is None and r.expected in index]
+    true, predicted = zip(*pairs) if pairs else ((), ())
+    return confusion_counts(true, predicted, len(classes))
 
 
 def format_confusion(m, classes):

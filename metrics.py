@@ -6,6 +6,13 @@ Plain numpy, so train.py, driver.py and the tests compute them the same way.
 import numpy as np
 
 
+def confusion_counts(labels, predicted, num_classes):
+    """(classes x classes) counts: rows the true class, columns the predicted class."""
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (np.asarray(labels, int), np.asarray(predicted, int)), 1)
+    return confusion
+
+
 def softmax(logits):
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -50,8 +57,7 @@ def group_vote(groups, labels, predicted):
 def classification_metrics(logits, labels, records, classes, label_smoothing):
     predicted = logits.argmax(axis=1)
     k = len(classes)
-    confusion = np.zeros((k, k), dtype=int)
-    np.add.at(confusion, (labels, predicted), 1)
+    confusion = confusion_counts(labels, predicted, k)
     probs = softmax(logits)
     if k == 2:
         auc = roc_curve(probs[:, 1], labels == 1)[2]
