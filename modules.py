@@ -153,23 +153,34 @@ class FourierPositionEncoding(layers.Layer):
 def _attend(q, k, v, num_heads, return_scores):
     """Multi-head scaled dot-product attention on `(batch, tokens, heads * head_dim)` tensors.
 
-    Uses `keras.ops.dot_product_attention` (fused kernels where the backend has them) unless the weights are asked
-    for; then the logits are computed and soft-maxed in float32.
+    The kernel is picked per backend by measured training speed on CPU (bench/RESULTS.md, "Profile and changes"):
+    under PyTorch, `keras.ops.dot_product_attention` (its fused flash kernel); under TensorFlow and JAX, plain batched
+    matmuls with the softmax in float32, which beat their `dot_product_attention` by 1.2x (whole training step) because
+    the one-head cross-attention needs no head axis and the scale goes onto the queries, not the logits.
     """
     batch = ops.shape(q)[0]
     head_dim = q.shape[-1] // num_heads
     v_head = v.shape[-1] // num_heads
-    q = ops.reshape(q, (batch, -1, num_heads, head_dim))  # (batch, queries, heads, head_dim)
-    k = ops.reshape(k, (batch, -1, num_heads, head_dim))  # (batch, keys, heads, head_dim)
-    v = ops.reshape(v, (batch, -1, num_heads, v_head))  # (batch, keys, heads, v_head)
     scale = 1.0 / math.sqrt(head_dim)
-    if not return_scores:
+    if not return_scores and keras.backend.backend() == "torch":
+        q = ops.reshape(q, (batch, -1, num_heads, head_dim))  # (batch, queries, heads, head_dim)
+        k = ops.reshape(k, (batch, -1, num_heads, head_dim))  # (batch, keys, heads, head_dim)
+        v = ops.reshape(v, (batch, -1, num_heads, v_head))  # (batch, keys, heads, v_head)
         out = ops.dot_product_attention(q, k, v, scale=scale)  # (batch, queries, heads, v_head)
         return ops.reshape(out, (batch, -1, num_heads * v_head)), None
-    logits = ops.einsum("bqhd,bkhd->bhqk", q, k)  # (batch, heads, queries, keys)
-    weights = ops.softmax(ops.cast(logits, "float32") * scale, axis=-1)
-    out = ops.einsum("bhqk,bkhd->bqhd", ops.cast(weights, v.dtype), v)  # (batch, queries, heads, v_head)
-    return ops.reshape(out, (batch, -1, num_heads * v_head)), weights
+    q = q * ops.cast(scale, q.dtype)
+    if num_heads == 1:  # the paper's cross-attention: no head axis to move
+        logits = ops.matmul(q, ops.transpose(k, (0, 2, 1)))  # (batch, queries, keys)
+        weights = ops.softmax(ops.cast(logits, "float32"), axis=-1)
+        out = ops.matmul(ops.cast(weights, v.dtype), v)  # (batch, queries, v_head)
+        return out, (weights[:, None] if return_scores else None)
+    q = ops.transpose(ops.reshape(q, (batch, -1, num_heads, head_dim)), (0, 2, 1, 3))  # (batch, heads, queries, d)
+    k = ops.transpose(ops.reshape(k, (batch, -1, num_heads, head_dim)), (0, 2, 3, 1))  # (batch, heads, d, keys)
+    v = ops.transpose(ops.reshape(v, (batch, -1, num_heads, v_head)), (0, 2, 1, 3))  # (batch, heads, keys, v_head)
+    weights = ops.softmax(ops.cast(ops.matmul(q, k), "float32"), axis=-1)  # (batch, heads, queries, keys)
+    out = ops.matmul(ops.cast(weights, v.dtype), v)  # (batch, heads, queries, v_head)
+    out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (batch, -1, num_heads * v_head))
+    return out, (weights if return_scores else None)
 
 
 def _mlp_layers(layer, width, widening_factor, prefix):
@@ -244,7 +255,8 @@ class CrossAttention(layers.Layer):
     def project_inputs(self, inputs):
         """Keys and values of the inputs, `((batch, positions, qk), (batch, positions, v))`; reusable across calls."""
         kv = self.key_value(self.input_norm(inputs))  # (batch, positions, qk + v)
-        return kv[..., : self._qk], kv[..., self._qk :]
+        keys, values = ops.split(kv, [self._qk], axis=-1)  # split's gradient is one concat; a slice's is a zero-fill
+        return keys, values
 
     def attend(self, latents, keys, values, return_attention_scores=False):
         """The block on precomputed keys and values (see `project_inputs`)."""
@@ -307,9 +319,8 @@ class SelfAttentionBlock(layers.Layer):
         self.mlp_out.build(tuple(latents_shape[:-1]) + (width * self.widening_factor,))
 
     def call(self, latents, return_attention_scores=False):
-        width = latents.shape[-1]
         qkv = self.qkv(self.attn_norm(latents))  # (batch, latents, 3 * width)
-        q, k, v = qkv[..., :width], qkv[..., width : 2 * width], qkv[..., 2 * width :]
+        q, k, v = ops.split(qkv, 3, axis=-1)
         attended, weights = _attend(q, k, v, self.num_heads, return_attention_scores)
         x = latents + self.output_proj(attended)
         x = x + self.mlp_out(self.mlp_hidden(self.mlp_norm(x)))

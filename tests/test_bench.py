@@ -1,0 +1,81 @@
+"""Tests of the benchmark's bookkeeping (bench/train_speed.py): which rows run and how rounds and ratios are reduced.
+
+The timing itself is not tested (tests never assert wall-clock times); these tests feed made-up step times in.
+"""
+
+import argparse
+import importlib.util
+import os
+
+import pytest
+
+_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "train_speed.py")
+_spec = importlib.util.spec_from_file_location("train_speed", _PATH)
+train_speed = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(train_speed)
+
+
+def _row(impl, precision, round_times, backend="torch", jit=False):
+    return dict(impl=impl, backend=backend, precision=precision, jit=jit, round_times=round_times, params=1_000_000,
+                forward_flops=1e9, peak_bytes=2**30, peak_kind="host RSS", device=None)
+
+
+def test_rounds_reduce_to_the_median_of_round_medians_and_ratios_pick_the_right_peer():
+    args = argparse.Namespace(config="cpu", peak_tflops=None)
+    batch = train_speed.CONFIGS["cpu"]["batch"]
+    rows = [
+        # Round medians 1.0 s and 0.5 s and 0.8 s: the median of the three is 0.8 s, the fastest step 0.4 s.
+        _row("ours", "float32", [[1.0, 1.0, 9.0], [0.5, 0.4, 0.5], [0.8, 0.8, 0.8]], backend="tensorflow", jit=True),
+        _row("transformers", "float32", [[2.0, 2.0, 2.0]]),
+        _row("transformers", "bfloat16", [[1.6, 1.6, 1.6]]),
+        _row("ours", "bfloat16", [[0.4, 0.4, 0.4]], backend="tensorflow", jit=False),
+    ]
+    train_speed.summarise(rows, args)
+    ours32, hf32, hf16, ours16 = rows
+    assert ours32["step_s"] == pytest.approx(0.8)
+    assert ours32["images_per_s"] == pytest.approx(batch / 0.8)
+    assert ours32["best_images_per_s"] == pytest.approx(batch / 0.4)
+    assert ours32["round_images_per_s"] == pytest.approx([batch / 1.0, batch / 0.5, batch / 0.8])
+    # Same precision: against Hugging Face float32 (2.0 s); any precision: against its bfloat16 row (1.6 s).
+    assert ours32["vs_best_peer"] == pytest.approx(2.0 / 0.8)
+    assert ours32["vs_fastest_peer"] == pytest.approx(1.6 / 0.8)
+    assert ours16["vs_best_peer"] == pytest.approx(1.6 / 0.4) == ours16["vs_fastest_peer"]
+    assert hf32["vs_fastest_peer"] == pytest.approx(1.6 / 2.0)
+    assert "mfu" not in ours32  # no GPU named: no peak to divide by
+    text = train_speed.table(rows)
+    assert "images/s per round" in text and "32.0 / 64.0 / 40.0" in text
+
+
+def test_a_failed_or_skipped_row_is_listed_with_its_reason_and_not_ranked():
+    args = argparse.Namespace(config="cpu", peak_tflops=None)
+    rows = [
+        _row("ours", "float32", [[0.5, 0.5]], backend="tensorflow", jit=True),
+        dict(impl="transformers", backend="torch", precision="float32", jit=False,
+             skip="transformers not installed (pip install -r bench/requirements.txt)"),
+        dict(_row("perceiver-pytorch", "float32", [[0.1, 0.1]]), error="exit 1: RuntimeError: out of memory"),
+    ]
+    train_speed.summarise(rows, args)
+    assert "vs_best_peer" not in rows[0]  # the only peer that ran failed: nothing to compare with
+    text = train_speed.table(rows)
+    assert "transformers not installed" in text and "exit 1: RuntimeError: out of memory" in text
+
+
+def test_plan_rows_follows_precisions_backends_and_only(monkeypatch):
+    monkeypatch.setattr(train_speed, "_installed", lambda module: module != "jax")
+    args = argparse.Namespace(precisions=["float32", "bfloat16"], only=["ours", "transformers"],
+                              backends=["tensorflow", "jax"], torch_compile=False)
+    rows = train_speed.plan_rows(args)
+    ours = [(r["backend"], r["jit"], r["precision"]) for r in rows if r["impl"] == "ours"]
+    assert ours == [("tensorflow", True, "float32"), ("tensorflow", False, "float32"), ("jax", True, "float32"),
+                    ("tensorflow", True, "bfloat16"), ("tensorflow", False, "bfloat16"), ("jax", True, "bfloat16")]
+    assert all(r["skip"] == "jax not installed" for r in rows if r["backend"] == "jax")
+    assert [r["precision"] for r in rows if r["impl"] == "transformers"] == ["float32", "bfloat16"]
+    assert not any(r["impl"] == "perceiver-pytorch" for r in rows)
+
+
+def test_bad_flags_are_refused_with_a_message(capsys):
+    for argv, words in ((["--rounds", "0"], "--rounds"), (["--precisions", "float16"], "float16"),
+                        (["--only", "ours,nope"], "nope")):
+        with pytest.raises(SystemExit):
+            train_speed.main(argv)
+        assert words in capsys.readouterr().err
