@@ -183,6 +183,14 @@ def _attend(q, k, v, num_heads, return_scores):
     return out, (weights if return_scores else None)
 
 
+def standardize(x, epsilon, dtype):
+    """`(x - mean) / sqrt(var + epsilon)` over the last axis, computed in float32 and returned as `dtype`: a
+    LayerNorm without its scale and offset."""
+    x = ops.cast(x, "float32")
+    mean, variance = ops.moments(x, axes=[-1], keepdims=True)
+    return ops.cast((x - mean) * ops.rsqrt(variance + epsilon), dtype)
+
+
 def _mlp_layers(layer, width, widening_factor, prefix):
     hidden = layers.Dense(width * widening_factor, activation="gelu", dtype=layer.dtype_policy, name=f"{prefix}_fc1")
     out = layers.Dense(width, dtype=layer.dtype_policy, name=f"{prefix}_fc2")
@@ -252,9 +260,24 @@ class CrossAttention(layers.Layer):
         self.mlp_hidden.build(latents_shape)
         self.mlp_out.build(tuple(latents_shape[:-1]) + (latent_dim * self.widening_factor,))
 
-    def project_inputs(self, inputs):
-        """Keys and values of the inputs, `((batch, positions, qk), (batch, positions, v))`; reusable across calls."""
-        kv = self.key_value(self.input_norm(inputs))  # (batch, positions, qk + v)
+    def project_inputs(self, inputs, standardized=None):
+        """Keys and values of the inputs, `((batch, positions, qk), (batch, positions, v))`; reusable across calls.
+
+        Computed as `standardize(inputs) @ (gamma * W) + (beta @ W + b)`, which equals
+        `key_value(input_norm(inputs))`: folding the LayerNorm's scale and offset into the projection leaves no
+        gradient to flow into the standardized inputs (they depend on the data only), so training skips the
+        LayerNorm's backward pass and the projection's input gradient over every position (bench/RESULTS.md).
+        `standardized`: `standardize(inputs)` if the caller already has it (every cross-attend layer shares it).
+        """
+        if standardized is None:
+            standardized = standardize(inputs, self.input_norm.epsilon, self.compute_dtype)
+        gamma = ops.cast(self.input_norm.gamma, "float32")
+        beta = ops.cast(self.input_norm.beta, "float32")
+        kernel = ops.cast(self.key_value.kernel, "float32")
+        folded = ops.cast(gamma[:, None] * kernel, self.compute_dtype)  # (input_dim, qk + v)
+        offset = ops.cast(ops.matmul(beta[None], kernel)[0] + ops.cast(self.key_value.bias, "float32"),
+                          self.compute_dtype)
+        kv = ops.matmul(standardized, folded) + offset  # (batch, positions, qk + v)
         keys, values = ops.split(kv, [self._qk], axis=-1)  # split's gradient is one concat; a slice's is a zero-fill
         return keys, values
 
@@ -601,10 +624,14 @@ class Perceiver(keras.Model):
         z = ops.cast(self.latents, self.compute_dtype)
         z = ops.broadcast_to(z[None], (batch,) + tuple(z.shape))  # (batch, latents, latent_dim)
         projected = {}  # keys/values per distinct cross-attention layer: the shared one sees the same inputs
+        standardized = {}  # the inputs' LayerNorm statistics, shared by every layer with the same epsilon
         maps = []
         for cross, transformer in zip(self.cross_attends, self.transformers):
             if id(cross) not in projected:
-                projected[id(cross)] = cross.project_inputs(x)
+                eps = cross.input_norm.epsilon
+                if eps not in standardized:
+                    standardized[eps] = standardize(x, eps, self.compute_dtype)
+                projected[id(cross)] = cross.project_inputs(x, standardized[eps])
             keys, values = projected[id(cross)]
             if return_attention:
                 z, weights = cross.attend(z, keys, values, return_attention_scores=True)
