@@ -4,10 +4,12 @@
     python bench/train_speed.py --config gpu                   # float32 and bfloat16, on one GPU
     python bench/train_speed.py --config cpu --only ours --backends tensorflow,jax
     python bench/train_speed.py --config cpu --json results.json --markdown
+    python bench/train_speed.py --config cpu --rounds 2 --precisions float32   # rows alternate; two rounds each
 
 Each row (implementation, backend, precision) runs in its own child process (`--worker`), so Keras backends do not
 interfere and peak memory is per row. A row builds the model, runs `--warmup` training steps (compilation included),
-then `--steps` timed steps on random in-memory data; images/s is batch size over the median step time. Rows:
+then `--steps` timed steps on random in-memory data; images/s is batch size over the median step time. With
+`--rounds N` every row runs N times, the rows alternating, and images/s is the median of the rounds' medians. Rows:
 
 - `ours`: `modules.build_model` compiled with AdamW and sparse cross-entropy on logits, stepped with
   `model.train_on_batch`, under `tensorflow` (XLA `jit_compile=True`, plus a row with it off), `jax` (always jitted)
@@ -17,27 +19,28 @@ then `--steps` timed steps on random in-memory data; images/s is batch size over
   They are optional benchmark requirements (`pip install -r bench/requirements.txt`); when absent their rows say so.
 
 Configurations (64 x 64 x 3 inputs, 2 cross-attends, 2 classes):
-- `cpu`: 128 latents x 128, 4 self-attention blocks of 4 heads per cross-attend, 6 bands, batch 32, float32.
+- `cpu`: 128 latents x 128, 4 self-attention blocks of 4 heads per cross-attend, 6 bands, batch 32, float32 and
+  bfloat16 (fast where the CPU has AVX512-BF16 or AMX; `--precisions float32` to skip it).
 - `gpu`: 256 latents x 256, 4 blocks of 8 heads, 64 bands, batch 256, float32 and bfloat16 (`mixed_bfloat16` for ours,
   `torch.autocast` for the peers; float32 matmuls may use TF32, as TensorFlow and JAX do by default on NVIDIA GPUs).
 
 Columns: images/s (batch over the median step), images/s of the fastest step (on a shared machine other jobs slow
-some steps several-fold, the fastest step less so), median step time, peak memory (CPU: the child's maximum resident set; GPU: the framework's peak
-device memory), parameters, training GFLOPs per image (3x the forward, counted analytically: `modules.forward_flops`
+some steps several-fold, the fastest step less so), median step time, peak memory (CPU: the child's maximum
+resident set; GPU: the framework's peak device memory), parameters, training GFLOPs per image (3x the forward, counted analytically: `modules.forward_flops`
 for ours, `bench/peers.py` for the peers), MFU on a GPU (achieved training FLOP/s over the device's dense peak, see
-`--peak-tflops`), and each row's ratio to the fastest peer at the same precision. Targets: `cpu` config on the 2-core
-CPU, ours >= 1.5x the fastest peer; `gpu` config on one H100/H200 with bfloat16, >= 12,000 images/s.
+`--peak-tflops`), each row's ratio to the fastest peer at the same precision, and its ratio to the fastest peer row of
+any precision. Targets: `cpu` config on the 2-core CPU, ours >= 1.5x the fastest peer; `gpu` config on one H100/H200 with bfloat16, >= 12,000 images/s.
 
-Expected table on the 2-core dev machine (`--config cpu`, one run while other jobs shared the cores, load average
-2.4 to 3.7; medians move several-fold with that load, so read bench/RESULTS.md before comparing rows):
+Expected table on the 2-core dev machine (`--config cpu --rounds 2`, float32 rows; the bfloat16 rows and how much
+the figures move with the machine's load are in bench/RESULTS.md):
 
-    implementation     backend     mode    images/s  best step img/s  params  train GFLOP/img  vs best peer
-    ours               tensorflow  XLA     27.3      46.1             0.50 M  1.31             0.49x
-    ours               tensorflow  no XLA  22.5      25.8             0.50 M  1.31             0.40x
-    ours               jax         jit     16.0      24.4             0.50 M  1.31             0.29x
-    ours               torch       eager   42.2      47.6             0.50 M  1.31             0.75x
-    perceiver-pytorch  torch       eager    4.8      27.7             2.54 M  2.57             0.09x
-    transformers       torch       eager   55.9      62.1             0.56 M  1.09             1.00x
+    implementation     backend     mode    precision  images/s  best step img/s  params  train GFLOP/img  vs best peer
+    ours               tensorflow  XLA     float32    52.1      58.0             0.50 M  1.31             0.86x
+    ours               tensorflow  no XLA  float32    63.0      72.7             0.50 M  1.31             1.04x
+    ours               jax         jit     float32    26.7      30.3             0.50 M  1.31             0.44x
+    ours               torch       eager   float32    54.3      63.4             0.50 M  1.31             0.90x
+    perceiver-pytorch  torch       eager   float32    28.5      34.7             2.54 M  2.57             0.47x
+    transformers       torch       eager   float32    60.6      68.7             0.56 M  1.09             1.00x
 
 On one H100/H200 (`--config gpu`) ours is about 20.3 training GFLOP per image, so the 12,000 images/s target is
 about 243 TFLOP/s, 25% MFU at bfloat16.

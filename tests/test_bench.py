@@ -79,3 +79,40 @@ def test_bad_flags_are_refused_with_a_message(capsys):
         with pytest.raises(SystemExit):
             train_speed.main(argv)
         assert words in capsys.readouterr().err
+
+
+def _load_bench(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(_PATH), f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_profile_sums_ops_by_type_over_threads_and_skips_the_executor_wrapper(tmp_path):
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    profile_step = _load_bench("profile_step")
+    space = xplane_pb2.XSpace()
+    plane = space.planes.add(name="/host:CPU")
+    names = {1: "model/dense/MatMul:_MklMatMul", 2: "gradient_tape/model/dense/MatMul:_MklMatMul",
+             3: "ExecutorState::Process", 4: "model/Softmax:_MklSoftmax"}
+    for key, name in names.items():
+        plane.event_metadata[key].id = key
+        plane.event_metadata[key].name = name
+    events = {"tf_Compute/1": [(1, 10), (2, 30), (3, 1000)], "tf_Compute/2": [(1, 6), (2, 4)],
+              "python": [(4, 500)]}  # a non-executor thread is not counted
+    for line_name, items in events.items():
+        line = plane.lines.add(name=line_name)
+        for key, ms in items:
+            line.events.add(metadata_id=key, duration_ps=int(ms * 1e9))
+    path = tmp_path / "host.xplane.pb"
+    path.write_bytes(space.SerializeToString())
+    times = profile_step.op_times(str(path), steps=2)
+    assert times == {"_MklMatMul": pytest.approx((8.0, 1.0)), "_MklMatMul (backward)": pytest.approx((17.0, 1.0))}
+
+
+def test_ab_step_refuses_a_missing_file(tmp_path, capsys):
+    ab_step = _load_bench("ab_step")
+    with pytest.raises(SystemExit):
+        ab_step.main([str(tmp_path / "no_such_modules.py")])
+    assert "no_such_modules.py is not a file" in capsys.readouterr().err

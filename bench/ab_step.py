@@ -1,0 +1,104 @@
+"""Benchmark: A/B of two versions of modules.py, stepping alternately in one process.
+
+    python bench/ab_step.py OLD_modules.py                  # against this checkout's modules.py
+    python bench/ab_step.py OLD_modules.py NEW_modules.py --xla --precision bfloat16
+    git show HEAD~1:modules.py > /tmp/old.py && python bench/ab_step.py /tmp/old.py
+
+On a shared machine the speed of one process drifts by 1.5x within minutes, so two rows timed one after the other
+(bench/train_speed.py) cannot resolve a 5% change. Here both models are built in one process at the `cpu`
+configuration of bench/train_speed.py, warmed up, and then stepped A, B, A, B, ... with `train_on_batch`, so a slow
+spell hits both alike; the ratio of the median steps is the result. Expected output (numbers vary):
+
+    A 533 ms  B 519 ms  B/A 0.973  (fastest step: A 486 ms, B 458 ms); tensorflow, A no XLA, B no XLA, float32,
+    cpu configuration, batch 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import statistics
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.dirname(os.path.abspath(__file__))
+
+
+def _load(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None:
+        raise SystemExit(f"error: cannot load {path}: not a Python file.")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def main(argv=None):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    p = argparse.ArgumentParser(description="Training step time of two modules.py versions, alternating in one process.")
+    p.add_argument("a", help="modules.py version A (e.g. the old one)")
+    p.add_argument("b", nargs="?", default=os.path.join(REPO, "modules.py"), help="version B (default: this checkout's)")
+    p.add_argument("--config", default="cpu", choices=("cpu", "gpu", "akoa"),
+                   help="sizes: bench/train_speed.py's cpu or gpu configuration, or the akoa preset (default: cpu)")
+    p.add_argument("--xla", action="store_true", help="compile both steps with XLA (default: off)")
+    p.add_argument("--xla-a", action="store_true", help="compile only A's step with XLA (an old default against a new)")
+    p.add_argument("--xla-b", action="store_true", help="compile only B's step with XLA")
+    p.add_argument("--precision", default="float32", choices=("float32", "bfloat16"), help="(default: float32)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps per model (default: 3)")
+    p.add_argument("--steps", type=int, default=15, help="timed steps per model (default: 15)")
+    args = p.parse_args(argv)
+    for path in (args.a, args.b):
+        if not os.path.isfile(path):
+            p.error(f"{path} is not a file.")
+    if args.steps < 1 or args.warmup < 0:
+        p.error("--steps must be >= 1 and --warmup >= 0.")
+
+    import keras
+    import numpy as np
+
+    sys.path.insert(0, BENCH)
+    from train_speed import CONFIGS
+
+    size = CONFIGS["cpu" if args.config == "akoa" else args.config]
+    xla = (args.xla or args.xla_a, args.xla or args.xla_b)
+    models = []
+    for i, path in enumerate((args.a, args.b)):
+        m = _load(path, f"modules_{'ab'[i]}")
+        if args.config == "akoa":
+            config = m.PerceiverConfig.preset("akoa")
+        else:
+            config = m.PerceiverConfig.preset(
+                "akoa", input_shape=tuple(size["image"]), num_classes=size["num_classes"],
+                num_latents=size["num_latents"], latent_dim=size["latent_dim"],
+                num_cross_attends=size["num_cross_attends"],
+                num_self_attends_per_block=size["num_self_attends_per_block"],
+                num_self_attend_heads=size["num_self_attend_heads"], num_bands=size["num_bands"],
+            )
+        keras.utils.set_random_seed(0)
+        model = m.build_model(config, dtype="mixed_bfloat16" if args.precision == "bfloat16" else None)
+        model.compile(optimizer=keras.optimizers.AdamW(1e-3),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=xla[i])
+        models.append(model)
+    rng = np.random.default_rng(0)
+    x = rng.random((size["batch"],) + tuple(models[0].config.input_shape), dtype=np.float32)
+    y = rng.integers(0, models[0].config.num_classes, size["batch"]).astype("int32")
+    for model in models:
+        for _ in range(args.warmup):
+            model.train_on_batch(x, y)
+    times = ([], [])
+    for _ in range(args.steps):
+        for model, record in zip(models, times):
+            t = time.perf_counter()
+            model.train_on_batch(x, y)  # returns numpy: synchronises
+            record.append(time.perf_counter() - t)
+    a, b = (statistics.median(t) * 1e3 for t in times)
+    print(f"A {a:.0f} ms  B {b:.0f} ms  B/A {b / a:.3f}  (fastest step: A {min(times[0]) * 1e3:.0f} ms, "
+          f"B {min(times[1]) * 1e3:.0f} ms); {keras.backend.backend()}, A {'XLA' if xla[0] else 'no XLA'}, "
+          f"B {'XLA' if xla[1] else 'no XLA'}, {args.precision}, {args.config} configuration, batch {size['batch']}")
+
+
+if __name__ == "__main__":
+    main()

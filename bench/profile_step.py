@@ -1,0 +1,108 @@
+"""Benchmark: where a TensorFlow training step of our Perceiver spends its time, summed by op type.
+
+    python bench/profile_step.py                            # cpu configuration, no XLA, float32
+    python bench/profile_step.py --precision bfloat16 --top 40
+    python bench/profile_step.py --xla                      # one opaque XLA cluster per step: little to read
+
+Builds the model at the `cpu` configuration of bench/train_speed.py, warms up, records `--steps` `train_on_batch`
+steps with the TensorFlow profiler, and sums the time of every op event over all threads by op type, separating the
+backward pass (ops under `gradient_tape/`). Times are thread time per step: oneDNN kernels run on both cores and
+independent ops overlap, so the column adds up to more than the wall time of a step. Expected output (first lines):
+
+    wall time per step (median of 3): 560 ms; op time summed over threads: 715 ms/step
+      ms/step  calls/step  op type
+        171.9          40  _MklBatchMatMulV2 (backward)
+        146.2          86  _MklMatMul (backward)
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.dirname(os.path.abspath(__file__))
+
+
+def op_times(xplane_path, steps):
+    """{op type: (ms per step, calls per step)} from a TensorFlow profiler XSpace file."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    space = xplane_pb2.XSpace()
+    with open(xplane_path, "rb") as f:
+        space.ParseFromString(f.read())
+    total, calls = collections.Counter(), collections.Counter()
+    for plane in space.planes:
+        names = {k: v.name for k, v in plane.event_metadata.items()}
+        for line in plane.lines:
+            if not line.name.startswith("tf_Compute"):  # the executor threads; their ops are "name:OpType"
+                continue
+            for event in line.events:
+                name = names.get(event.metadata_id, "")
+                if ":" not in name or "::" in name:  # "ExecutorState::Process" wraps the ops: not an op itself
+                    continue
+                scope, op = name.rsplit(":", 1)
+                key = op + (" (backward)" if scope.startswith("gradient_tape") else "")
+                total[key] += event.duration_ps
+                calls[key] += 1
+    return {k: (t / steps / 1e9, calls[k] / steps) for k, t in total.items()}
+
+
+def main(argv=None):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+    p = argparse.ArgumentParser(description="Op-type profile of one TensorFlow training step of our Perceiver.")
+    p.add_argument("--xla", action="store_true", help="compile the step with XLA (default: off)")
+    p.add_argument("--precision", default="float32", choices=("float32", "bfloat16"), help="(default: float32)")
+    p.add_argument("--steps", type=int, default=3, help="profiled steps (default: 3)")
+    p.add_argument("--top", type=int, default=25, help="op types to list (default: 25)")
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.top < 1:
+        p.error("--steps and --top must be at least 1.")
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    sys.path.insert(0, REPO)
+    sys.path.insert(0, BENCH)
+    import modules
+    from train_speed import CONFIGS, _ours_config
+
+    size = CONFIGS["cpu"]
+    model = modules.build_model(_ours_config(size), dtype="mixed_bfloat16" if args.precision == "bfloat16" else None)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=args.xla)
+    rng = np.random.default_rng(0)
+    x = rng.random((size["batch"],) + tuple(size["image"]), dtype=np.float32)
+    y = rng.integers(0, size["num_classes"], size["batch"]).astype("int32")
+    for _ in range(3):
+        model.train_on_batch(x, y)
+    walls = []
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        for _ in range(args.steps):
+            t = time.perf_counter()
+            model.train_on_batch(x, y)
+            walls.append(time.perf_counter() - t)
+        tf.profiler.experimental.stop()
+        files = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
+        if not files:
+            raise SystemExit("error: the TensorFlow profiler wrote no trace; is this TensorFlow build profiler-enabled?")
+        times = op_times(files[0], args.steps)
+    print(f"wall time per step (median of {args.steps}, profiler on): {statistics.median(walls) * 1e3:.0f} ms; "
+          f"op time summed over threads: {sum(t for t, _ in times.values()):.0f} ms/step "
+          f"({'XLA' if args.xla else 'no XLA'}, {args.precision}, batch {size['batch']})")
+    print(f"{'ms/step':>9}  {'calls/step':>10}  op type")
+    for key, (ms, n) in sorted(times.items(), key=lambda kv: -kv[1][0])[: args.top]:
+        print(f"{ms:9.1f}  {n:10.0f}  {key}")
+
+
+if __name__ == "__main__":
+    main()
