@@ -150,7 +150,8 @@ def check_settings(args):
         (args.phantom_slices >= 1, f"--phantom-slices {args.phantom_slices} must be at least 1"),
         (args.cpu_devices >= 1, f"--cpu-devices {args.cpu_devices} must be at least 1"),
         (args.seed >= 0, f"--seed {args.seed} must be zero or positive"),
-        (args.xla in (None, True, False), f"xla must be true, false or null (automatic), got {args.xla!r}"),
+        (args.xla is None or isinstance(args.xla, bool),
+         f"xla must be true, false or null (automatic), got {args.xla!r}"),
     ]
     for ok, message in checks:
         if not ok:

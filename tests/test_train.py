@@ -196,6 +196,24 @@ def test_config_file_and_flag_precedence(tmp_path, knees):
     cfg.write_text(json.dumps({"epoch": 1}))
     proc = run_train("--config", cfg, "--data", knees, "--out", tmp_path / "r2", check=False)
     assert proc.returncode == 2 and "unknown setting(s) epoch" in proc.stderr
+    cfg.write_text(json.dumps({"xla": 1}))  # xla's default is null (automatic), so only this check guards its type
+    proc = run_train("--config", cfg, "--data", knees, "--out", tmp_path / "r3", check=False)
+    assert proc.returncode == 2 and "xla must be true, false or null (automatic), got 1" in proc.stderr
+    assert not (tmp_path / "r3").exists()
+
+
+def test_xla_default_follows_the_device_and_an_explicit_choice_stays():
+    import argparse
+
+    import tensorflow as tf
+
+    import train
+
+    args = argparse.Namespace(xla=None)
+    has_gpu = bool(tf.config.list_physical_devices("GPU"))
+    assert train.resolve_xla(args) is has_gpu and args.xla is has_gpu  # TensorFlow: XLA only on a GPU
+    for choice in (True, False):
+        assert train.resolve_xla(argparse.Namespace(xla=choice)) is choice
 
 
 @pytest.fixture(scope="module")
