@@ -29,21 +29,15 @@ import importlib.util
 import math
 import os
 import statistics
-import time
 
 SHAPES = {"cross": dict(batch=32, heads=1, queries=128, keys=4096, head_dim=29),
           "self": dict(batch=32, heads=4, queries=128, keys=128, head_dim=32)}
 
 
 def _median_ms(fn, repeats):
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+    from train_speed import _time_steps  # bench/ is on sys.path when this file runs as a script
+
+    return statistics.median(_time_steps(fn, 2, repeats)) * 1e3
 
 
 def _keras_variants():
