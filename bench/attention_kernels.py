@@ -1,6 +1,6 @@
 """Benchmark: the attention cores of the `cpu` configuration, forward and forward+backward, kernel by kernel.
 
-    python bench/attention_kernels.py                       # TensorFlow variants, with and without XLA; PyTorch if installed
+    python bench/attention_kernels.py                # TensorFlow with and without XLA; JAX and PyTorch if installed
     python bench/attention_kernels.py --only cross --repeats 20
 
 The two shapes of bench/train_speed.py's `cpu` configuration at batch 32: the cross-attention (128 latent queries
@@ -12,6 +12,8 @@ gradient of a scalar loss with respect to q, k and v. Variants:
   modules.py used before the speed work.
 - `batched matmul`: the scale on the queries, heads moved to a batch axis, two `matmul`s and a float32 softmax;
   the 1-head case skips the head axis. What modules.py uses under TensorFlow and JAX.
+- `jax jit` `batched matmul`: the same form in plain `jax.numpy`, jitted: XLA's CPU kernels as Keras's JAX backend
+  gets them.
 - `torch SDPA` and `torch matmul`: `torch.nn.functional.scaled_dot_product_attention` (the fused flash kernel that
   modules.py uses under PyTorch) and the same two-matmul form in eager PyTorch.
 
@@ -119,6 +121,28 @@ def run_torch(shape, repeats, rng):
     return rows
 
 
+def run_jax(shape, repeats, rng):
+    import jax
+    import jax.numpy as jnp
+
+    s = SHAPES[shape]
+    heads, d = s["heads"], s["head_dim"]
+    q = jnp.asarray(rng.standard_normal((s["batch"], s["queries"], heads * d), dtype="float32"))
+    k = jnp.asarray(rng.standard_normal((s["batch"], s["keys"], heads * d), dtype="float32"))
+    v = jnp.asarray(rng.standard_normal((s["batch"], s["keys"], heads * d), dtype="float32"))
+
+    def batched_matmul(q, k, v):  # the same form as modules.py's under JAX, in plain jax.numpy
+        batch = q.shape[0]
+        split = lambda t: jnp.swapaxes(t.reshape(batch, -1, heads, d), 1, 2)  # (batch, heads, tokens, d)
+        weights = jax.nn.softmax(split(q / math.sqrt(d)) @ jnp.swapaxes(split(k), 2, 3), axis=-1)
+        return jnp.swapaxes(weights @ split(v), 1, 2).reshape(batch, -1, heads * d)
+
+    forward = jax.jit(batched_matmul)
+    both = jax.jit(jax.grad(lambda q, k, v: jnp.sum(batched_matmul(q, k, v) ** 2), argnums=(0, 1, 2)))
+    return [(shape, "jax jit", "batched matmul", _median_ms(lambda: forward(q, k, v).block_until_ready(), repeats),
+             _median_ms(lambda: jax.block_until_ready(both(q, k, v)), repeats))]
+
+
 def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ["KERAS_BACKEND"] = "tensorflow"
@@ -137,15 +161,19 @@ def main(argv=None):
 
     rng = np.random.default_rng(0)
     have_torch = importlib.util.find_spec("torch") is not None
+    have_jax = importlib.util.find_spec("jax") is not None
     for shape in shapes:
         s = SHAPES[shape]
         print(f"{shape}: batch {s['batch']}, {s['queries']} queries x {s['keys']} keys, {s['heads']} head(s) of "
               f"{s['head_dim']}")
-        rows = run_tensorflow(shape, args.repeats, rng) + (run_torch(shape, args.repeats, rng) if have_torch else [])
+        rows = run_tensorflow(shape, args.repeats, rng)
+        rows += run_jax(shape, args.repeats, rng) if have_jax else []
+        rows += run_torch(shape, args.repeats, rng) if have_torch else []
         for shape_, where, name, fwd, fwd_bwd in rows:
             print(f"{shape_:6} {where:18} {name:29} fwd {fwd:6.1f} ms  fwd+bwd {fwd_bwd:6.1f} ms", flush=True)
-        if not have_torch:
-            print("(PyTorch not installed: no torch rows; pip install -r bench/requirements.txt)")
+        for name, have in (("PyTorch", have_torch), ("JAX", have_jax)):
+            if not have:
+                print(f"({name} not installed: no rows for it; pip install -r bench/requirements.txt)")
 
 
 if __name__ == "__main__":
