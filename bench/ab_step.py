@@ -38,9 +38,11 @@ def _load(path, name):
 
 def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    p = argparse.ArgumentParser(description="Training step time of two modules.py versions, alternating in one process.")
+    p = argparse.ArgumentParser(
+        description="Training step time of two modules.py versions, alternating in one process.")
     p.add_argument("a", help="modules.py version A (e.g. the old one)")
-    p.add_argument("b", nargs="?", default=os.path.join(REPO, "modules.py"), help="version B (default: this checkout's)")
+    p.add_argument("b", nargs="?", default=os.path.join(REPO, "modules.py"),
+                   help="version B (default: this checkout's)")
     p.add_argument("--config", default="cpu", choices=("cpu", "gpu", "akoa"),
                    help="sizes: bench/train_speed.py's cpu or gpu configuration, or the akoa preset (default: cpu)")
     p.add_argument("--xla", action="store_true", help="compile both steps with XLA (default: off)")

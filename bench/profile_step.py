@@ -94,7 +94,8 @@ def main(argv=None):
         tf.profiler.experimental.stop()
         files = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
         if not files:
-            raise SystemExit("error: the TensorFlow profiler wrote no trace; is this TensorFlow build profiler-enabled?")
+            raise SystemExit("error: the TensorFlow profiler wrote no trace; this TensorFlow build may lack the "
+                             "profiler (try `pip install tensorboard-plugin-profile`).")
         times = op_times(files[0], args.steps)
     print(f"wall time per step (median of {args.steps}, profiler on): {statistics.median(walls) * 1e3:.0f} ms; "
           f"op time summed over threads: {sum(t for t, _ in times.values()):.0f} ms/step "

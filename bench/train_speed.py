@@ -26,10 +26,11 @@ Configurations (64 x 64 x 3 inputs, 2 cross-attends, 2 classes):
 
 Columns: images/s (batch over the median step), images/s of the fastest step (on a shared machine other jobs slow
 some steps several-fold, the fastest step less so), median step time, peak memory (CPU: the child's maximum
-resident set; GPU: the framework's peak device memory), parameters, training GFLOPs per image (3x the forward, counted analytically: `modules.forward_flops`
-for ours, `bench/peers.py` for the peers), MFU on a GPU (achieved training FLOP/s over the device's dense peak, see
-`--peak-tflops`), each row's ratio to the fastest peer at the same precision, and its ratio to the fastest peer row of
-any precision. Targets: `cpu` config on the 2-core CPU, ours >= 1.5x the fastest peer; `gpu` config on one H100/H200 with bfloat16, >= 12,000 images/s.
+resident set; GPU: the framework's peak device memory), parameters, training GFLOPs per image (3x the forward,
+counted analytically: `modules.forward_flops` for ours, `bench/peers.py` for the peers), MFU on a GPU (achieved
+training FLOP/s over the device's dense peak, see `--peak-tflops`), each row's ratio to the fastest peer at the same
+precision, and its ratio to the fastest peer row of any precision. Targets: `cpu` config on the 2-core CPU, ours
+>= 1.5x the fastest peer; `gpu` config on one H100/H200 with bfloat16, >= 12,000 images/s.
 
 Expected table on the 2-core dev machine (`--config cpu --rounds 2`, float32 rows; the bfloat16 rows and how much
 the figures move with the machine's load are in bench/RESULTS.md):
