@@ -94,8 +94,8 @@ def main(argv=None):
         tf.profiler.experimental.stop()
         files = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
         if not files:
-            raise SystemExit("error: the TensorFlow profiler wrote no trace; this TensorFlow build may lack the "
-                             "profiler (try `pip install tensorboard-plugin-profile`).")
+            raise SystemExit("error: the TensorFlow profiler wrote no .xplane.pb trace, so there is nothing to "
+                             "sum; check that this TensorFlow build includes the profiler.")
         times = op_times(files[0], args.steps)
     print(f"wall time per step (median of {args.steps}, profiler on): {statistics.median(walls) * 1e3:.0f} ms; "
           f"op time summed over threads: {sum(t for t, _ in times.values()):.0f} ms/step "
