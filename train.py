@@ -71,7 +71,7 @@ def build_parser():
                    help="compute in bfloat16 or float16 with float32 weights and logits")
     g.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None,
                    help="compile the step with XLA (default: on for a GPU and under JAX; off for TensorFlow on a CPU, "
-                        "where oneDNN's kernels trained the akoa preset 1.19x faster, see bench/RESULTS.md)")
+                        "where oneDNN's kernels trained the akoa preset 1.19x-1.33x faster, see bench/RESULTS.md)")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=12, help="training epochs")

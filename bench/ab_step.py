@@ -62,23 +62,14 @@ def main(argv=None):
     import numpy as np
 
     sys.path.insert(0, BENCH)
-    from train_speed import CONFIGS
+    from train_speed import CONFIGS, _ours_config
 
     size = CONFIGS["cpu" if args.config == "akoa" else args.config]
     xla = (args.xla or args.xla_a, args.xla or args.xla_b)
     models = []
     for i, path in enumerate((args.a, args.b)):
         m = _load(path, f"modules_{'ab'[i]}")
-        if args.config == "akoa":
-            config = m.PerceiverConfig.preset("akoa")
-        else:
-            config = m.PerceiverConfig.preset(
-                "akoa", input_shape=tuple(size["image"]), num_classes=size["num_classes"],
-                num_latents=size["num_latents"], latent_dim=size["latent_dim"],
-                num_cross_attends=size["num_cross_attends"],
-                num_self_attends_per_block=size["num_self_attends_per_block"],
-                num_self_attend_heads=size["num_self_attend_heads"], num_bands=size["num_bands"],
-            )
+        config = m.PerceiverConfig.preset("akoa") if args.config == "akoa" else _ours_config(size, m)
         keras.utils.set_random_seed(0)
         model = m.build_model(config, dtype="mixed_bfloat16" if args.precision == "bfloat16" else None)
         model.compile(optimizer=keras.optimizers.AdamW(1e-3),

@@ -83,8 +83,10 @@ PEAK_TFLOPS = (("H100 PCIe", 756.0, 378.0), ("H100", 989.0, 494.0), ("H200", 989
 
 
 # --------------------------------------------------------------------------------------------------------------- worker
-def _ours_config(size):
-    import modules
+def _ours_config(size, modules=None):
+    """Our PerceiverConfig at `size`; `modules`: another version of modules.py to build it with (bench/ab_step.py)."""
+    if modules is None:
+        import modules
 
     return modules.PerceiverConfig.preset(
         "akoa",
