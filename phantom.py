@@ -69,6 +69,15 @@ BOTH_KNEES_FRACTION = 0.25
 SECOND_VISIT_FRACTION = 0.12
 LEFT_TITLE_CASE = 0.2  # share of left scans whose name says "Left" instead of "LEFT"
 _VISITS = (3, 4, 5, 6, 7, 8, 100, 101, 102)
+
+# The default training set: what `python train.py` (and bench/baselines.py) make and use when given no --data.
+DEFAULT_PATIENTS = 160
+DEFAULT_SLICES = 10  # slices per scan, spread over the whole knee (AKOA has 40)
+
+
+def default_root(patients=DEFAULT_PATIENTS, slices=DEFAULT_SLICES, seed=0):
+    """The folder under the project's data/ where the synthetic set of these settings is written and reused."""
+    return Path(__file__).resolve().parent / "data" / f"phantom-{patients}p-{slices}s-seed{seed}"
 _VISIT_WEIGHTS = (0.3, 0.14, 0.1, 0.08, 0.06, 0.05, 0.1, 0.1, 0.07)
 
 

@@ -31,6 +31,8 @@ import time
 
 import numpy as np
 
+import phantom
+
 PROJECT = pathlib.Path(__file__).resolve().parent
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds")
 
@@ -50,8 +52,9 @@ def build_parser():
     )
     g = p.add_argument_group("data")
     g.add_argument("--data", default=None, help="AKOA folder or DIR/<class>/ images; none: the synthetic knee set")
-    g.add_argument("--phantom-patients", type=int, default=160, help="patients in the synthetic set")
-    g.add_argument("--phantom-slices", type=int, default=10,
+    g.add_argument("--phantom-patients", type=int, default=phantom.DEFAULT_PATIENTS,
+                   help="patients in the synthetic set")
+    g.add_argument("--phantom-slices", type=int, default=phantom.DEFAULT_SLICES,
                    help="slices per synthetic scan, spread over the whole knee (AKOA has 40)")
     g.add_argument("--image-size", type=int, default=64, help="images are resized to SIZE x SIZE")
     g.add_argument("--channels", type=int, default=3, choices=(1, 3), help="image channels")
@@ -235,9 +238,7 @@ def prepare(args, manifest):
     import dataset
 
     if args.data is None:
-        import phantom
-
-        root = PROJECT / "data" / f"phantom-{args.phantom_patients}p-{args.phantom_slices}s-seed{args.seed}"
+        root = phantom.default_root(args.phantom_patients, args.phantom_slices, args.seed)
         print(f"data: synthetic knee set in {root} ({args.phantom_patients} patients, {args.phantom_slices} slices "
               "per scan)", flush=True)
         phantom.generate(root, patients=args.phantom_patients, slices=args.phantom_slices, seed=args.seed,
@@ -271,37 +272,6 @@ def prepare(args, manifest):
 
 
 # ---------------------------------------------------------------------------------------------- model
-
-
-def make_optimizer(args, steps_per_epoch):
-    import keras
-
-    total = max(1, args.epochs * steps_per_epoch)
-    warmup = min(total - 1, int(round(args.warmup_epochs * steps_per_epoch)))
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0 if warmup else args.lr, decay_steps=max(1, total - warmup),
-        warmup_target=args.lr if warmup else None, warmup_steps=warmup,
-    )
-    common = dict(learning_rate=schedule, weight_decay=args.weight_decay or None,
-                  clipnorm=args.clip_norm or None)
-    optimizer = keras.optimizers.Lamb(**common) if args.optimizer == "lamb" else keras.optimizers.AdamW(**common)
-    if args.weight_decay:
-        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "latents"])
-    return optimizer
-
-
-def make_loss(num_classes, label_smoothing):
-    import keras
-    from keras import ops
-
-    if not label_smoothing:
-        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    smoothed = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing)
-
-    def loss(y_true, logits):
-        return smoothed(ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), num_classes), logits)
-
-    return loss
 
 
 def model_config(args, num_classes, channels):
@@ -487,6 +457,7 @@ def train(args):
     from keras import ops
 
     import dataset
+    import recipe
     import runs
     from modules import build_model
 
@@ -506,8 +477,11 @@ def train(args):
     with scope:
         model = build_model(mconfig, dtype=dtype)
         model.compile(
-            optimizer=make_optimizer(args, steps),
-            loss=make_loss(len(classes), args.label_smoothing),
+            optimizer=recipe.make_optimizer(
+                optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+                warmup_epochs=args.warmup_epochs, epochs=args.epochs, steps_per_epoch=steps,
+                clip_norm=args.clip_norm),
+            loss=recipe.make_loss(len(classes), args.label_smoothing),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
             jit_compile=resolve_xla(args),
         )
