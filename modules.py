@@ -405,6 +405,67 @@ class LatentTransformer(layers.Layer):
         return config
 
 
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ConvStem(layers.Layer):
+    """The Perceiver IO paper's convolutional pre-processing for images (Jaegle et al. 2022, arXiv 2107.14795,
+    section 4.5 and appendix: "conv+maxpool", the ResNet stem): a 7x7 convolution with stride 2, batch norm, ReLU and
+    a 3x3 max-pool with stride 2, so each of the (H/4) x (W/4) tokens the cross-attention sees describes a 4 x 4
+    patch and its surroundings (a 11 x 11 pixel receptive field, the 7x7 kernel widened by the pool), not one
+    pixel.
+
+    Args:
+        channels: int. Output channels of the convolution. Defaults to 64 (the paper's ResNet stem).
+
+    Call arguments:
+        inputs: tensor `(batch, H, W, channels_in)`.
+        training: bool. Batch norm uses the batch statistics when True.
+
+    Returns:
+        A tensor `(batch, ceil(H / 4), ceil(W / 4), channels)`.
+    """
+
+    def __init__(self, channels=64, **kwargs):
+        super().__init__(**kwargs)
+        _check_positive_int("channels", channels)
+        # === Config ===
+        self.channels = int(channels)
+        # === Layers ===
+        policy = self.dtype_policy
+        self.conv = layers.Conv2D(channels, 7, strides=2, padding="same", use_bias=False, dtype=policy, name="conv")
+        # momentum 0.9, not Keras's 0.99: a few hundred steps per run, and the moving statistics must keep up
+        self.norm = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, dtype=policy, name="norm")
+        self.pool = layers.MaxPooling2D(3, strides=2, padding="same", dtype=policy, name="pool")
+
+    def build(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError(f"ConvStem needs images of shape (batch, H, W, channels), got {tuple(input_shape)}.")
+        self.conv.build(input_shape)
+        shape = self.conv.compute_output_shape(input_shape)
+        self.norm.build(shape)
+        self.pool.build(shape)
+
+    def call(self, inputs, training=None):
+        return self.pool(ops.relu(self.norm(self.conv(inputs), training=training)))
+
+    def compute_output_shape(self, input_shape):
+        return self.pool.compute_output_shape(self.conv.compute_output_shape(input_shape))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(channels=self.channels)
+        return config
+
+
+PREPROCESSORS = ("pixels", "conv")
+
+
+def token_grid(input_shape, preprocessor):
+    """Index dimensions of the tokens the cross-attention sees: the pixel grid, or a quarter of it per axis for the
+    convolutional stem (stride 2, then a stride-2 pool, both with "same" padding)."""
+    dims = tuple(input_shape[:-1])
+    return dims if preprocessor == "pixels" else tuple(-(-(-(-n // 2)) // 2) for n in dims)
+
+
 @dataclasses.dataclass(frozen=True)
 class PerceiverConfig:
     """Every setting of a Perceiver classifier. Build one with `PerceiverConfig.preset(name, **overrides)`."""
@@ -426,6 +487,8 @@ class PerceiverConfig:
     sine_only: bool = False  # sines only, no cosines (paper: no)
     share_cross_attend_weights: bool = True  # cross-attends 2..N share weights (paper: yes)
     share_latent_transformer: bool = True  # one latent Transformer for all repeats (paper: yes)
+    preprocessor: str = "pixels"  # "pixels" (Perceiver paper) or "conv" (Perceiver IO's conv+maxpool, `ConvStem`)
+    conv_channels: int = 64  # output channels of the "conv" pre-processor (Perceiver IO: 64)
 
     def __post_init__(self):
         hints = typing.get_type_hints(PerceiverConfig)
@@ -462,6 +525,12 @@ class PerceiverConfig:
             value = getattr(self, name)
             if value < 1:
                 raise ValueError(f"config {name} must be at least 1, got {value}.")
+        if self.preprocessor not in PREPROCESSORS:
+            raise ValueError(f"config preprocessor must be one of {', '.join(PREPROCESSORS)}, got {self.preprocessor!r}.")
+        if self.preprocessor == "conv" and len(self.input_shape) != 3:
+            raise ValueError(f"the conv pre-processor needs 2-D images (H, W, channels), got {self.input_shape}.")
+        if self.conv_channels < 1:
+            raise ValueError(f"config conv_channels must be at least 1, got {self.conv_channels}.")
         if self.latent_dim % self.num_self_attend_heads:
             raise ValueError(
                 f"latent_dim {self.latent_dim} is not divisible by num_self_attend_heads {self.num_self_attend_heads}."
@@ -478,9 +547,15 @@ class PerceiverConfig:
 
     @property
     def input_channels(self):
-        """Channels the cross-attention sees: data channels plus `d * (2K + 1)` Fourier channels."""
+        """Channels the cross-attention sees: data (or conv stem) channels plus `d * (2K + 1)` Fourier channels."""
         rank = len(self.input_shape) - 1
-        return self.input_shape[-1] + fourier_channels(rank, self.num_bands, self.concat_pos, self.sine_only)
+        data = self.input_shape[-1] if self.preprocessor == "pixels" else self.conv_channels
+        return data + fourier_channels(rank, self.num_bands, self.concat_pos, self.sine_only)
+
+    @property
+    def token_grid(self):
+        """Index dimensions of the tokens the cross-attention sees (see `token_grid`)."""
+        return token_grid(self.input_shape, self.preprocessor)
 
     @classmethod
     def preset(cls, name, **overrides):
@@ -513,6 +588,11 @@ PRESETS = {
     "akoa": dict(
         input_shape=(64, 64, 3), num_classes=2, num_latents=64, latent_dim=128, num_cross_attends=2,
         num_self_attends_per_block=2, num_self_attend_heads=4, num_bands=6,
+    ),
+    # The akoa preset behind Perceiver IO's convolutional pre-processing (conv+maxpool): 16 x 16 tokens of 64 channels.
+    "akoa-conv": dict(
+        input_shape=(64, 64, 3), num_classes=2, num_latents=64, latent_dim=128, num_cross_attends=2,
+        num_self_attends_per_block=2, num_self_attend_heads=4, num_bands=6, preprocessor="conv",
     ),
     # For tests: runs in a fraction of a second.
     "tiny": dict(
@@ -550,6 +630,7 @@ class Perceiver(keras.Model):
         # === Config ===
         self.config = config
         c, policy = config, self.dtype_policy
+        self.stem = ConvStem(c.conv_channels, dtype=policy, name="conv_stem") if c.preprocessor == "conv" else None
         self.encoding = FourierPositionEncoding(
             c.num_bands, c.max_resolution, c.concat_pos, c.sine_only, dtype=policy, name="fourier"
         )
@@ -601,8 +682,12 @@ class Perceiver(keras.Model):
             initializer=keras.initializers.TruncatedNormal(stddev=0.02),
             name="latents",
         )
-        self.encoding.build(input_shape)
-        encoded = self.encoding.compute_output_shape(input_shape)
+        tokens = input_shape
+        if self.stem is not None:
+            self.stem.build(input_shape)
+            tokens = self.stem.compute_output_shape(input_shape)
+        self.encoding.build(tokens)
+        encoded = self.encoding.compute_output_shape(tokens)
         latent_shape = (input_shape[0], c.num_latents, c.latent_dim)
         for layer in self.cross_attend_layers:
             layer.build(latent_shape, encoded)
@@ -619,7 +704,10 @@ class Perceiver(keras.Model):
 
     def call(self, inputs, training=None, return_attention=False):
         self._check_input_shape(inputs.shape)
-        x = self.encoding(ops.cast(inputs, self.compute_dtype))  # (batch, positions, channels)
+        x = ops.cast(inputs, self.compute_dtype)
+        if self.stem is not None:
+            x = self.stem(x, training=training)  # (batch, H / 4, W / 4, conv_channels)
+        x = self.encoding(x)  # (batch, positions, channels)
         batch = ops.shape(x)[0]
         z = ops.cast(self.latents, self.compute_dtype)
         z = ops.broadcast_to(z[None], (batch,) + tuple(z.shape))  # (batch, latents, latent_dim)
@@ -644,12 +732,13 @@ class Perceiver(keras.Model):
         return (logits, maps) if return_attention else logits
 
     def attention_heatmaps(self, images, batch_size=64):
-        """Cross-attention maps of every cross-attend, averaged over heads and latents, on the input grid.
+        """Cross-attention maps of every cross-attend, averaged over heads and latents, on the token grid (the
+        input grid, or a quarter of it per axis with the conv pre-processor: `config.token_grid`).
 
-        Returns a float32 numpy array `(batch, num_cross_attends, *index_dims)`; each map sums to 1.
+        Returns a float32 numpy array `(batch, num_cross_attends, *token_grid)`; each map sums to 1.
         """
         images = np.asarray(images, dtype="float32")
-        index_dims = tuple(self.config.input_shape[:-1])
+        index_dims = self.config.token_grid
         out = []
         for start in range(0, len(images), batch_size):
             _, maps = self(images[start : start + batch_size], return_attention=True)
@@ -681,10 +770,12 @@ def build_model(config, dtype=None):
 def forward_flops(config):
     """Forward FLOPs per example (2 per multiply-add of the matmuls and attention; norms and activations left out)."""
     c = config
-    positions = math.prod(c.input_shape[:-1])
+    positions = math.prod(c.token_grid)
     cin, d, n = c.input_channels, c.latent_dim, c.num_latents
     qk = c.cross_attend_qk_dim or min(d, cin)
     macs = 0
+    if c.preprocessor == "conv":  # the 7x7 convolution at stride 2
+        macs += math.prod(-(-s // 2) for s in c.input_shape[:-1]) * 49 * c.input_shape[-1] * c.conv_channels
     distinct_cross = min(c.num_cross_attends, 2) if c.share_cross_attend_weights else c.num_cross_attends
     macs += distinct_cross * positions * cin * 2 * qk  # keys and values, once per distinct cross-attend layer
     per_cross = n * d * qk + n * positions * qk * 2 + n * qk * d + 2 * n * d * d * c.cross_attend_widening

@@ -8,13 +8,37 @@ What a slice shows (DESS with water excitation, so fat is dark and fluid and car
 metaphysis, condyles and trochlea; tibia with its plateau, shaft and tuberosity; fibular head (lateral slices);
 patella, quadriceps and patellar tendons, Hoffa's fat pad, prefemoral fat, suprapatellar recess; cartilage, joint
 fluid and menisci; cruciate ligaments (notch slices); popliteal vessels; muscles with fascia; subcutaneous fat and
-the skin outline. Each patient has their own bone sizes, intensities and effusion; each scan its own knee flexion,
-pose (rotation +-6 deg, shift +-6 mm, scale 0.92-1.08, occasional crop/zoom; OAI positioned every knee
-the same way in the same coil, so real poses vary little), bias field, gamma, gain and Rician noise;
-each slice a little patient motion (+-2 deg, +-2 mm).
-Across the 40 slices of a scan the cut moves from one side of the knee to the other: condyles grow and shrink, the
-notch shows the cruciates, the patella only appears in central slices, the fibula only laterally, and the edge
-slices are mostly muscle and fat.
+the skin outline. Across the slices of a scan the cut moves from one side of the knee to the other: condyles grow and
+shrink, the notch shows the cruciates, the patella only appears in central slices, the fibula only laterally, and the
+edge slices are mostly muscle and fat.
+
+Variation (version 3). Real OAI scans differ in all of the following, and none of it says which knee it is, so
+each is drawn independently of the side. Version 2 drew narrow ranges (rotation +-6 deg, shift +-6 mm, scale
+0.92-1.08, weak shading), and logistic regression on the raw pixels then classified every test slice: the side was
+a fixed global pattern of bright and dark. With these ranges it scores 0.82 (`bench/baselines.py`), while the side
+stays plain to the eye (docs/phantom_sheet.png) and to the models that see shapes.
+- Patient (one draw per patient, shared by their scans): overall size 0.82-1.18 (normal, sd 0.08: adult knees);
+  condyle radius 18.5-23.5 mm, patella half length 16-22 mm and half thickness 7.5-11 mm, tibial plateau half
+  length 22-28 mm, all times the size; patella height -6 to +12 mm (baja to alta); subcutaneous fat 2-10 mm in
+  front, 5-20 mm behind, posterior muscle bulk x0.8-1.25; effusion beta(1.2, 2.5), with 15% of knees a large one
+  (0.6-1); tissue intensities within the usual DESS contrast. Osteoarthritis grade beta(1, 2.5) (OAI enrolled
+  people with or at risk of knee OA, so most knees are mild and a tail is severe): cartilage 1.8-3.0 mm thinned by
+  up to 60%, and above grade 0.35 osteophytes of up to 6 mm at the back of the femoral condyle and the front and
+  back of the tibial plateau.
+- Pose (per scan): flexion 0-40 deg (knees rest on a support in the coil, bent by varying amounts); in-plane
+  rotation +-15 deg; scale 0.82-1.22 (log-uniform: patient size against a fixed field of view); shift +-20 mm
+  left-right and +-15 mm up-down (where the knee sits in a 140 mm field); in a quarter of the scans a tighter,
+  off-centre field of view (zoom 1.1-1.45, a further +-10 / +-15 mm), so that part of the knee is cut off.
+- Slices (per scan): the block of slices is centred within +-0.08 of the knee's middle and spans a half width of
+  0.88-1.1 of the bones', so the first and last slices show little or no bone, as the edge slices of AKOA do.
+  Each slice also moves a little (patient motion: +-0.5 deg, +-0.5 mm).
+- Imaging (per scan): coil shading, the product of a linear gradient of 0-50% across the field in a uniformly random
+  direction, a fall-off of 0-35% towards the top and bottom of the field (the coil is a short cylinder) and an
+  off-centre hot spot of 0-40%; gain 0.7-1.4 (fluid may saturate), gamma 0.65-1.5 and a black level of 0-8% of white
+  (the display window); Rician noise of sd 0.01-0.07 (fluid is near 0.85); in 30% of scans motion ghosts, two copies
+  of 5-20% strength shifted both ways by 10-40% of the image along the phase-encoding axis (rows or columns at
+  random); in 20% of scans wrap-around, 5-20% of the image height folded in from beyond the top and the bottom,
+  fading away from the edge.
 
 Orientation (the label): images are seen with superior at the top. A RIGHT knee faces anterior (patella, front of
 the knee) to the image LEFT, as sagittal MRI is usually displayed; a LEFT knee is its mirror image, anterior to the
@@ -23,13 +47,13 @@ knee is medial. Output is byte-identical for the same seed (every scan has its o
 (seed, patient, scan), so the number of workers does not matter).
 
 Commands:
-    python phantom.py data/phantom --patients 40               # the default training set of train.py
+    python phantom.py data/phantom-160p-10s-seed0 --patients 160 --slices 10   # what `python train.py` uses
     python phantom.py data/akoa_like --patients 330             # AKOA-sized: 18,480 slices, 462 scans
     python phantom.py data/phantom --patients 40 --sheet docs/phantom_sheet.png
 
 Expected output (2-core CPU; 5-6 ms of one core per slice, about half drawing and half PNG encoding, so ~7 s with
 both cores free and ~15 s with one):
-    wrote 2,280 images to data/phantom: 40 patients, 57 scans, LEFT 960 / RIGHT 1,320 images (42.1% left) in 14.7 s
+    wrote 2,280 images to data/phantom: 40 patients, 57 scans, LEFT 960 / RIGHT 1,320 images (42.1% left) in 7.9 s
 A second run with the same arguments finds phantom.json and prints "reused 2,280 images in data/phantom: ...".
 """
 
@@ -49,7 +73,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-VERSION = 2  # bump whenever the pictures change, so an old set on disk is not reused
+VERSION = 3  # bump whenever the pictures change, so an old set on disk is not reused
 HEIGHT, WIDTH = 228, 260  # AKOA slice size (rows, columns)
 FOV_MM = 140.0  # width of the field of view at pose scale 1, in mm
 _RENDER_DIV = 2  # anatomy is drawn at 1/2 resolution, then upsampled (partial-volume blur for free)
@@ -172,6 +196,8 @@ class Anatomy:
     vessel_signal: float
     ligament_signal: float
     dark_signal: float  # cortex, tendons, menisci
+    osteoarthritis: float  # 0 healthy .. 1 severe: cartilage loss and osteophytes
+    osteophyte: float  # radius of the osteophytes at the joint margins, mm (0 = none)
     # --- scan: pose ---
     flexion: float  # knee flexion angle
     rotation: float  # in-plane rotation of the whole picture
@@ -184,32 +210,71 @@ class Anatomy:
     noise: float  # standard deviation of each of the two complex noise channels
     gain: float
     gamma: float
-    bias: tuple  # coefficients of the quadratic bias field (x, y, x^2, xy, y^2)
+    black: float  # share of the white level mapped to black (window level), 0 = none
+    bias: tuple  # coil shading: (gradient, its direction in degrees, superior-inferior fall-off,
+    #              hot spot strength, hot spot x, hot spot y, hot spot radius), image coordinates in -1..1
+    ghost: float  # motion ghosts: strength of the two copies, 0 = none
+    ghost_shift: float  # their offset, as a share of the image along the phase-encoding axis
+    ghost_axis: int  # phase-encoding axis of the ghosts and of the wrap-around: 0 rows (vertical), 1 columns
+    wrap: float  # wrap-around: share of the image height folded in from beyond the top and bottom, 0 = none
     texture_seed: int
 
 
 def _sample_patient(rng):
-    size = float(np.clip(rng.normal(1.0, 0.06), 0.88, 1.12))
+    size = float(np.clip(rng.normal(1.0, 0.08), 0.82, 1.18))
+    # osteoarthritis: most knees mild, a tail of severe ones (OAI enrolled people with or at risk of knee OA)
+    oa = float(rng.beta(1.0, 2.5))
     return dict(
         size=size,
-        condyle_radius=rng.uniform(19.0, 23.0) * size,
-        patella_half_length=rng.uniform(17.0, 21.0) * size,
-        patella_half_thickness=rng.uniform(8.0, 10.5) * size,
-        patella_height=rng.uniform(-4.0, 8.0),
-        plateau_half_length=rng.uniform(23.0, 27.0) * size,
-        cartilage=rng.uniform(1.8, 3.0),
-        fat_front=rng.uniform(2.5, 8.0),
-        fat_back=rng.uniform(6.0, 16.0),
-        leg_depth=rng.uniform(0.85, 1.2),
-        effusion=float(rng.beta(1.2, 3.0)),
+        condyle_radius=rng.uniform(18.5, 23.5) * size,
+        patella_half_length=rng.uniform(16.0, 22.0) * size,
+        patella_half_thickness=rng.uniform(7.5, 11.0) * size,
+        patella_height=rng.uniform(-6.0, 12.0),
+        plateau_half_length=rng.uniform(22.0, 28.0) * size,
+        cartilage=rng.uniform(1.8, 3.0) * (1.0 - 0.6 * oa),
+        fat_front=rng.uniform(2.0, 10.0),
+        fat_back=rng.uniform(5.0, 20.0),
+        leg_depth=rng.uniform(0.8, 1.25),
+        effusion=float(rng.beta(1.2, 2.5)) if rng.random() < 0.85 else float(rng.uniform(0.6, 1.0)),
         fat_signal=rng.uniform(0.08, 0.2),
-        muscle_signal=rng.uniform(0.26, 0.38),
+        muscle_signal=rng.uniform(0.24, 0.4),
         marrow_signal=rng.uniform(0.14, 0.3),
         cartilage_signal=rng.uniform(0.55, 0.72),
         fluid_signal=rng.uniform(0.75, 0.95),
         vessel_signal=rng.uniform(0.3, 0.55),
         ligament_signal=rng.uniform(0.06, 0.14),
         dark_signal=rng.uniform(0.02, 0.05),
+        osteoarthritis=oa,
+        osteophyte=float(rng.uniform(2.0, 6.0) * (oa - 0.35) / 0.65) if oa > 0.35 else 0.0,
+    )
+
+
+def _sample_pose(rng):
+    """Where the knee sits in the field of view (see the module docstring for the ranges and why)."""
+    scale = math.exp(rng.uniform(math.log(0.82), math.log(1.22)))
+    shift_x, shift_y = rng.uniform(-20.0, 20.0), rng.uniform(-15.0, 15.0)
+    if rng.random() < 0.25:  # a tighter field of view, off centre: part of the knee is cut off
+        scale *= rng.uniform(1.1, 1.45)
+        shift_x += rng.uniform(-10.0, 10.0)
+        shift_y += rng.uniform(-15.0, 15.0)
+    return dict(flexion=rng.uniform(0.0, 40.0), rotation=rng.uniform(-15.0, 15.0), scale=scale,
+                shift_x=shift_x, shift_y=shift_y)
+
+
+def _sample_imaging(rng):
+    """Contrast, coil shading, noise and artefacts of one scan (see the module docstring for the ranges and why)."""
+    ghost = rng.random() < 0.3
+    return dict(
+        noise=rng.uniform(0.01, 0.07),
+        gain=rng.uniform(0.7, 1.4),
+        gamma=rng.uniform(0.65, 1.5),
+        black=rng.uniform(0.0, 0.08),
+        bias=(rng.uniform(0.0, 0.5), rng.uniform(0.0, 360.0), rng.uniform(0.0, 0.35),
+              rng.uniform(0.0, 0.4), rng.uniform(-0.8, 0.8), rng.uniform(-0.8, 0.8), rng.uniform(0.3, 0.7)),
+        ghost=rng.uniform(0.05, 0.2) if ghost else 0.0,
+        ghost_shift=rng.uniform(0.1, 0.4),
+        ghost_axis=int(rng.integers(2)),
+        wrap=rng.uniform(0.05, 0.2) if rng.random() < 0.2 else 0.0,
     )
 
 
@@ -230,28 +295,21 @@ def sample_anatomy(rng, *, side=None, patient=None):
         raise ValueError(f"side must be 'LEFT' or 'RIGHT', got {side!r}")
     if patient is None:
         patient = _sample_patient(rng)
-    scale = rng.uniform(0.92, 1.08)
-    shift_x, shift_y = rng.uniform(-6.0, 6.0), rng.uniform(-6.0, 6.0)
-    if rng.random() < 0.08:  # occasional crop: a zoomed-in, off-centre field of view
-        scale *= rng.uniform(1.05, 1.2)
-        shift_x += rng.uniform(-6.0, 6.0)
-        shift_y += rng.uniform(-10.0, 10.0)
-    centre = rng.normal(0.0, 0.05)
-    half = rng.uniform(0.9, 1.06)  # bones end near |s| = 1: about 3% of slices are soft tissue only
+    pose = _sample_pose(rng)
+    centre = rng.normal(0.0, 0.08)
+    half = rng.uniform(0.88, 1.1)  # bones end near |s| = 1: the edge slices show little of them
+    imaging = _sample_imaging(rng)
+    bias = tuple(float(c) for c in imaging.pop("bias"))
+    ints = {"ghost_axis": int(imaging.pop("ghost_axis"))}
     return Anatomy(
         side=side,
         **{k: float(v) for k, v in patient.items()},
-        flexion=float(rng.uniform(0.0, 20.0)),
-        rotation=float(rng.uniform(-6.0, 6.0)),
-        scale=float(scale),
-        shift_x=float(shift_x),
-        shift_y=float(shift_y),
+        **{k: float(v) for k, v in pose.items()},
         slice_from=float(centre - half),
         slice_to=float(centre + half),
-        noise=float(rng.uniform(0.012, 0.04)),
-        gain=float(rng.uniform(0.8, 1.25)),
-        gamma=float(rng.uniform(0.75, 1.3)),
-        bias=tuple(float(c) for c in rng.normal(0.0, [0.1, 0.1, 0.05, 0.05, 0.05])),
+        **{k: float(v) for k, v in imaging.items()},
+        bias=bias,
+        **ints,
         texture_seed=int(rng.integers(2**31)),
     )
 
@@ -299,6 +357,18 @@ def _smooth_noise(rng, shape, cells):
     h, w = shape
     grid = rng.standard_normal((max(2, round(cells * h / w)), cells)).astype(np.float32)
     return np.asarray(Image.fromarray(grid, mode="F").resize((w, h), Image.BILINEAR))
+
+
+def coil_shading(bias, height, width):
+    """The receive-coil sensitivity (near 1) over an image: a linear gradient in any direction, a fall-off towards
+    the top and bottom of the field (the coil is a short cylinder around the knee), and an off-centre hot spot."""
+    grad, angle, falloff, hot, hx, hy, radius = bias
+    yf, xf = np.mgrid[-1.0:1.0:height * 1j, -1.0:1.0:width * 1j]
+    a = math.radians(angle)
+    field = 1.0 + grad * (math.cos(a) * xf + math.sin(a) * yf)
+    field *= 1.0 - falloff * yf**2
+    field *= 1.0 + hot * np.exp(-((xf - hx) ** 2 + (yf - hy) ** 2) / (2.0 * radius**2))
+    return np.clip(field, 0.3, 1.8)
 
 
 class _Scene:
@@ -397,6 +467,12 @@ class _Scene:
         self.men_front = _ellipse(u, v, xc + 0.85 * R, 0.0, 0.3 * R, 0.15 * R).astype(f32)
         self.pcl = _segment(u, v, *t_back, xc + 0.15 * R, yc - 0.15 * R).astype(f32)
         self.acl = _segment(u, v, *t_front, xc - 0.45 * R, yc + 0.25 * R).astype(f32)
+        # osteophytes: bony spurs at the joint margins (femoral condyle back, tibial plateau front and back)
+        self.spurs = []
+        if an.osteophyte > 0:
+            for px, py in ((xc - 0.98 * R, yc - 0.1 * R), _rotate(xt + tp, yt - 1.0, xc, yc, -an.flexion),
+                           _rotate(xt - tp, yt - 1.0, xc, yc, -an.flexion)):
+                self.spurs.append(np.sqrt((u - px) ** 2 + (v - py) ** 2).astype(f32))
         self.popliteal = _ellipse(u, v, xc - 1.65 * R, 0.4 * R, 0.5 * R, 1.1 * R).astype(f32)
         self.vessel = _segment(u, v, xc - 1.5 * R, -2.4 * R, xc - 1.35 * R, 3.2 * R).astype(f32)
 
@@ -418,13 +494,11 @@ class _Scene:
         # --- textures, bias field, intensity table ---
         trng = np.random.default_rng(an.texture_seed)
         self.tex = [_smooth_noise(trng, (hr, wr), n) for n in (9, 9, 26, 26)]
-        Yf, Xf = np.mgrid[-1.0:1.0:height * 1j, -1.0:1.0:width * 1j]
-        b = an.bias
-        bias = 1.0 + b[0] * Xf + b[1] * Yf + b[2] * Xf**2 + b[3] * Xf * Yf + b[4] * Yf**2
-        self.bias = (np.clip(bias, 0.5, 1.6) * an.gain).astype(f32)
+        self.bias = (coil_shading(an.bias, height, width) * an.gain).astype(f32)
         self.levels = 1024
         white = 1.05 * an.fluid_signal
-        self.to_level = np.float32((self.levels - 1) / white)
+        self.black = np.float32(an.black * white)
+        self.to_level = np.float32((self.levels - 1) / (white - self.black))
         self.lut = np.round(255.0 * np.linspace(0.0, 1.0, self.levels) ** an.gamma).astype(np.uint8)
         self.noise_bank = None
 
@@ -550,6 +624,9 @@ class _Scene:
         bones = [d for d in (d_fem, d_tib, d_pat) if d is not None]
         if f_fib > 0:
             bones.append((self.t_fib - f_fib) * 0.36 * R)
+        f = max(f_med, f_lat)
+        for spur in self.spurs if f > 0.2 else ():
+            bones.append(spur - an.osteophyte * f)
         for d in bones:
             paint(img, cover(d), an.dark_signal)
             paint(img, cover(d + 1.4), marrow)
@@ -568,14 +645,32 @@ class _Scene:
                 (self.width, self.height), Image.AFFINE, coeffs, resample=Image.BILINEAR
             )
         )
-        full = full * self.bias
+        full = self._artefacts(full * self.bias)
         n1, n2 = self._noise(rng)
         re_ = full + an.noise * n1
         im_ = an.noise * n2
         mag = np.sqrt(re_ * re_ + im_ * im_)
+        mag -= self.black
         mag *= self.to_level
-        np.minimum(mag, self.levels - 1, out=mag)
+        np.clip(mag, 0, self.levels - 1, out=mag)
         return self.lut[mag.astype(np.intp)]
+
+    def _artefacts(self, full):
+        """Motion ghosts (two faint copies shifted both ways along the phase-encoding axis) and wrap-around."""
+        an = self.an
+        if an.ghost > 0:
+            axis = an.ghost_axis
+            shift = max(1, round(an.ghost_shift * full.shape[axis]))
+            full = full + (0.5 * an.ghost) * (np.roll(full, shift, axis) + np.roll(full, -shift, axis))
+        if an.wrap > 0:
+            # what lies beyond the top edge (the thigh, continuing the top of the picture) folds into the bottom,
+            # and what lies beyond the bottom edge into the top; the continuation is drawn as the edge's mirror
+            n = max(1, round(an.wrap * full.shape[0]))
+            fade = np.linspace(1.0, 0.0, n, dtype=np.float32)[:, None]  # the coil sees less of it further out
+            top, bottom = full[:n] * fade, full[-n:] * fade[::-1]
+            full[-n:] += top[::-1]
+            full[:n] += bottom[::-1]
+        return full
 
     def slice_position(self, slice_index, num_slices):
         """Position of a slice across the knee, -1 (medial) .. +1 (lateral); slices run from patient right to left."""

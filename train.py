@@ -69,7 +69,8 @@ def build_parser():
                         "a real one)")
 
     g = p.add_argument_group("model")
-    g.add_argument("--preset", default="akoa", help="model preset: akoa, tiny or paper")
+    g.add_argument("--preset", default="akoa-conv",
+                   help="model preset: akoa-conv (Perceiver IO's conv stem), akoa (pixels), tiny or paper")
     g.add_argument("--mixed-precision", default="off", choices=("off", "bf16", "fp16"),
                    help="compute in bfloat16 or float16 with float32 weights and logits")
     g.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None,

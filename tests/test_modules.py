@@ -9,6 +9,7 @@ from keras import ops
 
 from modules import (
     PRESETS,
+    ConvStem,
     CrossAttention,
     FourierPositionEncoding,
     LatentTransformer,
@@ -394,6 +395,9 @@ def test_forward_flops_counts_the_matmuls():
         (dict(num_latents="64"), "must be an integer"),
         (dict(concat_pos=1), "must be true or false"),
         (dict(max_resolution=(64,)), "one value per index dimension"),
+        (dict(preprocessor="patches"), "preprocessor must be one of pixels, conv"),
+        (dict(preprocessor="conv", input_shape=(6, 5, 4, 1)), "conv pre-processor needs 2-D images"),
+        (dict(preprocessor="conv", conv_channels=0), "conv_channels must be at least 1"),
     ],
 )
 def test_bad_config_fails_clearly(changes, message):
@@ -442,3 +446,58 @@ def test_shared_weights_are_saved_once(tmp_path):
         counts[name] = sum(sizes)
     assert counts["shared"] == shared.count_params()
     assert counts["separate"] == separate.count_params() > 3 * counts["shared"]
+
+
+CONV = TINY.replace(preprocessor="conv", conv_channels=8)
+
+
+def test_conv_stem_gives_a_quarter_grid_of_tokens():
+    """Perceiver IO's conv+maxpool: a 16 x 16 image becomes 4 x 4 tokens (odd sizes round up), each seeing a patch."""
+    assert CONV.token_grid == (4, 4) and CONV.input_channels == 8 + 2 * (2 * 4 + 1)
+    assert CONV.replace(input_shape=(17, 9, 1)).token_grid == (5, 3)
+    assert TINY.token_grid == (16, 16)
+    stem = ConvStem(8)
+    out = stem(_toy_batch(n=2, shape=(17, 9, 3)))
+    assert tuple(out.shape) == (2, 5, 3, 8) and float(ops.min(out)) >= 0.0  # ReLU before the max-pool
+    model = build_model(CONV)
+    x = _toy_batch(n=3)
+    assert tuple(model(x).shape) == (3, 2)
+    maps = model.attention_heatmaps(x, batch_size=2)
+    assert maps.shape == (3, CONV.num_cross_attends, 4, 4)
+    np.testing.assert_allclose(maps.sum(axis=(2, 3)), 1.0, atol=1e-5)
+    # a token sees its neighbourhood, not only its pixel: moving one pixel changes the neighbouring tokens' input
+    y = np.array(x)
+    y[:, 5, 5, :] += 3.0
+    stem_out = model.stem(x, training=False), model.stem(y, training=False)
+    changed = np.abs(ops.convert_to_numpy(stem_out[0] - stem_out[1])).sum(axis=(0, 3)) > 0
+    assert changed.sum() >= 2
+
+
+def test_conv_stem_flops_and_training_mode():
+    # the stem's cost on top of the same Perceiver on 4 x 4 tokens of 8 channels: 8 x 8 outputs of the 7x7 convolution, 3 input channels, 8 output channels
+    assert forward_flops(CONV) - forward_flops(CONV.replace(preprocessor="pixels", input_shape=(4, 4, 8))) == (
+        2 * 8 * 8 * 49 * 3 * 8
+    )
+    model = build_model(CONV)
+    x = _toy_batch(n=4)
+    before = [ops.convert_to_numpy(w) for w in model.stem.norm.non_trainable_weights]
+    model(x, training=False)
+    assert all(np.array_equal(b, ops.convert_to_numpy(w)) for b, w in zip(before, model.stem.norm.non_trainable_weights))
+    model(x, training=True)  # batch statistics: the moving averages move
+    assert not all(np.array_equal(b, ops.convert_to_numpy(w))
+                   for b, w in zip(before, model.stem.norm.non_trainable_weights))
+
+
+def test_conv_model_serialisation_round_trips(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = build_model(CONV)
+    model(_toy_batch(n=4), training=True)  # moving statistics away from their initial values
+    x = _toy_batch(n=4)
+    expected = ops.convert_to_numpy(model(x))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    np.testing.assert_allclose(ops.convert_to_numpy(loaded(x)), expected, atol=1e-6)
+    model.save_weights(tmp_path / "m.weights.h5")
+    fresh = build_model(CONV)
+    fresh.load_weights(tmp_path / "m.weights.h5")
+    np.testing.assert_allclose(ops.convert_to_numpy(fresh(x)), expected, atol=1e-6)

@@ -1,11 +1,14 @@
 """Tests of the synthetic AKOA-style knee set (phantom.py): names, balance, determinism, orientation, reuse, sheet."""
 
+import dataclasses
 import hashlib
 import re
 
 import numpy as np
 import pytest
 from PIL import Image
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
 
 import phantom
 
@@ -83,17 +86,44 @@ def test_population_has_akoa_balance_and_name_variants():
         assert len({(s.patient, s.visit, s.side) for s in specs}) == len(specs)
 
 
-def test_left_and_right_knees_are_mirror_images(slices):
-    images, left = slices
-    mean_left, mean_right = images[left].mean(0), images[~left].mean(0)
-    flipped = mean_right[:, ::-1]
-    corr = np.corrcoef(mean_left.ravel(), flipped.ravel())[0, 1]
-    assert corr > 0.97
-    # the mirror matches far better than the unflipped right knee: the sides really are oriented oppositely
-    assert np.abs(mean_left - flipped).mean() < 0.5 * np.abs(mean_left - mean_right).mean()
+def test_left_and_right_knees_are_mirror_images():
+    """The same knee drawn as a LEFT and as a RIGHT knee: the right one is the left one mirrored (the slice order
+    reversed, as slices run from the patient's right to left), once pose and imaging are neutral."""
+    rng = np.random.default_rng(4)
+    base = phantom.sample_anatomy(rng, side="LEFT")
+    neutral = dict(rotation=0.0, shift_x=0.0, slice_from=-base.slice_to, noise=1e-4, ghost=0.0, wrap=0.0,
+                   bias=(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.5))
+    left_knee = dataclasses.replace(base, **neutral)
+    right_knee = dataclasses.replace(left_knee, side="RIGHT")
+    n = 7
+    for i in (1, 3, 5):
+        a = phantom.render_slice(left_knee, i, n, np.random.default_rng(0)).astype(np.float32)
+        b = phantom.render_slice(right_knee, n - 1 - i, n, np.random.default_rng(0)).astype(np.float32)
+        mirrored = np.corrcoef(a[:, ::-1].ravel(), b.ravel())[0, 1]
+        unflipped = np.corrcoef(a.ravel(), b.ravel())[0, 1]
+        # not 1: the per-slice patient motion and the marrow texture are drawn in image space, not mirrored
+        assert mirrored > 0.93 and unflipped < mirrored - 0.15, (i, mirrored, unflipped)
+        assert np.abs(a[:, ::-1] - b).mean() < 0.5 * np.abs(a - b).mean()
 
 
-def test_no_single_pixel_tells_the_side_but_the_anatomy_does(slices):
+def test_side_cue_is_not_a_global_intensity_pattern():
+    """A linear model on the raw pixels must not read the side (version 2's narrow poses let it: 0.996 here)."""
+    seed, specs = 11, phantom.plan_population(100, 11)
+    pixels, is_left, patient = [], [], []
+    for spec in specs:
+        rng = np.random.default_rng([seed, spec.patient_index, spec.scan_index])
+        for image in phantom.render_scan(phantom.scan_anatomy(seed, spec), 4, rng):
+            pixels.append(np.asarray(Image.fromarray(image).resize((32, 32), Image.BILINEAR), np.float32).ravel())
+            is_left.append(spec.side == "LEFT")
+            patient.append(spec.patient_index)
+    pixels, is_left, train = np.array(pixels), np.array(is_left), np.array(patient) % 2 == 0
+    scaler = StandardScaler().fit(pixels[train])
+    model = LogisticRegression(C=0.01, max_iter=2000).fit(scaler.transform(pixels[train]), is_left[train])
+    accuracy = model.score(scaler.transform(pixels[~train]), is_left[~train])
+    assert 0.5 < accuracy < 0.85  # 0.79 with version 3: well below perfect, and still above chance
+
+
+def test_no_single_pixel_tells_the_side(slices):
     images, left = slices
     n = len(left)
     per_pixel = np.ascontiguousarray(images.reshape(n, -1).T)  # (pixels, images)
@@ -103,12 +133,6 @@ def test_no_single_pixel_tells_the_side_but_the_anatomy_does(slices):
     n_left, n_right = left.sum(), n - left.sum()
     hits = np.maximum(left_below + n_right - right_below, right_below + n_left - left_below).max(1)
     assert hits.max() / n < 0.9  # best threshold on any one pixel (ties only make this higher)
-    # ... while a mirrored template built on half of the scans tells the sides of the other half
-    train = np.repeat(np.arange(120) < 60, 5)
-    template = images[train & left].mean(0) - images[train & ~left].mean(0)
-    template = (template + template[:, ::-1] * -1) / 2  # odd under the mirror: a right knee scores the opposite
-    scores = (images[~train] - images[~train].mean((1, 2), keepdims=True)).reshape(-1, template.size) @ template.ravel()
-    assert ((scores > 0) == left[~train]).mean() > 0.7  # ~0.8; 0.5 if the sides were not mirrored
 
 
 def test_slices_change_across_the_knee():
