@@ -116,3 +116,29 @@ def test_ab_step_refuses_a_missing_file(tmp_path, capsys):
     with pytest.raises(SystemExit):
         ab_step.main([str(tmp_path / "no_such_modules.py")])
     assert "no_such_modules.py is not a file" in capsys.readouterr().err
+
+
+def test_seeds_table_gives_mean_and_range_of_each_column():
+    seeds = _load_bench("seeds")
+    rows = [dict(seed=s, accuracy=a, correct=c, images=420, roc_auc=r, per_knee=k, lr_accuracy=l, margin=a - l,
+                 wall_seconds=w)
+            for s, a, c, r, k, l, w in ((0, 0.95, 399, 0.99, 1.0, 0.8, 270.0), (1, 0.97, 407, 0.995, 0.975, 0.85, None),
+                                        (2, 0.96, 403, 0.98, 0.95, 0.75, 290.0))]
+    table = seeds.markdown(rows).splitlines()
+    assert table[2].startswith("| 0 | 0.9500 (399/420) | 0.9900 | 1.0000 | 0.8000 | +15.0 pts | 270 |")
+    assert "| n/a |" in table[3]  # a run whose wall time was not measured here
+    assert table[-1] == ("| mean (range) | 0.9600 (0.9500 to 0.9700) | 0.9883 (0.9800 to 0.9950) | "
+                         "0.9750 (0.9500 to 1.0000) | 0.8000 (0.7500 to 0.8500) | +16.0 pts (+12.0 pts to +21.0 pts) | "
+                         "280 (270 to 290) |")
+
+
+@pytest.mark.parametrize("argv, message", [(["--seeds", "1", "1"], "distinct seeds"),
+                                           (["--train-args=--seed=3"], "must not hold --seed"),
+                                           (["--train-args=--out x"], "must not hold"),
+                                           (["--train-args", "'unclosed"], "cannot be split")])
+def test_seeds_refuses_bad_flags_in_one_sentence(argv, message, tmp_path, capsys):
+    seeds = _load_bench("seeds")
+    assert seeds.main(argv + ["--runs-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()  # refused before anything was made
