@@ -468,7 +468,7 @@ def token_grid(input_shape, preprocessor):
     """Index dimensions of the tokens the cross-attention sees: the pixel grid, or a quarter of it per axis for the
     convolutional stem (stride 2, then a stride-2 pool, both with "same" padding)."""
     dims = tuple(input_shape[:-1])
-    return dims if preprocessor == "pixels" else tuple(-(-(-(-n // 2)) // 2) for n in dims)
+    return dims if preprocessor == "pixels" else tuple(-(-n // 4) for n in dims)  # ceil(ceil(n / 2) / 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -554,8 +554,12 @@ class PerceiverConfig:
     def input_channels(self):
         """Channels the cross-attention sees: data (or conv stem) channels plus `d * (2K + 1)` Fourier channels."""
         rank = len(self.input_shape) - 1
-        data = self.input_shape[-1] if self.preprocessor == "pixels" else self.conv_channels
-        return data + fourier_channels(rank, self.num_bands, self.concat_pos, self.sine_only)
+        return self.token_channels + fourier_channels(rank, self.num_bands, self.concat_pos, self.sine_only)
+
+    @property
+    def token_channels(self):
+        """Data channels of each token before the Fourier features: the image's, or the conv stem's."""
+        return self.input_shape[-1] if self.preprocessor == "pixels" else self.conv_channels
 
     @property
     def token_grid(self):
@@ -796,8 +800,7 @@ def _summary(args):
     model.summary(expand_nested=args.expand)
     c = config
     positions = math.prod(c.token_grid)
-    data = c.input_shape[-1] if c.preprocessor == "pixels" else c.conv_channels
-    source = "data" if c.preprocessor == "pixels" else "conv stem"
+    data, source = c.token_channels, ("data" if c.preprocessor == "pixels" else "conv stem")
     print(f"preset: {args.preset}  backend: {keras.backend.backend()}")
     print(f"parameters: {model.count_params() / 1e6:.2f} M")
     print(f"forward GFLOPs per image: {forward_flops(config) / 1e9:.3f}")

@@ -215,8 +215,9 @@ class Anatomy:
     #              hot spot strength, hot spot x, hot spot y, hot spot radius), image coordinates in -1..1
     ghost: float  # motion ghosts: strength of the two copies, 0 = none
     ghost_shift: float  # their offset, as a share of the image along the phase-encoding axis
-    ghost_axis: int  # phase-encoding axis of the ghosts and of the wrap-around: 0 rows (vertical), 1 columns
-    wrap: float  # wrap-around: share of the image height folded in from beyond the top and bottom, 0 = none
+    ghost_axis: int  # phase-encoding axis of the ghosts: 0 rows (vertical), 1 columns
+    wrap: float  # wrap-around (always along the rows): share of the image height folded in from beyond the top
+    #              and bottom, 0 = none
     texture_seed: int
 
 
@@ -264,13 +265,14 @@ def _sample_pose(rng):
 def _sample_imaging(rng):
     """Contrast, coil shading, noise and artefacts of one scan (see the module docstring for the ranges and why)."""
     ghost = rng.random() < 0.3
-    return dict(
+    return dict(  # Generator.uniform of scalars gives Python floats: the fields are typed as Anatomy declares
         noise=rng.uniform(0.01, 0.07),
         gain=rng.uniform(0.7, 1.4),
         gamma=rng.uniform(0.65, 1.5),
         black=rng.uniform(0.0, 0.08),
-        bias=(rng.uniform(0.0, 0.5), rng.uniform(0.0, 360.0), rng.uniform(0.0, 0.35),
-              rng.uniform(0.0, 0.4), rng.uniform(-0.8, 0.8), rng.uniform(-0.8, 0.8), rng.uniform(0.3, 0.7)),
+        bias=tuple(float(v) for v in (rng.uniform(0.0, 0.5), rng.uniform(0.0, 360.0), rng.uniform(0.0, 0.35),
+                                      rng.uniform(0.0, 0.4), rng.uniform(-0.8, 0.8), rng.uniform(-0.8, 0.8),
+                                      rng.uniform(0.3, 0.7))),
         ghost=rng.uniform(0.05, 0.2) if ghost else 0.0,
         ghost_shift=rng.uniform(0.1, 0.4),
         ghost_axis=int(rng.integers(2)),
@@ -299,17 +301,13 @@ def sample_anatomy(rng, *, side=None, patient=None):
     centre = rng.normal(0.0, 0.08)
     half = rng.uniform(0.88, 1.1)  # bones end near |s| = 1: the edge slices show little of them
     imaging = _sample_imaging(rng)
-    bias = tuple(float(c) for c in imaging.pop("bias"))
-    ints = {"ghost_axis": int(imaging.pop("ghost_axis"))}
     return Anatomy(
         side=side,
         **{k: float(v) for k, v in patient.items()},
         **{k: float(v) for k, v in pose.items()},
         slice_from=float(centre - half),
         slice_to=float(centre + half),
-        **{k: float(v) for k, v in imaging.items()},
-        bias=bias,
-        **ints,
+        **imaging,
         texture_seed=int(rng.integers(2**31)),
     )
 
