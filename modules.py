@@ -196,11 +196,58 @@ def standardize(x, epsilon, dtype):
     return ops.cast((x - mean) * ops.rsqrt(variance + epsilon), dtype)
 
 
-def _mlp_layers(layer, width, widening_factor, prefix):
-    hidden = layers.Dense(width * widening_factor, activation="gelu", dtype=layer.dtype_policy, name=f"{prefix}_fc1")
-    out = layers.Dense(width, dtype=layer.dtype_policy, name=f"{prefix}_fc2")
-    norm = layers.LayerNormalization(epsilon=1e-5, dtype=layer.dtype_policy, name=f"{prefix}_norm")
-    return norm, hidden, out
+def default_qk_dim(latent_dim, input_dim, qk_dim=None):
+    """Width of the cross-attention's queries and keys: `qk_dim` if set, else the smaller of the latent and input
+    widths (the paper)."""
+    return qk_dim or min(latent_dim, input_dim)
+
+
+def check_heads(what, width, num_heads, heads_name="num_heads"):
+    """Raises ValueError unless `num_heads` divides `width` (every head gets `width / num_heads` channels)."""
+    if width % num_heads:
+        raise ValueError(f"{what} {width} is not divisible by {heads_name} {num_heads}.")
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MLP(layers.Layer):
+    """The pre-norm MLP of a Transformer block, with its residual: `x + fc2(gelu(fc1(norm(x))))`.
+
+    Args:
+        widening_factor: int. Hidden width over the input width. Defaults to 1 (the paper's Perceiver).
+
+    Call arguments:
+        x: tensor `(batch, tokens, width)`.
+
+    Example:
+        >>> MLP(widening_factor=4)(np.zeros((2, 8, 32))).shape
+        (2, 8, 32)
+    """
+
+    def __init__(self, widening_factor=1, **kwargs):
+        super().__init__(**kwargs)
+        _check_positive_int("widening_factor", widening_factor)
+        # === Config ===
+        self.widening_factor = int(widening_factor)
+
+    def build(self, input_shape):
+        width, policy = input_shape[-1], self.dtype_policy
+        self.norm = layers.LayerNormalization(epsilon=1e-5, dtype=policy, name="norm")
+        self.fc1 = layers.Dense(width * self.widening_factor, activation="gelu", dtype=policy, name="fc1")
+        self.fc2 = layers.Dense(width, dtype=policy, name="fc2")
+        self.norm.build(input_shape)
+        self.fc1.build(input_shape)
+        self.fc2.build(tuple(input_shape[:-1]) + (width * self.widening_factor,))
+
+    def call(self, x):
+        return x + self.fc2(self.fc1(self.norm(x)))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(widening_factor=self.widening_factor)
+        return config
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -243,11 +290,10 @@ class CrossAttention(layers.Layer):
 
     def build(self, latents_shape, inputs_shape):
         latent_dim, input_dim = latents_shape[-1], inputs_shape[-1]
-        qk = self.qk_dim or min(latent_dim, input_dim)
+        qk = default_qk_dim(latent_dim, input_dim, self.qk_dim)
         v = self.v_dim or qk
-        for name, width in (("query/key width", qk), ("value width", v)):
-            if width % self.num_heads:
-                raise ValueError(f"Cross-attention {name} {width} is not divisible by num_heads {self.num_heads}.")
+        check_heads("Cross-attention query/key width", qk, self.num_heads)
+        check_heads("Cross-attention value width", v, self.num_heads)
         self._qk, self._v = qk, v
         policy = self.dtype_policy
         self.latent_norm = layers.LayerNormalization(epsilon=1e-5, dtype=policy, name="latent_norm")
@@ -255,15 +301,13 @@ class CrossAttention(layers.Layer):
         self.query = layers.Dense(qk, dtype=policy, name="query")
         self.key_value = layers.Dense(qk + v, dtype=policy, name="key_value")  # keys and values in one matmul
         self.output_proj = layers.Dense(latent_dim, dtype=policy, name="output")
-        self.mlp_norm, self.mlp_hidden, self.mlp_out = _mlp_layers(self, latent_dim, self.widening_factor, "mlp")
+        self.mlp = MLP(self.widening_factor, dtype=policy, name="mlp")
         self.latent_norm.build(latents_shape)
         self.input_norm.build(inputs_shape)
         self.query.build(latents_shape)
         self.key_value.build(inputs_shape)
         self.output_proj.build(tuple(latents_shape[:-1]) + (v,))
-        self.mlp_norm.build(latents_shape)
-        self.mlp_hidden.build(latents_shape)
-        self.mlp_out.build(tuple(latents_shape[:-1]) + (latent_dim * self.widening_factor,))
+        self.mlp.build(latents_shape)
 
     def project_inputs(self, inputs, standardized=None):
         """Keys and values of the inputs, `((batch, positions, qk), (batch, positions, v))`; reusable across calls.
@@ -291,7 +335,7 @@ class CrossAttention(layers.Layer):
         q = self.query(self.latent_norm(latents))  # (batch, latents, qk)
         attended, weights = _attend(q, keys, values, self.num_heads, return_attention_scores)
         x = latents + self.output_proj(attended)  # residual onto the un-normalised latents
-        x = x + self.mlp_out(self.mlp_hidden(self.mlp_norm(x)))
+        x = self.mlp(x)
         return (x, weights) if return_attention_scores else x
 
     def call(self, latents, inputs, return_attention_scores=False):
@@ -335,23 +379,21 @@ class SelfAttentionBlock(layers.Layer):
 
     def build(self, latents_shape):
         width = latents_shape[-1]
-        if width % self.num_heads:
-            raise ValueError(f"latent_dim {width} is not divisible by num_heads {self.num_heads}.")
+        check_heads("latent_dim", width, self.num_heads)
         policy = self.dtype_policy
         self.attn_norm = layers.LayerNormalization(epsilon=1e-5, dtype=policy, name="attn_norm")
         self.qkv = layers.Dense(3 * width, dtype=policy, name="qkv")  # queries, keys, values in one matmul
         self.output_proj = layers.Dense(width, dtype=policy, name="output")
-        self.mlp_norm, self.mlp_hidden, self.mlp_out = _mlp_layers(self, width, self.widening_factor, "mlp")
-        for layer in (self.attn_norm, self.qkv, self.output_proj, self.mlp_norm, self.mlp_hidden):
+        self.mlp = MLP(self.widening_factor, dtype=policy, name="mlp")
+        for layer in (self.attn_norm, self.qkv, self.output_proj, self.mlp):
             layer.build(latents_shape)
-        self.mlp_out.build(tuple(latents_shape[:-1]) + (width * self.widening_factor,))
 
     def call(self, latents, return_attention_scores=False):
         qkv = self.qkv(self.attn_norm(latents))  # (batch, latents, 3 * width)
         q, k, v = ops.split(qkv, 3, axis=-1)
         attended, weights = _attend(q, k, v, self.num_heads, return_attention_scores)
         x = latents + self.output_proj(attended)
-        x = x + self.mlp_out(self.mlp_hidden(self.mlp_norm(x)))
+        x = self.mlp(x)
         return (x, weights) if return_attention_scores else x
 
     def compute_output_shape(self, latents_shape):
@@ -536,19 +578,18 @@ class PerceiverConfig:
             raise ValueError(f"the conv pre-processor needs 2-D images (H, W, channels), got {self.input_shape}.")
         if self.conv_channels < 1:
             raise ValueError(f"config conv_channels must be at least 1, got {self.conv_channels}.")
-        if self.latent_dim % self.num_self_attend_heads:
-            raise ValueError(
-                f"latent_dim {self.latent_dim} is not divisible by num_self_attend_heads {self.num_self_attend_heads}."
-            )
-        qk = self.cross_attend_qk_dim or min(self.latent_dim, self.input_channels)
-        if qk % self.num_cross_attend_heads:
-            raise ValueError(
-                f"cross-attention width {qk} is not divisible by num_cross_attend_heads {self.num_cross_attend_heads}."
-            )
+        check_heads("latent_dim", self.latent_dim, self.num_self_attend_heads, "num_self_attend_heads")
+        check_heads("cross-attention width", self.cross_attend_qk, self.num_cross_attend_heads,
+                    "num_cross_attend_heads")
         if self.max_resolution is not None and len(self.max_resolution) != len(self.input_shape) - 1:
             raise ValueError(
                 f"max_resolution {self.max_resolution} needs one value per index dimension of {self.input_shape[:-1]}."
             )
+
+    @property
+    def cross_attend_qk(self):
+        """Width of the cross-attention's queries and keys (`default_qk_dim` of the latent and input widths)."""
+        return default_qk_dim(self.latent_dim, self.input_channels, self.cross_attend_qk_dim)
 
     @property
     def input_channels(self):
@@ -781,7 +822,7 @@ def forward_flops(config):
     c = config
     positions = math.prod(c.token_grid)
     cin, d, n = c.input_channels, c.latent_dim, c.num_latents
-    qk = c.cross_attend_qk_dim or min(d, cin)
+    qk = c.cross_attend_qk
     macs = 0
     if c.preprocessor == "conv":  # the 7x7 convolution at stride 2
         macs += math.prod(-(-s // 2) for s in c.input_shape[:-1]) * 49 * c.input_shape[-1] * c.conv_channels

@@ -12,6 +12,7 @@ from modules import (
     ConvStem,
     CrossAttention,
     FourierPositionEncoding,
+    MLP,
     LatentTransformer,
     Perceiver,
     PerceiverConfig,
@@ -156,6 +157,19 @@ def test_layer_self_attention_block_and_transformer():
     run_layer_test(LatentTransformer, dict(num_blocks=3, num_heads=2, widening_factor=1), [(2, 4, 16)], (2, 4, 16), 36)
 
 
+def test_layer_mlp_is_a_residual_pre_norm_mlp():
+    run_layer_test(MLP, dict(widening_factor=4), [(2, 5, 8)], (2, 5, 8), 6)  # norm (2) + fc1 (2) + fc2 (2)
+    layer = MLP(widening_factor=2)
+    x = np.random.default_rng(2).normal(size=(2, 3, 8)).astype("float32")
+    out = ops.convert_to_numpy(layer(x))
+    w = {v.path.split("/", 1)[1]: ops.convert_to_numpy(v) for v in layer.weights}
+    assert w["fc1/kernel"].shape == (8, 16) and w["fc2/kernel"].shape == (16, 8)
+    normed = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5) * w["norm/gamma"] + w["norm/beta"]
+    h = normed @ w["fc1/kernel"] + w["fc1/bias"]
+    h = 0.5 * h * (1 + np.vectorize(math.erf)(h / math.sqrt(2)))
+    np.testing.assert_allclose(out, x + h @ w["fc2/kernel"] + w["fc2/bias"], atol=2e-5)
+
+
 def test_cross_attention_default_width_is_smaller_of_the_two():
     layer = CrossAttention()
     layer(np.zeros((1, 4, 32), "float32"), np.zeros((1, 9, 11), "float32"))
@@ -187,7 +201,7 @@ def test_cross_attention_matches_reference_math():
     a = np.exp(s - s.max(-1, keepdims=True))
     a /= a.sum(-1, keepdims=True)
     h = z + (a @ v) @ w["output/kernel"] + w["output/bias"]
-    m = gelu(ln(h, "mlp_norm") @ w["mlp_fc1/kernel"] + w["mlp_fc1/bias"]) @ w["mlp_fc2/kernel"] + w["mlp_fc2/bias"]
+    m = gelu(ln(h, "mlp/norm") @ w["mlp/fc1/kernel"] + w["mlp/fc1/bias"]) @ w["mlp/fc2/kernel"] + w["mlp/fc2/bias"]
     np.testing.assert_allclose(out, h + m, atol=2e-4)
 
 
