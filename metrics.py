@@ -1,48 +1,49 @@
 """Test-set metrics of a classifier run: loss, accuracy, ROC-AUC, confusion matrix, per-patient and per-scan votes.
 
-Plain numpy, so train.py, driver.py and the tests compute them the same way.
+The curves and scores come from `sklearn.metrics` and the softmax from `scipy.special` (both on the design card), so
+train.py, driver.py, bench/ and the tests compute them the same way; only the majority vote per knee is ours.
 """
 
 import numpy as np
+from scipy import special
+from sklearn import metrics as skm
+
+__all__ = ["confusion_counts", "softmax", "cross_entropy", "roc_curve", "group_vote", "classification_metrics"]
 
 
 def confusion_counts(labels, predicted, num_classes):
     """(classes x classes) counts: rows the true class, columns the predicted class."""
-    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(confusion, (np.asarray(labels, int), np.asarray(predicted, int)), 1)
-    return confusion
+    return skm.confusion_matrix(np.asarray(labels, int), np.asarray(predicted, int), labels=np.arange(num_classes))
 
 
 def softmax(logits):
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    """Class probabilities of each example (the softmax along the last axis)."""
+    return special.softmax(logits, axis=-1)
 
 
 def cross_entropy(logits, labels, label_smoothing=0.0):
-    """Mean cross-entropy over the examples (the same quantity Keras reports as loss)."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    """Mean cross-entropy over the examples (the quantity Keras reports as loss), with label smoothing `s`.
+
+    Smoothed targets are `(1 - s)` on the true class plus `s / k` on every class, so the loss is `(1 - s)` times the
+    plain log loss (`sklearn.metrics.log_loss` of the softmax) plus `s` times the mean of `-log p` over the classes.
+    """
+    logits = np.asarray(logits, np.float64)
     k = logits.shape[1]
-    target = np.full(logits.shape, label_smoothing / k)
-    target[np.arange(len(labels)), labels] += 1.0 - label_smoothing
-    return float(-(target * log_p).sum(axis=1).mean())
+    hard = skm.log_loss(labels, softmax(logits), labels=np.arange(k))
+    uniform = float(-special.log_softmax(logits, axis=-1).mean(axis=1).mean()) if label_smoothing else 0.0
+    return float((1.0 - label_smoothing) * hard + label_smoothing * uniform)
 
 
 def roc_curve(scores, positive):
-    """False and true positive rates over every threshold (ties handled as one step), and the area under it."""
+    """False and true positive rates over every threshold (ties as one step) from (0, 0) to (1, 1), and the area.
+
+    The area is NaN when the scores hold only one class (an ROC needs both).
+    """
     scores, positive = np.asarray(scores, float), np.asarray(positive, bool)
-    n_pos, n_neg = positive.sum(), (~positive).sum()
-    if n_pos == 0 or n_neg == 0:
+    if positive.all() or not positive.any():
         return np.array([0.0, 1.0]), np.array([0.0, 1.0]), float("nan")
-    order = np.argsort(-scores, kind="mergesort")
-    s, p = scores[order], positive[order]
-    last_of_tie = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
-    tps = np.cumsum(p)[last_of_tie]
-    fps = (last_of_tie + 1) - tps
-    tpr = np.r_[0.0, tps / n_pos]
-    fpr = np.r_[0.0, fps / n_neg]
-    return fpr, tpr, float(np.trapezoid(tpr, fpr))
+    fpr, tpr, _ = skm.roc_curve(positive, scores, drop_intermediate=False)
+    return fpr, tpr, float(skm.roc_auc_score(positive, scores))
 
 
 def group_vote(groups, labels, predicted):

@@ -72,6 +72,7 @@ import dataset  # noqa: E402
 import metrics  # noqa: E402
 import phantom  # noqa: E402
 import runs  # noqa: E402
+from errors import EXIT_USAGE, UsageError  # noqa: E402
 
 ROWS = ("lr", "cnn", "perceiver")
 DEFAULT_OUT_DIR = REPO / "bench" / "results"
@@ -87,9 +88,6 @@ _OWN_FLAGS = {"--out": "--out-dir or --perceiver-run", "--resume": "--perceiver-
               "--phantom-slices": "--phantom-slices"}
 TABLE_HEAD = ("model", "per-image accuracy", "ROC-AUC", "per-knee vote accuracy", "parameters", "training time (s)")
 
-
-class UsageError(Exception):
-    """A mistake the user can fix; printed as one sentence, no traceback."""
 
 
 class ChildError(Exception):
@@ -580,7 +578,7 @@ def main(argv=None):
         return run(check_args(build_parser().parse_args(argv)), argv)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except ChildError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -29,10 +29,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import runs  # noqa: E402
+from errors import EXIT_USAGE, UsageError  # noqa: E402
 
-
-class UsageError(Exception):
-    """A mistake the user can fix; printed as one sentence, no traceback."""
 
 
 def _log(message):
@@ -116,7 +114,7 @@ def main(argv=None):
         rows = [one_seed(s, args.runs_dir.resolve(), train_args) for s in args.seeds]
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     text = markdown(rows)
     runs.atomic_write_json(args.runs_dir / "seeds.json", dict(rows=rows, train_args=train_args))
     runs.atomic_write_text(args.runs_dir / "seeds.md", text + "\n")
