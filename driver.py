@@ -31,7 +31,8 @@ NIfTI slices are taken along the stored array's last axis, as stored (no reorien
 (`..._LEFT.nii.gz_17.png` is slice 17), so a volume gives the pictures the model was trained on; reorienting to
 RAS+ would turn a knee's anterior side to the same side for left and right knees and mirror some slices relative to
 the training images. 16-bit, signed and float slices are scaled so that their maximum becomes 255, exactly like
-16-bit PNGs in training (DICOM rescale slope/intercept is applied first; MONOCHROME1 is inverted).
+16-bit PNGs in training (DICOM's modality LUT or rescale slope/intercept is applied first; MONOCHROME1 is
+inverted). The readers are in volumes.py.
 
 Expected side (only when the run's classes are exactly left and right): `--expect`, else for DICOM the header's
 ImageLaterality (0020,0062), else Laterality (0020,0060), else a side spelled in the file name (AKOA style: LEFT,
@@ -51,35 +52,32 @@ sentence. A `.keras` file is loaded with `safe_mode=True` (no Python lambdas des
 from __future__ import annotations
 
 import argparse
-import csv
+import collections
 import dataclasses
-import glob
-import io
-import json
 import math
 import os
 import pathlib
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from tqdm import tqdm
+
+import dataset
+import runs
+from errors import EXIT_USAGE, UsageError
+from plots import explain_figure
+from volumes import DICOM_EXTENSIONS, NIFTI_EXTENSIONS
+from reports import (SIDES, flag_label, format_summary, format_table, report_test_split, summary,
+                     write_results)
+from inputs import InputError, decode_chunk, display_image, find_inputs, test_split_inputs
 
 PROJECT = pathlib.Path(__file__).resolve().parent
 DEFAULT_RUN = PROJECT / "goliath"
-DICOM_EXTENSIONS = (".dcm", ".dicom")
-NIFTI_EXTENSIONS = (".nii", ".nii.gz")
 DEFAULT_BATCH = 256
-SIDES = ("left", "right")
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_WRONG_SIDE = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_WRONG_SIDE = 0, 1, 3
 _CHUNK = 16  # inputs per decoding task
-
-
-class UsageError(Exception):
-    """A mistake the user can fix; printed as one sentence on stderr, exit status 2."""
-
-
-class InputError(Exception):
-    """One input that cannot be classified; the message is the reason, shown beside the file."""
 
 
 # === Loading a model ===
@@ -97,8 +95,6 @@ def load(run=None, *, weights="best", classes=None):
     Raises:
         UsageError: with one sentence when the run cannot be used.
     """
-    import runs
-
     path = pathlib.Path(run) if run is not None else DEFAULT_RUN
     if run is None and not path.exists():
         raise UsageError(f"the shipped reference run {path.name}/ is not in this checkout; pass a run folder written "
@@ -114,10 +110,10 @@ def load(run=None, *, weights="best", classes=None):
 
 
 def _load_keras_file(path, classes):
+    # Keras loads TensorFlow (seconds): imported when a model is loaded, so --help and usage errors stay quick
     import keras
 
-    import modules  # noqa: F401  (registers Perceiver and its layers for deserialisation)
-    import runs
+    import modules  # noqa: F401  (registers Perceiver and its layers for deserialisation; imports Keras)
 
     if not path.is_file():
         raise UsageError(f"model file {path} does not exist; pass a .keras file or a run folder with --run.")
@@ -144,229 +140,6 @@ def _load_keras_file(path, classes):
                           image_size=tuple(int(v) for v in shape[:2]), channels=int(shape[2]), weights_path=path)
 
 
-# === Finding inputs ===
-@dataclasses.dataclass
-class Input:
-    """One file to classify.
-
-    Args:
-        path: str. The file.
-        kind: str. "image", "dicom" or "nifti".
-        expected: str | None. A known label (the test split's), overriding what the file says.
-    """
-
-    path: str
-    kind: str
-    expected: str | None = None
-
-
-def _has_dicom_preamble(path):
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:] == b"DICM"
-
-
-def input_kind(path, *, sniff=True):
-    """"image", "dicom" or "nifti" by extension (an extensionless file with the DICM preamble is DICOM), else None."""
-    import dataset
-
-    name = os.path.basename(path).lower()
-    if name.endswith(NIFTI_EXTENSIONS):
-        return "nifti"
-    ext = os.path.splitext(name)[1]
-    if ext in DICOM_EXTENSIONS:
-        return "dicom"
-    if ext in dataset.IMAGE_EXTENSIONS:
-        return "image"
-    if sniff and not ext and _has_dicom_preamble(path):
-        return "dicom"
-    return None
-
-
-def _supported():
-    import dataset
-
-    return ", ".join(e.lstrip(".") for e in dataset.IMAGE_EXTENSIONS + DICOM_EXTENSIONS + NIFTI_EXTENSIONS)
-
-
-def find_inputs(specs):
-    """Expands INPUTs (files, folders searched recursively, globs) into Inputs, in order, without duplicates.
-
-    Returns:
-        (inputs, ignored): list[Input], and the number of files in folders or glob matches that are not a supported
-        type (a README beside the scans, say).
-
-    Raises:
-        UsageError: for a path that does not exist, a glob that matches nothing, a named file of an unsupported type,
-            or when nothing at all is found.
-    """
-    inputs, seen, ignored = [], set(), 0
-
-    def add(path, named):
-        nonlocal ignored
-        kind = input_kind(path)
-        if kind is None:
-            if named:
-                raise UsageError(f"{path} is not a supported file type; supported: {_supported()}.")
-            ignored += 1
-            return
-        key = os.path.abspath(path)
-        if key not in seen:
-            seen.add(key)
-            inputs.append(Input(path, kind))
-
-    def walk(folder):
-        for root, dirs, files in os.walk(folder):
-            dirs.sort()
-            for name in sorted(files):
-                if not name.startswith("."):
-                    add(os.path.join(root, name), named=False)
-
-    for spec in specs:
-        spec = os.fspath(spec)
-        if os.path.isdir(spec):
-            walk(spec)
-        elif os.path.isfile(spec):
-            add(spec, named=True)
-        elif glob.has_magic(spec):
-            matches = sorted(glob.glob(spec, recursive=True))
-            if not matches:
-                raise UsageError(f"no files match the pattern {spec}.")
-            for m in matches:
-                walk(m) if os.path.isdir(m) else add(m, named=False)
-        else:
-            raise UsageError(f"{spec} does not exist; pass image files, folders or glob patterns.")
-    if not inputs:
-        raise UsageError(f"no supported files found in {', '.join(map(str, specs))}; supported: {_supported()}.")
-    return inputs, ignored
-
-
-# === Decoding ===
-def _slice_to_uint8(array2d, size, channels):
-    import dataset
-
-    try:
-        return dataset.array_to_uint8_image(array2d, size, channels)
-    except dataset.DataError as e:
-        raise InputError(str(e)) from None
-
-
-def _side_letter(value):
-    text = str(value or "").strip().upper()
-    return {"L": "left", "R": "right"}.get(text[:1]) if text[:1] in ("L", "R") and len(text) <= 5 else None
-
-
-def read_dicom(path):
-    """Reads a DICOM file's frames as 2-D arrays and its laterality.
-
-    Returns:
-        (frames, side): list of 2-D arrays (or (h, w, 3) uint8 for RGB), and "left" / "right" from ImageLaterality
-        (0020,0062), else Laterality (0020,0060), else None.
-    """
-    try:
-        import pydicom
-    except ImportError:
-        raise InputError("reading DICOM needs pydicom: pip install pydicom") from None
-    try:
-        ds = pydicom.dcmread(path)
-    except Exception as e:  # InvalidDicomError, truncated files, ...
-        raise InputError(f"not a readable DICOM file ({_first_line(e)})") from None
-    side = _side_letter(ds.get("ImageLaterality")) or _side_letter(ds.get("Laterality"))
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise InputError("the DICOM file has no pixel data")
-    try:
-        a = ds.pixel_array
-    except Exception as e:  # a compressed transfer syntax without its decoder, inconsistent tags, ...
-        raise InputError(f"pydicom cannot decode the pixels ({_first_line(e)})") from None
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    rgb = int(ds.get("SamplesPerPixel", 1) or 1) == 3
-    if frames == 1:
-        a = a[None]
-    if rgb:
-        if a.dtype != np.uint8:
-            raise InputError(f"{a.dtype} colour DICOM is not supported; convert it to grayscale")
-        return [f for f in a], side
-    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
-    if slope != 1 or intercept != 0:
-        a = a.astype(np.float32) * slope + intercept
-    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":  # 0 is white: invert
-        a = a.max() - a if a.dtype != np.uint8 else 255 - a
-    return [f for f in a], side
-
-
-def read_nifti(path):
-    """Reads a NIfTI volume as a list of 2-D slices along the stored array's last axis (see the module docstring)."""
-    try:
-        import nibabel
-    except ImportError:
-        raise InputError("reading NIfTI needs nibabel: pip install nibabel") from None
-    try:
-        image = nibabel.load(path)
-        data = np.asanyarray(image.dataobj)  # stored dtype, or float when the header scales the values
-    except Exception as e:  # ImageFileError, gzip errors, truncated data
-        raise InputError(f"not a readable NIfTI file ({_first_line(e)})") from None
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim == 2:
-        return [data]
-    if data.ndim != 3:
-        raise InputError(f"a {data.ndim}-D NIfTI image of shape {data.shape} is not supported; pass a 2-D or 3-D one")
-    if data.dtype.kind == "c" or data.dtype.names:
-        raise InputError(f"NIfTI data of type {data.dtype} is not supported")
-    return [data[:, :, k] for k in range(data.shape[2])]
-
-
-def _first_line(e):
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def read_slices(item):
-    """Raw 2-D slices of a DICOM or NIfTI input and the side its header states (None for NIfTI)."""
-    if item.kind == "dicom":
-        return read_dicom(item.path)
-    return read_nifti(item.path), None
-
-
-def decode(item, size, channels):
-    """Decodes one input to uint8 (n, height, width, channels): n = 1 for an image, one per slice for a volume.
-
-    Returns:
-        (images, header_side).
-
-    Raises:
-        InputError: with the reason.
-    """
-    import dataset
-
-    if item.kind == "image":
-        try:
-            return dataset.load_image(item.path, size=size, channels=channels)[None], None
-        except dataset.DataError as e:
-            text = str(e)
-            prefix = f"cannot use image {item.path}: "
-            raise InputError((text[len(prefix):] if text.startswith(prefix) else text).rstrip(".")) from None
-    slices, side = read_slices(item)
-    if not slices:
-        raise InputError("the volume has no slices")
-    return np.stack([_slice_to_uint8(s, size, channels) for s in slices]), side
-
-
-def _decode_chunk(items, size, channels):
-    out = []
-    for item in items:
-        try:
-            out.append(decode(item, size, channels))
-        except InputError as e:
-            out.append(e)
-        except MemoryError:
-            out.append(InputError("not enough memory to decode it"))
-    return out
-
-
 # === Predicting ===
 def _bucket(n, batch_size):
     """Next power of two >= n, at most batch_size: few distinct shapes, so few compiled traces."""
@@ -387,7 +160,7 @@ class Predictor:
     def __init__(self, loaded, batch_size=DEFAULT_BATCH):
         if batch_size < 1:
             raise UsageError(f"--batch-size {batch_size} must be at least 1.")
-        import keras
+        import keras  # lazy, as in _load_keras_file: a loaded model has imported it already
 
         self.loaded = loaded
         self.model = loaded.model
@@ -399,8 +172,6 @@ class Predictor:
 
     def logits(self, images):
         """Logits (n, classes) for uint8 (n, height, width, channels) images, preprocessed as in training."""
-        import dataset
-
         images = np.asarray(images)
         if images.shape[1:] != self.shape:
             raise ValueError(f"images of shape {images.shape[1:]} given to a model of input shape {self.shape}")
@@ -415,7 +186,7 @@ class Predictor:
         return np.concatenate(out) if out else np.zeros((0, len(self.loaded.classes)), np.float32)
 
     def probabilities(self, images):
-        from metrics import softmax
+        from metrics import softmax  # scipy and scikit-learn take ~1.2 s to import: not for --help or usage errors
 
         return softmax(self.logits(images))
 
@@ -467,8 +238,6 @@ def _expected(item, header_side, classes, expect):
         return expect, "--expect"
     if header_side is not None:
         return header_side, "DICOM header"
-    import dataset
-
     side = dataset.side_from_name(item.path)
     return (side, "file name") if side else (None, None)
 
@@ -487,219 +256,93 @@ def classify(predictor, inputs, *, expect=None, workers=None, progress=False, ke
     Returns:
         list[Result] in input order, or (results, images) with keep_images.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm import tqdm
-
     loaded = predictor.loaded
-    classes, size, channels = loaded.classes, loaded.image_size, loaded.channels
-    if workers is None:  # half the cores decode; prediction (the slower part) uses the rest through its own threads
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        workers = max(1, cpus // 2)
-    workers = max(1, int(workers))
+    classes = loaded.classes
+    workers = max(1, int(_default_workers() if workers is None else workers))
     results = [Result(item.path, item.kind) for item in inputs]
     kept = {}
-    pending_images, pending_owner = [], []  # decoded, not yet predicted: arrays and (input index, slice count)
-    pending_count = 0
-
-    def flush():
-        nonlocal pending_images, pending_owner, pending_count
-        if not pending_images:
-            return
-        probs = predictor.probabilities(np.concatenate(pending_images))
-        at = 0
-        for index, count in pending_owner:
-            finish(index, probs[at:at + count])
-            at += count
-        pending_images, pending_owner, pending_count = [], [], 0
-
-    def finish(index, probs):
-        r = results[index]
-        p = probs[0]
-        if len(probs) > 1:  # a volume: the mean of its slices' probabilities
-            p = probs.mean(axis=0)
-            r.slices = [{"slice": k, "predicted": classes[int(np.argmax(q))], "probability": float(q.max()),
-                         "probabilities": [float(v) for v in q]} for k, q in enumerate(probs)]
-        k = int(np.argmax(p))
-        r.predicted, r.probability, r.probabilities = classes[k], float(p[k]), [float(v) for v in p]
-
-    chunks = [list(range(s, min(s + _CHUNK, len(inputs)))) for s in range(0, len(inputs), _CHUNK)]
+    pending = _PendingBatch(predictor, results)
     # decoding tasks in flight: two batches ahead, so decoding goes on while a batch is predicted; bounds memory
     window = max(2 * workers, 2 * math.ceil(predictor.batch_size / _CHUNK))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool, \
-            tqdm(total=len(inputs), desc="classifying", unit="img", file=sys.stderr, disable=not progress,
-                 dynamic_ncols=True, smoothing=0.1) as bar:
-        futures = []
-        next_chunk = 0
-        while next_chunk < len(chunks) and len(futures) < window:
-            futures.append((chunks[next_chunk], pool.submit(_decode_chunk, [inputs[i] for i in chunks[next_chunk]],
-                                                            size, channels)))
-            next_chunk += 1
-        while futures:
-            indices, future = futures.pop(0)
-            outcomes = future.result()
-            if next_chunk < len(chunks):
-                futures.append((chunks[next_chunk], pool.submit(
-                    _decode_chunk, [inputs[i] for i in chunks[next_chunk]], size, channels)))
-                next_chunk += 1
+    with tqdm(total=len(inputs), desc="classifying", unit="img", file=sys.stderr, disable=not progress,
+              dynamic_ncols=True, smoothing=0.1) as bar:
+        for indices, outcomes in _decoded_chunks(inputs, loaded.image_size, loaded.channels, workers, window):
             for index, outcome in zip(indices, outcomes):
-                item, r = inputs[index], results[index]
-                if isinstance(outcome, InputError):
+                r = results[index]
+                failed = isinstance(outcome, InputError)
+                r.expected, r.expected_source = _expected(inputs[index], None if failed else outcome[1], classes,
+                                                          expect)
+                if failed:
                     r.error = str(outcome)
-                    r.expected, r.expected_source = _expected(item, None, classes, expect)
                     continue
-                images, header_side = outcome
-                r.expected, r.expected_source = _expected(item, header_side, classes, expect)
                 if keep_images:
-                    kept[index] = images
-                pending_images.append(images)
-                pending_owner.append((index, len(images)))
-                pending_count += len(images)
+                    kept[index] = outcome[0]
+                pending.add(index, outcome[0])
             bar.update(len(indices))
-            if pending_count >= predictor.batch_size:
-                flush()
-        flush()
+            if pending.count >= predictor.batch_size:
+                pending.flush()
+        pending.flush()
     return (results, kept) if keep_images else results
 
 
-# === Reporting ===
-def _display_path(path):
-    p = os.path.abspath(path)
-    rel = os.path.relpath(p)
-    return rel if not rel.startswith("..") else p
+def _default_workers():
+    """Half the usable cores decode; prediction (the slower part) uses the rest through its own threads."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // 2)
 
 
-def _label(r, classes):
-    sides = sorted(classes) == sorted(SIDES)
-    return "WRONG SIDE?" if sides else "MISMATCH"
+def _decoded_chunks(inputs, size, channels, workers, window):
+    """Yields (input indices, decode outcomes) per chunk of _CHUNK inputs, in input order, while up to `window`
+    chunks decode ahead in a thread pool. An outcome is (images, header_side) or an InputError."""
+    chunks = [list(range(s, min(s + _CHUNK, len(inputs)))) for s in range(0, len(inputs), _CHUNK)]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+
+        def submit(chunk):
+            return chunk, pool.submit(decode_chunk, [inputs[i] for i in chunk], size, channels)
+
+        in_flight = collections.deque(submit(c) for c in chunks[:window])
+        waiting = iter(chunks[window:])
+        while in_flight:
+            indices, future = in_flight.popleft()
+            outcomes = future.result()
+            chunk = next(waiting, None)
+            if chunk is not None:
+                in_flight.append(submit(chunk))
+            yield indices, outcomes
 
 
-def format_table(results, classes, *, per_slice=False):
-    """The plain-text table: file, predicted, probability, expected, flag (failures last, with their reasons)."""
-    rows = []
-    for r in results:
-        name = _display_path(r.path)
-        if r.is_volume:
-            name += f" (volume, {len(r.slices)} slices)"
-        if r.error is not None:
-            rows.append((name, "-", "-", r.expected or "-", f"failed: {r.error}"))
-            continue
-        rows.append((name, r.predicted, f"{r.probability:.4f}", r.expected or "-",
-                     _label(r, classes) if r.flagged else ""))
-        if per_slice and r.is_volume:
-            for s in r.slices:
-                flag = _label(r, classes) if r.expected is not None and s["predicted"] != r.expected else ""
-                rows.append((f"  slice {s['slice']}", s["predicted"], f"{s['probability']:.4f}",
-                             r.expected or "-", flag))
-    header = ("file", "predicted", "probability", "expected", "flag")
-    widths = [max(len(header[i]), *(len(row[i]) for row in rows)) for i in range(4)]
-    lines = [f"{header[0]:<{widths[0]}}  {header[1]:<{widths[1]}}  {header[2]:>{widths[2]}}  "
-             f"{header[3]:<{widths[3]}}  {header[4]}"]
-    for row in rows:
-        lines.append(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  "
-                     f"{row[3]:<{widths[3]}}  {row[4]}".rstrip())
-    return "\n".join(lines)
+class _PendingBatch:
+    """Decoded images not yet predicted; `flush` predicts them together and fills in their inputs' Results."""
+
+    def __init__(self, predictor, results):
+        self.predictor, self.results = predictor, results
+        self.images, self.owners, self.count = [], [], 0  # arrays, (input index, slice count), total images
+
+    def add(self, index, images):
+        self.images.append(images)
+        self.owners.append((index, len(images)))
+        self.count += len(images)
+
+    def flush(self):
+        if not self.images:
+            return
+        probs = self.predictor.probabilities(np.concatenate(self.images))
+        at = 0
+        for index, count in self.owners:
+            _fill(self.results[index], probs[at:at + count], self.predictor.loaded.classes)
+            at += count
+        self.images, self.owners, self.count = [], [], 0
 
 
-def summary(results, classes, ignored=0):
-    """{"classified", "failed", "flagged", "ignored"} counts."""
-    return {"classified": sum(r.error is None for r in results), "failed": sum(r.error is not None for r in results),
-            "flagged": sum(r.flagged for r in results), "ignored": int(ignored)}
-
-
-def format_summary(counts, classes):
-    sides = sorted(classes) == sorted(SIDES)
-    what = "possible wrong-side label" if sides else "mismatch with the expected class"
-    text = (f"{counts['classified']:,} classified, {counts['failed']:,} failed, {counts['flagged']:,} {what}"
-            f"{'s' if counts['flagged'] != 1 and sides else ''}")
-    if counts.get("ignored"):
-        n = counts["ignored"]
-        text += f" ({n:,} other file{'s' if n != 1 else ''} ignored: not a supported type)"
-    return text
-
-
-def _result_dict(r):
-    return {"file": r.path, "kind": r.kind, "predicted": r.predicted, "probability": r.probability,
-            "probabilities": r.probabilities, "expected": r.expected, "expected_source": r.expected_source,
-            "flagged": r.flagged, "error": r.error, "slices": r.slices}
-
-
-def write_results(path, results, classes, *, fmt, run, counts, per_slice=False):
-    """Writes the results as CSV (one row per input; with per_slice also one per volume slice) or JSON (schema 1:
-    {"schema", "run", "classes", "summary", "results": [{"file", "kind", "predicted", "probability",
-    "probabilities", "expected", "expected_source", "flagged", "error", "slices"}]})."""
-    import runs
-
-    path = pathlib.Path(path)
-    if path.parent and not path.parent.exists():
-        raise UsageError(f"the folder of --results-file {path} does not exist.")
-    if fmt == "json":
-        text = json.dumps({"schema": 1, "run": str(run), "classes": list(classes), "summary": counts,
-                           "results": [_result_dict(r) for r in results]}, indent=2) + "\n"
-    else:
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["file", "kind", "slice", "predicted", "probability", "expected", "expected_source", "flag",
-                         "error", *[f"p_{c}" for c in classes]])
-        for r in results:
-            probs = r.probabilities or [""] * len(classes)
-            writer.writerow([r.path, r.kind, "", r.predicted or "", "" if r.probability is None else
-                             f"{r.probability:.6f}", r.expected or "", r.expected_source or "",
-                             _label(r, classes) if r.flagged else "", r.error or "",
-                             *[p if p == "" else f"{p:.6f}" for p in probs]])
-            if per_slice and r.is_volume:
-                for s in r.slices:
-                    flag = _label(r, classes) if r.expected is not None and s["predicted"] != r.expected else ""
-                    writer.writerow([r.path, r.kind, s["slice"], s["predicted"], f"{s['probability']:.6f}",
-                                     r.expected or "", r.expected_source or "", flag, "",
-                                     *[f"{p:.6f}" for p in s["probabilities"]]])
-        text = buf.getvalue()
-    try:
-        runs.atomic_write_text(path, text)
-    except OSError as e:
-        raise UsageError(f"cannot write --results-file {path}: {e.strerror or e}.") from None
-
-
-# === Test split ===
-def test_split_inputs(loaded, data_root=None):
-    """The test images recorded in the run folder's split.csv, with their labels as the expected class."""
-    import dataset
-    import runs
-
-    split_path = loaded.run_dir / runs.SPLIT
-    if not loaded.config or not split_path.is_file():
-        raise UsageError(f"{loaded.run_dir} has no {runs.SPLIT} to take test images from; pass images to classify.")
-    root = data_root or str(runs.data_root(loaded.config))
-    try:
-        records, split = dataset.read_manifest(split_path, root=root)
-    except dataset.DataError as e:
-        raise UsageError(str(e)) from None
-    test = [r for r in records if split[r.path] == "test"]
-    if not test:
-        raise UsageError(f"{split_path} lists no test images.")
-    if not any(os.path.exists(r.path) for r in test[:50]):
-        raise UsageError(f"the test images of {loaded.run_dir} are not under {root} (moved or deleted?); "
-                         "pass the data folder with --data-root.")
-    return [Input(r.path, input_kind(r.path, sniff=False) or "image", expected=r.label) for r in test]
-
-
-def confusion_matrix(results, classes):
-    """(classes x classes) counts: rows the expected class, columns the predicted class (classified inputs only)."""
-    from metrics import confusion_counts
-
-    index = {c: i for i, c in enumerate(classes)}
-    pairs = [(index[r.expected], index[r.predicted]) for r in results if r.error is None and r.expected in index]
-    true, predicted = zip(*pairs) if pairs else ((), ())
-    return confusion_counts(true, predicted, len(classes))
-
-
-def format_confusion(m, classes):
-    width = max(8, *(len(c) for c in classes), len(f"{m.max():,}") if m.size else 1)
-    corner = "true \\ predicted"
-    lines = [f"{corner:<{max(16, width)}}" + "".join(f"  {c:>{width}}" for c in classes)]
-    for c, row in zip(classes, m):
-        lines.append(f"{c:<{max(16, width)}}" + "".join(f"  {v:>{width},}" for v in row))
-    return "\n".join(lines)
+def _fill(r, probs, classes):
+    """Sets Result r's prediction from its slices' probabilities (n, classes); a volume's is the mean of its slices'."""
+    p = probs[0]
+    if len(probs) > 1:
+        p = probs.mean(axis=0)
+        r.slices = [{"slice": k, "predicted": classes[int(np.argmax(q))], "probability": float(q.max()),
+                     "probabilities": [float(v) for v in q]} for k, q in enumerate(probs)]
+    k = int(np.argmax(p))
+    r.predicted, r.probability, r.probabilities = classes[k], float(p[k]), [float(v) for v in p]
 
 
 # === Explaining ===
@@ -716,139 +359,21 @@ def _explain_name(path, used):
     return name
 
 
-def _display_size(h, w, longest=384, shortest=192):
-    scale = min(longest / max(h, w), 1.0) if max(h, w) > longest else max(1.0, shortest / min(h, w))
-    return max(1, round(h * scale)), max(1, round(w * scale))
-
-
-def display_image(item, slice_index=None):
-    """The input as a uint8 grayscale (h, w) array near its own resolution, decoded as for the model."""
-    import dataset
-    from PIL import Image
-
-    if item.kind == "image":
-        with Image.open(item.path) as im:
-            w, h = im.size
-        return dataset.load_image(item.path, size=_display_size(h, w), channels=1)[..., 0]
-    slices, _ = read_slices(item)
-    s = slices[slice_index or 0]
-    return _slice_to_uint8(s, _display_size(*s.shape[:2]), 1)[..., 0]
-
-
-def _upsample(m, size):
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(m.astype(np.float32), "F").resize((size[1], size[0]),
-                                                                      Image.Resampling.BILINEAR))
-
-
-def _mass_threshold(m, mass=0.5):
-    """The value above which the largest cells of map m (summing to 1) hold `mass` of it, and their area fraction."""
-    v = np.sort(m.ravel())[::-1]
-    k = int(np.searchsorted(np.cumsum(v), mass * v.sum())) + 1
-    return float(v[min(k, len(v)) - 1]), k / len(v)
-
-
-def explain_figure(out_path, gray, maps, *, title, subtitle, flagged=False):
-    """Writes a PNG: the input, then each cross-attend's map (mean over heads and latents) as a heat overlay.
-
-    Maps are shown in units of "x uniform" (1 = the attention every pixel would get if spread evenly), on one colour
-    scale shared by all panels; the dashed contour encloses the smallest region holding half the attention.
-
-    Args:
-        out_path: str. PNG to write.
-        gray: np.ndarray. uint8 (h, w) image at display resolution.
-        maps: np.ndarray. (num_cross_attends, gh, gw) attention on the model's grid, each summing to 1.
-        title: str. First line (the file).
-        subtitle: str. Second line (prediction, expected side).
-        flagged: bool. Draws the subtitle in red. Defaults to False.
-    """
-    import matplotlib
-    from matplotlib import cm, colors
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
-
-    n = len(maps)
-    h, w = gray.shape
-    grid_cells = maps.shape[1] * maps.shape[2]
-    relative = maps * grid_cells  # x uniform
-    vmax = max(float(np.percentile(relative, 99.9)), 1.5)
-    norm = colors.Normalize(vmin=1.0, vmax=vmax)  # at or below uniform: no heat
-    cmap = matplotlib.colormaps["inferno"]
-    bg, fg = "#0d1117", "#e6edf3"
-    panel_w = 3.1
-    fig_w, fig_h = panel_w * (n + 1) + 0.9, panel_w * h / w + 1.35
-    fig = Figure(figsize=(fig_w, fig_h), facecolor=bg)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, n + 1, squeeze=False)[0]
-    fig.subplots_adjust(left=0.02, right=0.9, top=1 - 1.0 / fig_h, bottom=0.35 / fig_h, wspace=0.05)
-    base = gray.astype(np.float32) / 255.0
-    axes[0].imshow(gray, cmap="gray", vmin=0, vmax=255, interpolation="bilinear")
-    axes[0].set_title("input", color=fg, fontsize=10)
-    for i in range(n):
-        ax = axes[i + 1]
-        up = _upsample(relative[i], (h, w))
-        rgba = cmap(norm(up))
-        strength = np.clip(norm(up), 0, 1) ** 0.75
-        dim = (0.35 + 0.65 * base)[..., None] * 0.75  # the anatomy stays visible under the heat
-        rgb = dim * (1 - strength[..., None] * 0.85) + rgba[..., :3] * strength[..., None] * 0.85
-        ax.imshow(np.clip(rgb, 0, 1), interpolation="bilinear")
-        level, area = _mass_threshold(maps[i])
-        ax.contour(_upsample(maps[i], (h, w)), levels=[level], colors=["#c9d1d9"], linewidths=0.7,
-                   linestyles="--", alpha=0.8)
-        ax.set_title(f"cross-attend {i + 1}", color=fg, fontsize=10)
-        ax.text(0.02, 0.02, f"peak {relative[i].max():.1f}x  |  half the attention in {100 * area:.0f}% of the image",
-                transform=ax.transAxes, color=fg, fontsize=6.5, va="bottom", ha="left",
-                bbox=dict(facecolor=bg, alpha=0.6, edgecolor="none", pad=1.5))
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for spine in ax.spines.values():
-            spine.set_edgecolor("#30363d")
-    cax = fig.add_axes([0.915, 0.35 / fig_h + 0.03, 0.012, 1 - 1.35 / fig_h - 0.06])
-    bar = fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), cax=cax)
-    bar.set_label("attention (x uniform)", color=fg, fontsize=8)
-    bar.ax.tick_params(colors=fg, labelsize=7)
-    bar.outline.set_edgecolor("#30363d")
-    fig.text(0.02, 1 - 0.22 / fig_h, title, color=fg, fontsize=10, fontweight="bold", ha="left", va="top")
-    fig.text(0.02, 1 - 0.5 / fig_h, subtitle, color="#ff7b72" if flagged else "#8b949e", fontsize=9, ha="left",
-             va="top", fontweight="bold" if flagged else "normal")
-    fig.savefig(out_path, dpi=110, facecolor=bg)
-
-
 def explain(loaded, inputs, results, images, out_dir, *, per_slice=False, progress=False):
     """Writes one explanation PNG per classified input (a volume: its middle slice, or every slice with per_slice).
 
     Returns:
         list[str] of the PNGs written.
     """
-    from tqdm import tqdm
-
-    import dataset
-
     out_dir = pathlib.Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"cannot create the --explain folder {out_dir}: {e.strerror or e}.") from None
-    classes = loaded.classes
+    jobs = _explain_jobs(results, per_slice)
     used, written = set(), []
-    jobs = []  # (input index, slice index or None)
-    for i, r in enumerate(results):
-        if r.error is not None:
-            continue
-        if r.is_volume:
-            ks = range(len(r.slices)) if per_slice else [len(r.slices) // 2]
-            jobs += [(i, k) for k in ks]
-        else:
-            jobs.append((i, None))
-    maps_all = []
-    for start in range(0, len(jobs), 64):
-        x = np.stack([images[i][0 if k is None else k] for i, k in jobs[start:start + 64]])
-        maps_all.append(loaded.model.attention_heatmaps(dataset.normalize(x), batch_size=64))
-    maps_all = np.concatenate(maps_all) if maps_all else None
-    for (i, k), maps in tqdm(zip(jobs, maps_all if maps_all is not None else []), total=len(jobs), desc="explaining",
-                             unit="img", file=sys.stderr, disable=not progress, dynamic_ncols=True):
+    for (i, k), maps in tqdm(zip(jobs, _attention_maps(loaded.model, images, jobs)), total=len(jobs),
+                             desc="explaining", unit="img", file=sys.stderr, disable=not progress, dynamic_ncols=True):
         r, item = results[i], inputs[i]
         try:
             gray = display_image(item, k)
@@ -863,13 +388,36 @@ def explain(loaded, inputs, results, images, out_dir, *, per_slice=False, progre
         where = f" slice {k} of {len(r.slices)}" if k is not None else ""
         expected = f"   expected {r.expected} ({r.expected_source})" if r.expected else ""
         flagged = r.expected is not None and pred != r.expected
-        flag = f"   {_label(r, classes)}" if flagged else ""
+        flag = f"   {flag_label(r, loaded.classes)}" if flagged else ""
         volume = (f"   volume: {r.predicted} p={r.probability:.3f}" if k is not None else "")
         path = out_dir / _explain_name(stem, used)
         explain_figure(str(path), gray, maps, title=os.path.basename(item.path) + where,
                        subtitle=f"predicted {pred}  p={prob:.3f}{volume}{expected}{flag}", flagged=flagged)
         written.append(str(path))
     return written
+
+
+def _explain_jobs(results, per_slice):
+    """(input index, slice index or None) for each picture to explain: classified inputs only."""
+    jobs = []
+    for i, r in enumerate(results):
+        if r.error is not None:
+            continue
+        if r.is_volume:
+            ks = range(len(r.slices)) if per_slice else [len(r.slices) // 2]
+            jobs += [(i, k) for k in ks]
+        else:
+            jobs.append((i, None))
+    return jobs
+
+
+def _attention_maps(model, images, jobs, batch_size=64):
+    """(len(jobs), num_cross_attends, gh, gw) attention maps of the jobs' decoded images."""
+    maps = []
+    for start in range(0, len(jobs), batch_size):
+        x = np.stack([images[i][0 if k is None else k] for i, k in jobs[start:start + batch_size]])
+        maps.append(model.attention_heatmaps(dataset.normalize(x), batch_size=batch_size))
+    return np.concatenate(maps) if maps else []
 
 
 # === Command line ===
@@ -941,22 +489,7 @@ def run(args, out=sys.stdout):
     counts = summary(results, loaded.classes, ignored)
     where = args.run or DEFAULT_RUN
     if test_mode:
-        ok = [r for r in results if r.error is None]
-        correct = sum(r.predicted == r.expected for r in ok)
-        print(f"test split of {where}: {len(ok):,} images", file=out)
-        print(f"test split: accuracy {correct / max(len(ok), 1):.4f} ({correct:,}/{len(ok):,} images)", file=out)
-        print(format_confusion(confusion_matrix(results, loaded.classes), loaded.classes), file=out)
-        wrong = [r for r in ok if r.predicted != r.expected]
-        for r in wrong[:10]:
-            print(f"  misclassified: {_display_path(r.path)}  true {r.expected}, predicted {r.predicted} "
-                  f"(p={r.probability:.3f})", file=out)
-        if len(wrong) > 10:
-            print(f"  ... and {len(wrong) - 10:,} more (--results-file lists all)", file=out)
-        for r in results:
-            if r.error is not None:
-                print(f"  failed: {_display_path(r.path)}: {r.error}", file=out)
-        counts["accuracy"] = correct / max(len(ok), 1)
-        counts["confusion_matrix"] = confusion_matrix(results, loaded.classes).tolist()
+        counts.update(report_test_split(results, loaded.classes, where, out))
     else:
         print(format_table(results, loaded.classes, per_slice=args.per_slice), file=out)
         print(format_summary(counts, loaded.classes), file=out)

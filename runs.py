@@ -1,17 +1,27 @@
-"""Run folders: what `train.py` writes and `driver.py` reads.
+"""Run folders: the one home of their format, which `train.py` writes and `driver.py` and bench/ read.
 
-A run folder holds `config.json` (every setting, the classes, the image size, versions), `split.csv`, the best and the
-last weights (`model.weights.h5`, `last.weights.h5`), `history.csv`, `metrics.json`, the plots and a TensorBoard log.
+A run folder holds `config.json` (every setting, the classes, the image size, versions, the command; `run_config`),
+`split.csv`, the best and the last weights (`model.weights.h5`, `last.weights.h5`), `history.csv` (one row per epoch,
+`HISTORY_COLUMNS`), `metrics.json`, the plots, a TensorBoard log and, while training, `resume_state.npz` (`save_state`).
 Inference rebuilds the model from `config.json` plus weights and never imports the training script; nothing is
-unpickled (Keras `.weights.h5` files are plain HDF5 arrays).
+unpickled (Keras `.weights.h5` files are plain HDF5 arrays, the resume state a plain `.npz`).
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import os
 import pathlib
+import platform
+import shlex
+import sys
+
+import numpy as np
+
+import phantom
 
 CONFIG = "config.json"
 BEST_WEIGHTS = "model.weights.h5"
@@ -20,6 +30,7 @@ STATE = "resume_state.npz"  # weights + optimizer variables of the last complete
 HISTORY = "history.csv"
 METRICS = "metrics.json"
 SPLIT = "split.csv"
+HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds")
 
 
 PROJECT = pathlib.Path(__file__).resolve().parent
@@ -44,8 +55,6 @@ def data_root(config, *, regenerate=True, progress=False):
         root = PROJECT / root
     params = data.get("phantom")
     if regenerate and params and not root.is_dir():
-        import phantom
-
         print(f"making the synthetic knee set this run was trained on in {root} ...", flush=True)
         phantom.generate(root, patients=params["patients"], slices=params["slices"], seed=params["seed"],
                          progress=progress)
@@ -78,6 +87,75 @@ def atomic_save_weights(model, path):
     tmp = temporary_name(path)
     model.save_weights(tmp)
     os.replace(tmp, path)
+
+
+def versions():
+    """Versions of Python and of the libraries that shaped the run (those imported by now)."""
+    out = {"python": platform.python_version()}
+    for name in ("keras", "numpy", "tensorflow", "jax", "torch", "PIL"):
+        module = sys.modules.get(name)
+        if module is not None:
+            out[name] = getattr(module, "__version__", "?")
+    if "keras" in sys.modules:
+        out["backend"] = sys.modules["keras"].backend.backend()
+    return out
+
+
+def command_line(script, argv):
+    """The command as a user would type it in the project folder, e.g. `python train.py --out goliath`."""
+    return shlex.join(["python", pathlib.Path(script).name, *argv])
+
+
+def run_config(*, train, model, data, seed, backend, devices, command, parameters):
+    """config.json's content: `train` the settings, `model` the PerceiverConfig dict, `data` where the images came
+    from and how they were split and scaled, and what the run ran on."""
+    return {"train": train, "model": model, "data": data, "seed": seed, "backend": backend, "devices": devices,
+            "versions": versions(), "command": command, "parameters": parameters}
+
+
+def read_history(path):
+    """history.csv's rows as dicts of strings; no file: no rows."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [dict(row) for row in csv.DictReader(f)]
+
+
+def write_history(path, rows):
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def save_state(path, model, epoch, best_val_loss, best_epoch):
+    """Weights, optimizer variables and progress after `epoch` completed epochs, written atomically (no pickle)."""
+    arrays = {f"w{i}": np.asarray(v.numpy()) for i, v in enumerate(model.weights)}
+    arrays.update({f"o{i}": np.asarray(v.numpy()) for i, v in enumerate(model.optimizer.variables)})
+    arrays["progress"] = np.array([epoch, best_val_loss, best_epoch], dtype=np.float64)
+    tmp = temporary_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_state(path, model):
+    """Restores `save_state`'s weights and optimizer variables into a compiled model; returns (epoch, best validation
+    loss, best epoch)."""
+    with np.load(path, allow_pickle=False) as state:
+        for i, v in enumerate(model.weights):
+            v.assign(state[f"w{i}"])
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        for i, v in enumerate(model.optimizer.variables):
+            v.assign(state[f"o{i}"])
+        epoch, best_val_loss, best_epoch = state["progress"]
+    return int(epoch), float(best_val_loss), int(best_epoch)
 
 
 def read_config(run_dir):

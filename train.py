@@ -18,27 +18,38 @@ process per machine, each with TF_CONFIG set), `--distribute data-parallel` (JAX
 from __future__ import annotations
 
 import argparse
-import csv
+import contextlib
 import datetime
 import json
 import math
 import os
 import pathlib
-import platform
 import signal
 import sys
 import time
 
 import numpy as np
 
+import dataset
 import phantom
+import runs
+from errors import EXIT_USAGE, UsageError
+from metrics import classification_metrics
+from plots import plot_roc, plot_run
+
+# Keras (and modules.py, recipe.py, TensorFlow) are imported inside the functions that use them, on purpose:
+# setup_devices must run first (JAX reads XLA_FLAGS once, TensorFlow fixes its devices at first use), and main sets
+# TF_CPP_MIN_LOG_LEVEL before TensorFlow loads.
 
 PROJECT = pathlib.Path(__file__).resolve().parent
-HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds")
+PRESET_NAMES = ("akoa-conv", "akoa", "paper", "tiny")  # modules.PRESETS's keys (a test checks), without importing Keras
 
 
-class UsageError(Exception):
-    """A mistake the user can fix; printed as one sentence, no traceback."""
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" after a flag's help unless the default is None (its help then says what None means)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -48,7 +59,7 @@ def build_parser():
     p = argparse.ArgumentParser(
         prog="train.py",
         description="Train a Perceiver on knee MRI slices (left vs right) and write a run folder.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsFormatter,
     )
     g = p.add_argument_group("data")
     g.add_argument("--data", default=None, help="AKOA folder or DIR/<class>/ images; none: the synthetic knee set")
@@ -69,8 +80,8 @@ def build_parser():
                         "a real one)")
 
     g = p.add_argument_group("model")
-    g.add_argument("--preset", default="akoa-conv",
-                   help="model preset: akoa-conv (Perceiver IO's conv stem), akoa (pixels), tiny or paper")
+    g.add_argument("--preset", default="akoa-conv", choices=PRESET_NAMES,
+                   help="model preset: akoa-conv (Perceiver IO's conv stem), akoa (pixels), paper, or tiny (tests)")
     g.add_argument("--mixed-precision", default="off", choices=("off", "bf16", "fp16"),
                    help="compute in bfloat16 or float16 with float32 weights and logits")
     g.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None,
@@ -88,6 +99,9 @@ def build_parser():
     g.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing of the cross-entropy")
     g.add_argument("--clip-norm", type=float, default=0.0,
                    help="clip each gradient to this norm (0: off; under --distribute mirrored it clips per replica)")
+    g.add_argument("--early-stop", type=int, default=0, metavar="N",
+                   help="stop when the validation loss has not improved for N epochs (0: off); the best weights "
+                        "are kept either way")
 
     g = p.add_argument_group("run")
     g.add_argument("--out", default=None, help="run folder (default: runs/<preset>-<date>-<time>)")
@@ -135,12 +149,11 @@ def parse_settings(argv=None):
         parser.set_defaults(**values)
     args = parser.parse_args(argv)
     args.model_overrides = model_overrides
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     return args
 
 
 def check_settings(args):
-    from dataset import DataError, _parse_floats
-
     checks = [
         (args.epochs >= 1, f"--epochs {args.epochs} must be at least 1"),
         (args.batch_size >= 1, f"--batch-size {args.batch_size} must be at least 1"),
@@ -149,6 +162,7 @@ def check_settings(args):
         (args.warmup_epochs >= 0, f"--warmup-epochs {args.warmup_epochs} must be zero or positive"),
         (0 <= args.label_smoothing < 1, f"--label-smoothing {args.label_smoothing} must be in [0, 1)"),
         (args.clip_norm >= 0, f"--clip-norm {args.clip_norm} must be zero or positive"),
+        (args.early_stop >= 0, f"--early-stop {args.early_stop} must be zero (off) or positive"),
         (args.image_size >= 4, f"--image-size {args.image_size} must be at least 4"),
         (args.phantom_patients >= 5, f"--phantom-patients {args.phantom_patients} must be at least 5"),
         (args.phantom_slices >= 1, f"--phantom-slices {args.phantom_slices} must be at least 1"),
@@ -160,14 +174,12 @@ def check_settings(args):
     for ok, message in checks:
         if not ok:
             raise UsageError(message + ".")
+    if args.preset not in PRESET_NAMES:  # a config file's preset skips argparse's choices
+        raise UsageError(f"--preset {args.preset!r} is not one of {', '.join(PRESET_NAMES)}.")
     try:
-        args.ratios = _parse_floats(args.split, 3, "--split")
-    except DataError as e:
+        args.ratios = dataset._parse_floats(args.split, 3, "--split")
+    except dataset.DataError as e:
         raise UsageError(str(e)) from None
-    from modules import PRESETS
-
-    if args.preset not in PRESETS:
-        raise UsageError(f"--preset {args.preset!r} is not one of {', '.join(sorted(PRESETS))}.")
 
 
 # ---------------------------------------------------------------------------------------------- devices
@@ -204,8 +216,6 @@ def setup_devices(args):
 
 def distribution_scope(args):
     """A context for building the model, per --distribute; checks that the engine fits the backend."""
-    import contextlib
-
     import keras
 
     backend = keras.backend.backend()
@@ -236,8 +246,6 @@ def distribution_scope(args):
 
 
 def prepare(args, manifest):
-    import dataset
-
     if args.data is None:
         root = phantom.default_root(args.phantom_patients, args.phantom_slices, args.seed)
         print(f"data: synthetic knee set in {root} ({args.phantom_patients} patients, {args.phantom_slices} slices "
@@ -286,141 +294,10 @@ def model_config(args, num_classes, channels):
         raise UsageError(f"model settings: {e}") from None
 
 
-# ---------------------------------------------------------------------------------------------- plots
-
-
-def plot_run(run_dir, history, metrics):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [int(r["epoch"]) for r in history]
-    last = epochs[-1]
-    for key, name, title in (("accuracy", "acc.png", "Accuracy"), ("loss", "loss.png", "Loss (mean cross-entropy)")):
-        fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-        ax.plot(epochs, [float(r[key]) for r in history], "o-", label="train", color="#1f77b4")
-        ax.plot(epochs, [float(r[f"val_{key}"]) for r in history], "s-", label="validation", color="#ff7f0e")
-        test_value = metrics[key]
-        ax.plot([last], [test_value], "*", markersize=16, color="#d62728",
-                label=f"test (best weights) {test_value:.3f}")
-        ax.axhline(test_value, color="#d62728", linestyle=":", linewidth=1)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(key)
-        ax.set_title(f"{title}: {metrics['images']} test images, held-out patients")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(run_dir / name)
-        plt.close(fig)
-
-    cm = np.array(metrics["confusion_matrix"]["counts"])
-    classes = metrics["confusion_matrix"]["classes"]
-    fig, ax = plt.subplots(figsize=(4.6, 4.0), dpi=110)
-    ax.imshow(cm, cmap="Blues")
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
-                    color="white" if cm[i, j] > cm.max() / 2 else "black", fontsize=13)
-    ax.set_xticks(range(len(classes)), classes)
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"Test confusion matrix (accuracy {metrics['accuracy']:.3f})")
-    fig.tight_layout()
-    fig.savefig(run_dir / "confusion.png")
-    plt.close(fig)
-
-
-def plot_roc(run_dir, logits, labels, classes):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from metrics import roc_curve, softmax
-
-    probs = softmax(logits)
-    fig, ax = plt.subplots(figsize=(4.8, 4.4), dpi=110)
-    targets = [1] if len(classes) == 2 else range(len(classes))
-    for i in targets:
-        fpr, tpr, auc = roc_curve(probs[:, i], labels == i)
-        ax.plot(fpr, tpr, label=f"{classes[i]} vs rest, AUC {auc:.4f}", linewidth=2)
-    ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="chance")
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.set_title(f"Test ROC ({len(labels)} images)")
-    ax.legend(loc="lower right")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(run_dir / "roc.png")
-    plt.close(fig)
-
-
 # ---------------------------------------------------------------------------------------------- run folder
 
 
-def versions():
-    import keras
-
-    out = {"python": platform.python_version(), "keras": keras.__version__, "numpy": np.__version__,
-           "backend": keras.backend.backend()}
-    for name in ("tensorflow", "jax", "torch", "PIL"):
-        module = sys.modules.get(name)
-        if module is not None:
-            out[name] = getattr(module, "__version__", "?")
-    return out
-
-
-def read_history(path):
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return [dict(row) for row in csv.DictReader(f)]
-
-
-def write_history(path, rows):
-    import io
-
-    from runs import atomic_write_text
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
-
-
-def save_state(path, model, epoch, best_val_loss, best_epoch):
-    """Weights, optimizer variables and progress of the last completed epoch, written atomically (no pickle)."""
-    from keras import ops
-
-    from runs import temporary_name
-
-    arrays = {f"w{i}": ops.convert_to_numpy(v.value) for i, v in enumerate(model.weights)}
-    arrays.update({f"o{i}": ops.convert_to_numpy(v.value) for i, v in enumerate(model.optimizer.variables)})
-    arrays["progress"] = np.array([epoch, best_val_loss, best_epoch], dtype=np.float64)
-    tmp = temporary_name(path)
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
-
-
-def load_state(path, model):
-    with np.load(path, allow_pickle=False) as state:
-        for i, v in enumerate(model.weights):
-            v.assign(state[f"w{i}"])
-        if not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
-        for i, v in enumerate(model.optimizer.variables):
-            v.assign(state[f"o{i}"])
-        epoch, best_val_loss, best_epoch = state["progress"]
-    return int(epoch), float(best_val_loss), int(best_epoch)
-
-
 def prepare_run_folder(args):
-    import runs
-
     if args.out is None:
         if args.resume:
             raise UsageError("--resume needs --out, the run folder to continue.")
@@ -442,11 +319,157 @@ def prepare_run_folder(args):
 
 
 def settings_dict(args):
-    skip = _NOT_SETTINGS | {"ratios"}
+    skip = _NOT_SETTINGS | {"ratios", "argv"}
     return {k: v for k, v in vars(args).items() if k not in skip}
 
 
+def data_record(args, data):
+    """config.json's "data" section: where the images came from, how they were split and scaled."""
+    return {"root": runs.portable_root(data.root), "layout": data.layout, "classes": data.classes,
+            "phantom": None if args.data else {"patients": args.phantom_patients, "slices": args.phantom_slices,
+                                               "seed": args.seed},
+            "image_size": [args.image_size, args.image_size], "channels": args.channels,
+            "normalization": "x / 127.5 - 1 (dataset.normalize)",
+            "images": {s: len(data.paths[s]) for s in dataset.SPLITS}, "skipped": len(data.skipped),
+            "split_source": data.source}
+
+
 # ---------------------------------------------------------------------------------------------- training
+
+
+def compiled_model(args, mconfig, steps, scope):
+    """The model, compiled with train.py's recipe, its optimizer built (so a resume state can be loaded into it)."""
+    import keras  # lazy, like every Keras import here: setup_devices must run first
+
+    import recipe
+    from modules import build_model
+
+    dtype = {"off": None, "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[args.mixed_precision]
+    with scope:
+        model = build_model(mconfig, dtype=dtype)
+        model.compile(
+            optimizer=recipe.make_optimizer(
+                optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+                warmup_epochs=args.warmup_epochs, epochs=args.epochs, steps_per_epoch=steps,
+                clip_norm=args.clip_norm),
+            loss=recipe.make_loss(mconfig.num_classes, args.label_smoothing),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            jit_compile=resolve_xla(args),
+        )
+        model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def epoch_callback(args, run_dir, model, mconfig, progress):
+    """A Keras callback that, after every epoch, writes the run folder's record of it: the history row, the best and
+    last weights, and the resume state (atomically, in that order, so a kill at any point resumes exactly).
+
+    It also stops the run on a non-finite loss (the row is not kept) and, with `--early-stop N`, when the validation
+    loss has not improved for N epochs. Both decisions depend only on the saved history, so a resumed run makes
+    them at the same epoch as an uninterrupted one (Keras's EarlyStopping keeps its count in memory, which a resume
+    would lose).
+    """
+    import keras
+
+    from modules import build_model
+
+    # Weights files hold the model alone: Keras would add the optimizer's moments (2x the size) to a compiled
+    # model's file, and --resume restores those from resume_state.npz instead.
+    plain = build_model(mconfig)
+
+    class EpochRecord(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.history, self.best_val, self.best_epoch = progress
+            self.stopped_by_nan = self.stopped_early = False
+
+        def weights_only(self):
+            plain.set_weights(self.model.get_weights())
+            return plain
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            row = {"epoch": epoch + 1, "seconds": round(time.time() - self.t0, 2),
+                   "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))}
+            for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+                row[key] = float(logs[key]) if key in logs else float("nan")
+            if not all(math.isfinite(row[k]) for k in ("loss", "val_loss")):
+                self.stop_on_nan(epoch)
+                return
+            self.history.append(row)
+            if row["val_loss"] < self.best_val:
+                self.best_val, self.best_epoch = row["val_loss"], epoch + 1
+                runs.atomic_save_weights(self.weights_only(), run_dir / runs.BEST_WEIGHTS)
+            runs.atomic_save_weights(self.weights_only(), run_dir / runs.LAST_WEIGHTS)
+            runs.write_history(run_dir / runs.HISTORY, self.history)
+            runs.save_state(run_dir / runs.STATE, self.model, epoch + 1, self.best_val, self.best_epoch)
+            if os.environ.get("PERCEIVER_KILL_AFTER_EPOCH") == str(epoch + 1):  # for the resume test: a kill -9
+                os.kill(os.getpid(), signal.SIGKILL)
+            print(f"epoch {epoch + 1}/{args.epochs}  loss {row['loss']:.4f}  acc {row['accuracy']:.4f}  "
+                  f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}  lr {row['learning_rate']:.2e}  "
+                  f"{row['seconds']:.1f}s{'  *best' if self.best_epoch == epoch + 1 else ''}", flush=True)
+            if args.early_stop and epoch + 1 - self.best_epoch >= args.early_stop and epoch + 1 < args.epochs:
+                self.stopped_early = True
+                self.model.stop_training = True
+                print(f"early stop: no better validation loss for {args.early_stop} epochs (best: epoch "
+                      f"{self.best_epoch}).", flush=True)
+
+        def stop_on_nan(self, epoch):
+            self.stopped_by_nan = True
+            self.model.stop_training = True
+            kept = (f"the best weights so far (epoch {self.best_epoch}) are kept in {run_dir / runs.BEST_WEIGHTS}"
+                    if self.best_epoch > 0 else "no epoch had finished, so no weights were kept")
+            print(f"epoch {epoch + 1}: the loss became NaN or infinite, so training stopped; {kept}; try a lower "
+                  "--lr or --mixed-precision off.", file=sys.stderr)
+
+    return EpochRecord()
+
+
+def fit(args, run_dir, model, mconfig, data, steps, start, progress):
+    """Trains epochs `start`..`args.epochs` in one `model.fit`; the batches of epoch e depend on (seed, e) only."""
+    import keras
+
+    record = epoch_callback(args, run_dir, model, mconfig, progress)
+    stopped_early = args.early_stop and record.best_epoch > 0 and start - record.best_epoch >= args.early_stop
+    if start >= args.epochs or stopped_early:
+        record.stopped_early = bool(stopped_early)
+        return record  # a resume of a run that had finished training (killed while it was being evaluated)
+    classes = data.classes
+    augment = dataset.Augment(flip_swap=args.flip_swap) if args.augment else None
+    train_ds = dataset.make_dataset(data.images["train"], data.labels["train"], batch_size=args.batch_size,
+                                    training=True, seed=args.seed, epoch=start, epochs=args.epochs,
+                                    augment=augment, class_names=classes)
+    val_ds = dataset.make_dataset(data.images["val"], data.labels["val"], batch_size=args.batch_size,
+                                  training=False, class_names=classes)
+    tensorboard = keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False,
+                                              profile_batch=0)
+    model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, initial_epoch=start, steps_per_epoch=steps,
+              shuffle=False, verbose=0 if args.quiet or not sys.stdout.isatty() else 1,
+              callbacks=[keras.callbacks.TerminateOnNaN(), record, tensorboard])
+    return record
+
+
+def evaluate(args, run_dir, mconfig, data, record):
+    """Test metrics of the best weights, as driver.py will load them; writes metrics.json and the plots."""
+    from modules import build_model
+
+    model = build_model(mconfig)
+    model.load_weights(run_dir / runs.BEST_WEIGHTS)
+    test_ds = dataset.make_dataset(data.images["test"], data.labels["test"], batch_size=args.batch_size,
+                                   training=False, class_names=data.classes)
+    logits = np.asarray(model.predict(test_ds, verbose=0), dtype=np.float64)
+    by_path = {r.path: r for r in data.records}
+    metrics = classification_metrics(logits, data.labels["test"], [by_path[p] for p in data.paths["test"]],
+                                      data.classes, args.label_smoothing)
+    metrics.update(best_epoch=record.best_epoch, best_val_loss=record.best_val, epochs_run=len(record.history),
+                   stopped_by_nan=record.stopped_by_nan, stopped_early=record.stopped_early)
+    runs.atomic_write_json(run_dir / runs.METRICS, metrics)
+    plot_run(run_dir, record.history, metrics)
+    plot_roc(run_dir, logits, data.labels["test"], data.classes)
+    return metrics
 
 
 def train(args):
@@ -455,139 +478,42 @@ def train(args):
     setup_devices(args)
 
     import keras
-    from keras import ops
 
-    import dataset
-    import recipe
-    import runs
-    from modules import build_model
-
-    manifest = args.split_manifest
-    if args.resume:
-        manifest = str(run_dir / runs.SPLIT)
+    manifest = str(run_dir / runs.SPLIT) if args.resume else args.split_manifest
     scope, replicas = distribution_scope(args)
     if args.batch_size % replicas:
         raise UsageError(f"--batch-size {args.batch_size} must be divisible by the {replicas} devices in use.")
     data = prepare(args, manifest)
-    classes = data.classes
-    mconfig = model_config(args, len(classes), args.channels)
+    mconfig = model_config(args, len(data.classes), args.channels)
     run_dir.mkdir(parents=True, exist_ok=True)
     steps = math.ceil(len(data.paths["train"]) / args.batch_size)
-    dtype = {"off": None, "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[args.mixed_precision]
     keras.utils.set_random_seed(args.seed)  # here, after data loading, whose code paths may draw random numbers
-    with scope:
-        model = build_model(mconfig, dtype=dtype)
-        model.compile(
-            optimizer=recipe.make_optimizer(
-                optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
-                warmup_epochs=args.warmup_epochs, epochs=args.epochs, steps_per_epoch=steps,
-                clip_norm=args.clip_norm),
-            loss=recipe.make_loss(len(classes), args.label_smoothing),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-            jit_compile=resolve_xla(args),
-        )
-        model.optimizer.build(model.trainable_variables)
-
-    config = {
-        "train": settings_dict(args),
-        "model": mconfig.to_dict(),
-        "data": {"root": runs.portable_root(data.root), "layout": data.layout, "classes": classes,
-                 "phantom": None if args.data else {"patients": args.phantom_patients, "slices": args.phantom_slices,
-                                                    "seed": args.seed},
-                 "image_size": [args.image_size, args.image_size], "channels": args.channels,
-                 "normalization": "x / 127.5 - 1 (dataset.normalize)",
-                 "images": {s: len(data.paths[s]) for s in dataset.SPLITS}, "skipped": len(data.skipped),
-                 "split_source": data.source},
-        "seed": args.seed,
-        "backend": keras.backend.backend(),
-        "devices": replicas,
-        "versions": versions(),
-        "command": [sys.executable, *sys.argv],
-        "parameters": int(model.count_params()),
-    }
+    model = compiled_model(args, mconfig, steps, scope)
     if not args.resume:
         dataset.write_manifest(run_dir / runs.SPLIT, data.records, data.split, root=data.root)
-        runs.atomic_write_json(run_dir / runs.CONFIG, config)
+        runs.atomic_write_json(run_dir / runs.CONFIG, runs.run_config(
+            train=settings_dict(args), model=mconfig.to_dict(), data=data_record(args, data), seed=args.seed,
+            backend=keras.backend.backend(), devices=replicas, command=runs.command_line(__file__, args.argv),
+            parameters=int(model.count_params())))
 
-    history = read_history(run_dir / runs.HISTORY) if args.resume else []
-    start, best_val, best_epoch = 0, math.inf, -1
+    start, progress = 0, ([], math.inf, -1)
     if args.resume:
-        start, best_val, best_epoch = load_state(run_dir / runs.STATE, model)
-        history = history[:start]
+        start, best_val, best_epoch = runs.load_state(run_dir / runs.STATE, model)
+        progress = (runs.read_history(run_dir / runs.HISTORY)[:start], best_val, best_epoch)
         print(f"resuming {run_dir} after epoch {start} (best validation loss {best_val:.4f} at epoch {best_epoch})")
-
-    augment = dataset.Augment(flip_swap=args.flip_swap) if args.augment else None
-    val_ds = dataset.make_dataset(data.images["val"], data.labels["val"], batch_size=args.batch_size,
-                                  training=False, class_names=classes)
-    tensorboard = keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False,
-                                              profile_batch=0)
     print(f"model: preset {args.preset}, {model.count_params():,} parameters, backend {keras.backend.backend()}, "
           f"{replicas} device(s); {args.epochs} epochs of {steps} steps, batch {args.batch_size}, "
           f"{args.optimizer} lr {args.lr:g}", flush=True)
-    # Weights files hold the model alone: Keras would add the optimizer's moments (2x the size) to a compiled
-    # model's file, and --resume restores those from resume_state.npz instead.
-    plain = build_model(mconfig)
-
-    def weights_only():
-        plain.set_weights(model.get_weights())
-        return plain
-
-    verbose = 0 if args.quiet or not sys.stdout.isatty() else 1
-    stopped_by_nan = False
-    for epoch in range(start, args.epochs):
-        t0 = time.time()
-        train_ds = dataset.make_dataset(data.images["train"], data.labels["train"], batch_size=args.batch_size,
-                                        training=True, seed=args.seed, epoch=epoch, augment=augment,
-                                        class_names=classes)
-        logs = model.fit(train_ds, validation_data=val_ds, epochs=epoch + 1, initial_epoch=epoch, shuffle=False, verbose=verbose,
-                         callbacks=[tensorboard, keras.callbacks.TerminateOnNaN()]).history
-        row = {"epoch": epoch + 1, "seconds": round(time.time() - t0, 2),
-               "learning_rate": float(ops.convert_to_numpy(model.optimizer.learning_rate))}
-        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-            row[key] = float(logs[key][-1]) if logs.get(key) else float("nan")
-        if not all(math.isfinite(row[k]) for k in ("loss", "val_loss")):
-            stopped_by_nan = True
-            kept = (f"the best weights so far (epoch {best_epoch}) are kept in {run_dir / runs.BEST_WEIGHTS}"
-                     if best_epoch > 0 else "no epoch had finished, so no weights were kept")
-            print(f"epoch {epoch + 1}: the loss became NaN or infinite, so training stopped; {kept}; try a lower --lr "
-                  "or --mixed-precision off.", file=sys.stderr)
-            break
-        history.append(row)
-        if row["val_loss"] < best_val:
-            best_val, best_epoch = row["val_loss"], epoch + 1
-            runs.atomic_save_weights(weights_only(), run_dir / runs.BEST_WEIGHTS)
-        runs.atomic_save_weights(weights_only(), run_dir / runs.LAST_WEIGHTS)
-        write_history(run_dir / runs.HISTORY, history)
-        save_state(run_dir / runs.STATE, model, epoch + 1, best_val, best_epoch)
-        if os.environ.get("PERCEIVER_KILL_AFTER_EPOCH") == str(epoch + 1):  # for the resume test: die like a kill -9
-            os.kill(os.getpid(), signal.SIGKILL)
-        print(f"epoch {epoch + 1}/{args.epochs}  loss {row['loss']:.4f}  acc {row['accuracy']:.4f}  "
-              f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}  "
-              f"lr {row['learning_rate']:.2e}  {row['seconds']:.1f}s{'  *best' if best_epoch == epoch + 1 else ''}",
-              flush=True)
-
-    if best_epoch < 0:
+    record = fit(args, run_dir, model, mconfig, data, steps, start, progress)
+    if record.best_epoch < 0:
         raise UsageError("no epoch finished with a finite loss, so there are no weights to evaluate; lower --lr.")
-    plain.load_weights(run_dir / runs.BEST_WEIGHTS)  # the model alone, as driver.py will load it
-    test_ds = dataset.make_dataset(data.images["test"], data.labels["test"], batch_size=args.batch_size,
-                                   training=False, class_names=classes)
-    logits = np.asarray(plain.predict(test_ds, verbose=0), dtype=np.float64)
-    by_path = {r.path: r for r in data.records}
-    from metrics import classification_metrics
-
-    metrics = classification_metrics(logits, data.labels["test"], [by_path[p] for p in data.paths["test"]], classes,
-                           args.label_smoothing)
-    metrics.update(best_epoch=best_epoch, best_val_loss=best_val, epochs_run=len(history),
-                   stopped_by_nan=stopped_by_nan)
-    runs.atomic_write_json(run_dir / runs.METRICS, metrics)
-    plot_run(run_dir, history, metrics)
-    plot_roc(run_dir, logits, data.labels["test"], classes)
+    metrics = evaluate(args, run_dir, mconfig, data, record)
     print(f"test: accuracy {metrics['accuracy']:.4f} ({metrics['correct']}/{metrics['images']} images), "
           f"loss {metrics['loss']:.4f}, ROC-AUC {metrics['roc_auc']:.4f}, per-patient accuracy "
           f"{metrics['per_patient']['accuracy']:.4f} ({metrics['per_patient']['correct']}/"
-          f"{metrics['per_patient']['total']}); best epoch {best_epoch}")
+          f"{metrics['per_patient']['total']}); best epoch {record.best_epoch}")
     print(f"run folder: {run_dir}")
-    return 1 if stopped_by_nan else 0
+    return 1 if record.stopped_by_nan else 0
 
 
 def main(argv=None):
@@ -597,7 +523,7 @@ def main(argv=None):
         return train(args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted; continue with --resume --out RUN_FOLDER.", file=sys.stderr)
         return 130

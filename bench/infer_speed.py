@@ -42,6 +42,7 @@ def main(argv=None):
 
     import dataset
     import driver
+    from inputs import decode, find_inputs
     import phantom
     import runs
     from modules import PerceiverConfig, build_model
@@ -53,7 +54,7 @@ def main(argv=None):
         phantom.generate(data, patients=patients, slices=slices, seed=0, progress=True)
     else:
         data = args.data
-    inputs, _ = driver.find_inputs([data])
+    inputs, _ = find_inputs([data])
     inputs = inputs[:args.images]
 
     run_dir = tempfile.mkdtemp(prefix="akoa-infer-run-")
@@ -80,7 +81,7 @@ def main(argv=None):
     file_one = []
     for i in range(args.repeats):
         t = time.perf_counter()
-        predictor.logits(driver.decode(inputs[i % len(inputs)], (64, 64), 3)[0])
+        predictor.logits(decode(inputs[i % len(inputs)], (64, 64), 3)[0])
         file_one.append(time.perf_counter() - t)
 
     # folder: warm the batch shapes first (compilation is a one-off cost per shape, reported separately)
@@ -95,7 +96,7 @@ def main(argv=None):
     folder_s = time.perf_counter() - t
     assert all(r.error is None for r in results)
     t = time.perf_counter()
-    images = np.concatenate([driver.decode(i, (64, 64), 3)[0] for i in inputs])
+    images = np.concatenate([decode(i, (64, 64), 3)[0] for i in inputs])
     decode_s = time.perf_counter() - t
     t = time.perf_counter()
     predictor.logits(images)

@@ -124,7 +124,7 @@ def test_a_failing_train_py_exits_1_with_its_code_and_stderr(tmp_path, knees, ca
     err = capsys.readouterr().err
     assert code == 1
     assert "train.py exited with code 2" in err
-    assert "--preset 'huge' is not one of" in err  # the end of the child's stderr is shown
+    assert "argument --preset: invalid choice: 'huge'" in err  # the end of the child's stderr is shown
     assert not (tmp_path / "baselines.json").exists()
 
 

@@ -1,7 +1,9 @@
-"""Tests for dataset.py: names, discovery, the patient split, the manifest, decoding, the cache, batches, the CLI."""
+"""Tests for dataset.py and the modules it re-exports: names, discovery, the patient split, the manifest (records.py),
+decoding and the cache (images.py), batches (batches.py), the summary and the CLI (dataset.py)."""
 
 import csv
 import json
+import multiprocessing
 import os
 import struct
 import subprocess
@@ -269,7 +271,13 @@ def test_bad_files_are_skipped_with_their_reason_and_good_files_load(tmp_path):
         dataset.load_image(tmp_path / "truncated.png")
 
 
-def test_parallel_decoding_matches_serial_and_keeps_input_order(tmp_path):
+@pytest.mark.parametrize("method", [None, "spawn", "forkserver"])
+def test_parallel_decoding_matches_serial_and_keeps_input_order(tmp_path, monkeypatch, capsys, method):
+    """Every start method: spawn and forkserver workers import images.py to run its _decode_chunk."""
+    if method is not None and method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {method} start method on this OS")
+    if method is not None:
+        monkeypatch.setenv("PERCEIVER_START_METHOD", method)
     rng = np.random.default_rng(2)
     paths = [save(tmp_path / f"{i:03d}.png", rng.integers(0, 255, (30, 20), dtype=np.uint8)) for i in range(90)]
     paths[10] = str(tmp_path / "missing.png")
@@ -279,6 +287,7 @@ def test_parallel_decoding_matches_serial_and_keeps_input_order(tmp_path):
     assert parallel.ok == serial.ok == [p for p in order if "missing" not in p]
     assert np.array_equal(parallel.images, serial.images) and parallel.images.shape == (89, 12, 10, 3)
     assert parallel.skipped == serial.skipped == [(str(tmp_path / "missing.png"), "missing: file not found")]
+    assert "decoding process died" not in capsys.readouterr().err  # no fallback to decoding in this process
 
 
 @pytest.mark.parametrize("kind", ["L", "RGB", "RGBA", "P", "L16", "JPEG", "TIFF", "BMP"])
@@ -441,6 +450,40 @@ def test_batches_order_normalisation_and_seeded_shuffle(backend):
     assert all((y == np.array(order([(x, y)])) % 2).all() for x, y in train[0])  # labels follow their images
 
 
+def test_a_run_of_epochs_is_the_epochs_one_by_one_on_every_backend():
+    """train.py's one fit: epochs 2..4 as one tf.data stream equal each epoch made alone, and the PyDataset that
+    starts at epoch 2 and moves on in on_epoch_end; a resumed run at epoch 3 gets the same batches again."""
+    pytest.importorskip("tensorflow")
+    n = 23
+    images = np.arange(n, dtype=np.uint8)[:, None, None, None].repeat(8, 1).repeat(8, 2).repeat(3, 3)
+    labels = np.arange(n) % 2
+    kw = dict(batch_size=5, training=True, seed=7, augment=Augment(), class_names=["left", "right"])
+    stream = [(x.numpy(), y.numpy()) for x, y in dataset.make_dataset(images, labels, epoch=2, epochs=5,
+                                                                      backend="tensorflow", **kw)]
+    assert len(stream) == 3 * 5 and [len(y) for _, y in stream[:5]] == [5, 5, 5, 5, 3]
+    alone = [(x.numpy(), y.numpy()) for e in (2, 3, 4)
+             for x, y in dataset.make_dataset(images, labels, epoch=e, backend="tensorflow", **kw)]
+    resumed = [(x.numpy(), y.numpy()) for x, y in dataset.make_dataset(images, labels, epoch=3, epochs=5,
+                                                                       backend="tensorflow", **kw)]
+    for (xa, ya), (xb, yb) in zip(stream, alone):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    for (xa, _), (xb, _) in zip(stream[5:], resumed):
+        np.testing.assert_array_equal(xa, xb)
+    # the PyDataset path (JAX, PyTorch) visits the same images in the same order, epoch after epoch
+    plain = dict(kw, augment=None)
+    tf_order = [y.numpy() for _, y in dataset.make_dataset(images, labels, epoch=2, epochs=5, backend="tensorflow",
+                                                           **plain)]
+    py = dataset.make_dataset(images, labels, epoch=2, backend="jax", **plain)
+    py_order = []
+    for _ in range(3):
+        py_order += [py[i][1] for i in range(len(py))]
+        py.on_epoch_end()
+    assert [y.tolist() for y in tf_order] == [y.tolist() for y in py_order]
+    with pytest.raises(ValueError, match="epochs 2 needs epoch set and must be greater"):
+        dataset.make_dataset(images, labels, epoch=2, epochs=2, backend="tensorflow", **kw)
+
+
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_dataset_augmentation_flips_only_with_the_label_swapped(backend):
     if backend == "tensorflow":
@@ -499,6 +542,15 @@ def test_summary_reuses_a_manifest(tmp_path):
     open(tmp_path / "m.csv", "w").write(text)
     s = dataset.summarize(data, manifest=tmp_path / "m.csv", decode=False)
     assert s["images"] == 5 and s["skipped_by_code"] == {"label-conflict": 1, "not-in-manifest": 2}
+
+
+def test_importing_dataset_loads_no_deep_learning_framework():
+    """`python dataset.py --help`, the summary and the decoding workers must not pay for importing Keras' backend."""
+    code = ("import sys, dataset; "
+            "print(sorted(m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
 
 
 def test_cli_errors_are_one_line_without_traceback(tmp_path):

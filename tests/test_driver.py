@@ -19,6 +19,7 @@ import driver
 from metrics import softmax
 import phantom
 import runs
+import volumes
 from modules import PerceiverConfig, build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,33 +130,39 @@ def _volume(paths):
     return np.stack([np.asarray(Image.open(p).convert("L"), np.uint16) * 15 for p in paths])
 
 
-def test_dicom_and_nifti_volumes_classify(env, tmp_path):
-    pydicom = pytest.importorskip("pydicom")
-    nibabel = pytest.importorskip("nibabel")
+def _write_dicom(path, frames, **tags):
+    """An MR DICOM file of uint16 (12 bits stored) or uint8 frames (n, rows, cols): one frame, or a multi-frame for
+    n > 1. `tags` are set last (ImageLaterality="R", RescaleSlope=2, ...)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = MRImageStorage, meta.MediaStorageSOPInstanceUID, "MR"
+    ds.Rows, ds.Columns = frames.shape[1:]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    bits_stored = 12 if frames.dtype == np.uint16 else 8
+    ds.BitsAllocated, ds.BitsStored = 8 * frames.itemsize, bits_stored
+    ds.HighBit, ds.PixelRepresentation = bits_stored - 1, 0
+    if len(frames) > 1:
+        ds.NumberOfFrames = len(frames)
+    for keyword, value in tags.items():
+        setattr(ds, keyword, value)
+    ds.PixelData = np.ascontiguousarray(frames if len(frames) > 1 else frames[0]).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_dicom_and_nifti_volumes_classify(env, tmp_path):
+    pytest.importorskip("pydicom")
+    nibabel = pytest.importorskip("nibabel")
+
     left = [p for p in env["paths"] if dataset.side_from_name(p) == "left"][:4]
     vol = _volume(left)  # (slices, rows, cols)
-
-    def write_dicom(path, frames, laterality):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = MRImageStorage, meta.MediaStorageSOPInstanceUID, "MR"
-        ds.Rows, ds.Columns = frames.shape[1:]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        if len(frames) > 1:
-            ds.NumberOfFrames = len(frames)
-        ds.ImageLaterality = laterality
-        ds.PixelData = np.ascontiguousarray(frames if len(frames) > 1 else frames[0]).tobytes()
-        ds.save_as(path, enforce_file_format=True)
-
-    write_dicom(tmp_path / "multi.dcm", vol, "R")  # header says right, the pixels are left knees
-    write_dicom(tmp_path / "single", vol[:1], "L")  # extensionless: found by its DICM preamble
+    _write_dicom(tmp_path / "multi.dcm", vol, ImageLaterality="R")  # header says right, the pixels are left knees
+    _write_dicom(tmp_path / "single", vol[:1], ImageLaterality="L")  # extensionless: found by its DICM preamble
     nibabel.save(nibabel.Nifti1Image(np.transpose(vol, (1, 2, 0)).astype(np.int16), np.eye(4)),
                  str(tmp_path / "knee_LEFT.nii.gz"))
     inputs, _ = driver.find_inputs([tmp_path])
@@ -179,6 +186,34 @@ def test_dicom_and_nifti_volumes_classify(env, tmp_path):
     Image.fromarray(vol[0].astype(np.uint16)).save(tmp_path / "slice16.png")
     np.testing.assert_array_equal(dataset.load_image(tmp_path / "slice16.png", (SIZE, SIZE), 3),
                                   dataset.array_to_uint8_image(vol[0], (SIZE, SIZE), 3))
+
+
+def test_dicom_modality_lut_and_rescale_are_applied(tmp_path):
+    pytest.importorskip("pydicom")
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    stored = np.arange(2 * 3 * 4, dtype=np.uint16).reshape(2, 3, 4) * 100  # 0..2300, two frames
+    _write_dicom(tmp_path / "rescaled.dcm", stored, RescaleSlope=2, RescaleIntercept=-1024)
+    frames, side = volumes.read_dicom(tmp_path / "rescaled.dcm")
+    np.testing.assert_array_equal(np.stack(frames), stored * 2.0 - 1024)  # negative values too: not wrapped uint16
+    assert side is None
+    # a Modality LUT Sequence (no slope/intercept to read): stored value v maps to lut[v - 100], values below 100 to lut[0]
+    lut = (np.arange(4096) * 7 % 4096).astype(np.uint16)
+    item = Dataset()
+    item.add_new("LUTDescriptor", "US", [4096, 100, 16])  # entries, first stored value mapped, bits per entry
+    item.add_new("LUTData", "US", lut.tolist())
+    item.ModalityLUTType = "US"  # unspecified units
+    _write_dicom(tmp_path / "lut.dcm", stored, ModalityLUTSequence=Sequence([item]), ImageLaterality="L")
+    frames, side = volumes.read_dicom(tmp_path / "lut.dcm")
+    np.testing.assert_array_equal(np.stack(frames), lut[np.clip(stored.astype(int) - 100, 0, 4095)])
+    assert side == "left"
+    # an identity rescale, as many MR headers carry, leaves 8-bit pixels 8-bit (so they are not rescaled to 0..255)
+    small = (np.arange(12, dtype=np.uint8) * 3).reshape(1, 3, 4)
+    _write_dicom(tmp_path / "plain.dcm", small, RescaleSlope=1, RescaleIntercept=0)
+    (frame,), _ = volumes.read_dicom(tmp_path / "plain.dcm")
+    assert frame.dtype == np.uint8
+    np.testing.assert_array_equal(frame, small[0])
 
 
 def test_missing_optional_reader_names_the_package(env, tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 import phantom
+import plots
 import runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,7 +51,8 @@ def test_smoke_run_writes_every_artifact(smoke_run):
     for name in ("config.json", "split.csv", "model.weights.h5", "last.weights.h5", "history.csv", "metrics.json",
                  "acc.png", "loss.png", "confusion.png", "roc.png"):
         assert (run_dir / name).is_file(), name
-    assert any((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    for split in ("train", "validation"):  # one fit for the whole run: one event file per split, not per epoch
+        assert len(list((run_dir / "tensorboard" / split).glob("events.out.tfevents.*"))) == 1, split
     assert not list(run_dir.glob(".tmp-*")), "a temporary file was left behind"
     rows = _history(run_dir)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
@@ -65,6 +67,8 @@ def test_config_records_everything_needed_to_rebuild(smoke_run):
     assert config["data"]["image_size"] == [16, 16]
     assert config["model"]["input_shape"] == [16, 16, 3]
     assert config["backend"] and config["versions"]["keras"]
+    assert config["command"].startswith("python train.py --data ") and "--epochs 3" in config["command"]
+    assert sys.executable not in config["command"]  # as a user types it, not this machine's interpreter path
     loaded = runs.load_run(run_dir)
     assert loaded.model.count_params() == config["parameters"]
     import h5py
@@ -125,6 +129,21 @@ def test_plots_are_real_pictures(smoke_run):
         assert (saturation > 80).mean() > 0.002, f"{name} has no coloured content"
 
 
+def test_test_star_is_drawn_at_the_best_epoch(tmp_path):
+    # five epochs, the best (lowest validation loss) the second: its weights are the ones tested
+    history = [{"epoch": e, "accuracy": 0.5 + 0.1 * e, "val_accuracy": 0.6, "loss": 1.0 / e, "val_loss": v}
+               for e, v in zip(range(1, 6), (0.9, 0.4, 0.5, 0.6, 0.7))]
+    metrics = {"accuracy": 0.8, "loss": 0.45, "images": 10, "best_epoch": 2,
+               "confusion_matrix": {"counts": [[4, 1], [1, 4]], "classes": ["left", "right"]}}
+    figures = plots.plot_run(tmp_path, history, metrics)
+    for name, key in (("acc.png", "accuracy"), ("loss.png", "loss")):
+        (star,) = [line for line in figures[name].axes[0].lines if line.get_marker() == "*"]
+        assert list(star.get_xdata()) == [2] and list(star.get_ydata()) == [metrics[key]], name
+        assert "epoch 2" in star.get_label()
+        with Image.open(tmp_path / name) as im:
+            assert im.format == "PNG"
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(knees, tmp_path):
     common = ["--data", knees, "--epochs", "3", "--seed", "5", *TINY]
@@ -155,7 +174,7 @@ def test_killed_run_resumes_to_the_same_result(knees, tmp_path):
     "args, message",
     [
         (["--epochs", "0"], "--epochs 0 must be at least 1"),
-        (["--preset", "huge"], "--preset 'huge' is not one of"),
+        (["--preset", "huge"], "argument --preset: invalid choice: 'huge'"),
         (["--split", "0.6,0.2"], "--split"),
         (["--lr", "-1"], "--lr -1.0 must be positive"),
     ],
@@ -200,6 +219,29 @@ def test_config_file_and_flag_precedence(tmp_path, knees):
     proc = run_train("--config", cfg, "--data", knees, "--out", tmp_path / "r3", check=False)
     assert proc.returncode == 2 and "xla must be true, false or null (automatic), got 1" in proc.stderr
     assert not (tmp_path / "r3").exists()
+
+
+def test_early_stop_stops_after_n_epochs_without_a_better_validation_loss(knees, tmp_path):
+    out = tmp_path / "r"
+    # A high learning rate without warm-up makes the validation loss bounce, so patience 1 ends the run early.
+    run_train("--data", knees, "--out", out, "--epochs", "8", "--early-stop", "1", "--lr", "0.05",
+              "--warmup-epochs", "0", *TINY)
+    m = json.loads((out / "metrics.json").read_text())
+    val = [float(r["val_loss"]) for r in _history(out)]
+    assert m["stopped_early"] and len(val) == m["epochs_run"] < 8
+    assert m["best_epoch"] == len(val) - 1 == int(np.argmin(val)) + 1  # stopped one epoch after the best
+    assert all(later < earlier for earlier, later in zip(val, val[1:-1]))  # every epoch before had improved
+
+
+def test_help_shows_real_defaults_and_the_preset_choices(monkeypatch):
+    import modules
+    import train
+
+    assert set(train.PRESET_NAMES) == set(modules.PRESETS)
+    monkeypatch.setenv("COLUMNS", "400")  # argparse wraps its lines to the terminal's width
+    text = train.build_parser().format_help()
+    assert "(default: None)" not in text
+    assert "{akoa-conv,akoa,paper,tiny}" in text and "(default: akoa-conv)" in text
 
 
 def test_xla_default_follows_the_device_and_an_explicit_choice_stays():
