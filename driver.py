@@ -2,30 +2,34 @@
 model looked.
 
     python driver.py                                  # the reference run's test split: accuracy, confusion matrix
-    python driver.py scans/                           # every image under scans/ (recursive): a table
+    python driver.py scans/                           # every image under scans/ (recursive): one row per scan
     python driver.py 'scans/**/*.png' knee.dcm vol.nii.gz --run runs/akoa   # globs, DICOM, NIfTI, another run
     python driver.py scans/ --expect left             # every input should be a left knee: flag the others
     python driver.py scans/ --results-file out.csv    # also write the table (csv, or json with .json / --results-format)
     python driver.py knee.png --explain explain/      # a PNG per input: the image beside each cross-attend's map
     python driver.py knee.png --run model.keras       # a whole saved model (loaded in safe mode)
 
-With INPUTs, the table looks like this (probability is the softmax probability of the predicted class; expected is
-what the file name or DICOM header says, or --expect; a disagreement is flagged as a possible wrong-side label):
+With INPUTs, the slices are grouped into scans (verdicts.py) and the table has one row per scan (probability is the
+scan's calibrated probability of its most probable side; expected is what the file names or DICOM header say, or
+--expect; a confident disagreement is flagged as a possible wrong-side label, and below --min-confidence the verdict
+is "uncertain"):
 
-    file                                                        predicted  probability  expected  flag
-    OAI9001234_BaseLine_3_de3d1_SAG_3D_DESS_WE_LEFT.nii.gz_7.png  left          0.9971  left
-    OAI9001234_BaseLine_3_de3d1_SAG_3D_DESS_WE_LEFT.nii.gz_8.png  right         0.8123  left      WRONG SIDE?
-    knee.dcm (volume, 40 slices)                                left          0.9930  left
-    notes.png                                                   -                  -  -         failed: not-image: ...
-    3 classified, 1 failed, 1 possible wrong-side label
+    scan                                                           slices  verdict    probability  expected  flag
+    scans/OAI9001234_BaseLine_3_de3d1_SAG_3D_DESS_WE_LEFT.nii.gz       40  left            0.9912  left
+    scans/OAI9001235_BaseLine_3_de3d1_SAG_3D_DESS_WE_LEFT.nii.gz       40  right           0.9630  left      WRONG SIDE?
+    scans/OAI9001236_BaseLine_3_de3d1_SAG_3D_DESS_WE_RIGHT.nii.gz      40  uncertain       0.7712  right     uncertain (right?)
+    knee.dcm                                                           24  left            0.9930  left
+    notes.png                                                           -  -                    -  -         failed: not-image: ...
+    5 scans (144 slices): 3 classified, 1 uncertain, 1 possible wrong-side label, 1 failed; 1 file could not be read
 
 Without INPUT, the test split recorded in the run's split.csv is classified and accuracy plus a confusion matrix
-(rows: true class, columns: predicted) are printed, e.g. `test split: accuracy 0.9951 (3,662/3,680 images)`.
+(rows: true class, columns: predicted) are printed as `test split: accuracy A (correct/total images)`, then the
+per-scan verdicts; the README gives the reference run's figures.
 
 Inputs: PNG, JPEG, TIFF and BMP files (preprocessed exactly as in training: `dataset.load_image` then
 `dataset.normalize`); DICOM (.dcm, .dicom, or any extensionless file with the DICM preamble; single- or multi-frame)
 through pydicom; NIfTI (.nii, .nii.gz) through nibabel. A DICOM or NIfTI file with more than one slice is a volume:
-each slice is classified and the volume's probabilities are the mean of its slices' (`--per-slice` shows each slice).
+each slice is classified and the volume is one scan (`--per-slice` shows each slice).
 NIfTI slices are taken along the stored array's last axis, as stored (no reorientation): slice k is
 `data[:, :, k]` with array axis 0 as image rows. That is how AKOA's PNGs were cut from their .nii.gz volumes
 (`..._LEFT.nii.gz_17.png` is slice 17), so a volume gives the pictures the model was trained on; reorienting to
@@ -38,10 +42,11 @@ Expected side (only when the run's classes are exactly left and right): `--expec
 ImageLaterality (0020,0062), else Laterality (0020,0060), else a side spelled in the file name (AKOA style: LEFT,
 Right, R_I_G_H_T, ...).
 
-Exit status: 0 every input was classified; 1 some input could not be classified (its reason is printed, the others
-are classified); 2 a usage error (missing run, weights that do not fit, no input found, unsupported file): one
-sentence on stderr; 3 only with --strict, when a possible wrong-side label was found (takes precedence over 1,
-a wrong side being the more serious finding). Without --strict a flagged mismatch is reported but exits 0.
+Exit status: 0 every input was classified (uncertain verdicts included); 1 some input could not be classified (its
+reason is printed, the others are classified); 2 a usage error (missing run, weights that do not fit, no input found,
+unsupported file): one sentence on stderr; 3 only with --strict, when a possible wrong-side label was found; 4 only
+with `--strict uncertain`, when a scan was uncertain and none was flagged. 3 and 4 take precedence over 1, a wrong or
+unsure side being the more serious finding. Without --strict a flag is reported but exits 0.
 
 Loading is strict and safe: a run folder's model is rebuilt from config.json and its weights loaded from the
 `.weights.h5` file (plain HDF5 arrays, nothing unpickled); weights of another shape or preset are refused in one
@@ -64,19 +69,21 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm import tqdm
 
+import calibration
 import dataset
+import metrics
 import runs
+import verdicts
 from errors import EXIT_USAGE, UsageError
-from plots import explain_figure
-from volumes import DICOM_EXTENSIONS, NIFTI_EXTENSIONS
-from reports import (SIDES, flag_label, format_summary, format_table, report_test_split, summary,
-                     write_results)
 from inputs import InputError, decode_chunk, display_image, find_inputs, test_split_inputs
+from plots import explain_figure
+from reports import SIDES, flag_label, format_summary, format_table, report_test_split, write_results
+from volumes import DICOM_EXTENSIONS, NIFTI_EXTENSIONS
 
 PROJECT = pathlib.Path(__file__).resolve().parent
 DEFAULT_RUN = PROJECT / "goliath"
 DEFAULT_BATCH = 256
-EXIT_OK, EXIT_FAILED, EXIT_WRONG_SIDE = 0, 1, 3
+EXIT_OK, EXIT_FAILED, EXIT_WRONG_SIDE, EXIT_UNCERTAIN = 0, 1, 3, 4
 _CHUNK = 16  # inputs per decoding task
 
 
@@ -165,7 +172,7 @@ class Predictor:
         self.loaded = loaded
         self.model = loaded.model
         if keras.backend.backend() in ("tensorflow", "jax"):
-            # XLA-compiled prediction: 425 against 326 images/s at batch 256 under TensorFlow on the 2-core CPU.
+            # XLA-compiled prediction was the faster on the 2-core CPU (bench/infer_speed.py, bench/RESULTS.md).
             self.model.compile(jit_compile=True)
         self.batch_size = int(batch_size)
         self.shape = (*loaded.image_size, loaded.channels)
@@ -186,9 +193,8 @@ class Predictor:
         return np.concatenate(out) if out else np.zeros((0, len(self.loaded.classes)), np.float32)
 
     def probabilities(self, images):
-        from metrics import softmax  # scipy and scikit-learn take ~1.2 s to import: not for --help or usage errors
-
-        return softmax(self.logits(images))
+        """Calibrated class probabilities: softmax(logits / T), T the run's temperature (calibration.json)."""
+        return metrics.softmax(self.logits(images).astype(np.float64) / self.loaded.temperature)
 
 
 # === Classifying ===
@@ -199,14 +205,15 @@ class Result:
     Args:
         path: str. The input file.
         kind: str. "image", "dicom" or "nifti".
-        predicted: str | None. Predicted class (None when the input failed).
-        probability: float | None. Probability of the predicted class (a volume: mean over its slices).
+        predicted: str | None. Most probable class (None when the input failed).
+        probability: float | None. Calibrated probability of the predicted class (a volume: its scan rule).
         probabilities: list[float] | None. Every class's probability, in the run's class order.
         expected: str | None. The label the input should have, when known.
         expected_source: str | None. Where `expected` came from: "test split", "--expect", "DICOM header",
             "file name".
         error: str | None. Why the input could not be classified.
         slices: list[dict] | None. For a volume: {"slice", "predicted", "probability", "probabilities"} per slice.
+        slice_probabilities: np.ndarray | None. (slices, classes) calibrated probabilities; one row for an image.
     """
 
     path: str
@@ -218,11 +225,7 @@ class Result:
     expected_source: str | None = None
     error: str | None = None
     slices: list | None = None
-
-    @property
-    def flagged(self):
-        """True when the expected label is known and the prediction differs."""
-        return self.error is None and self.expected is not None and self.predicted != self.expected
+    slice_probabilities: object = None
 
     @property
     def is_volume(self):
@@ -335,10 +338,10 @@ class _PendingBatch:
 
 
 def _fill(r, probs, classes):
-    """Sets Result r's prediction from its slices' probabilities (n, classes); a volume's is the mean of its slices'."""
-    p = probs[0]
+    """Sets Result r's prediction from its slices' probabilities (n, classes); a volume's by the scan rule."""
+    r.slice_probabilities = probs
+    p = metrics.scan_probabilities(probs)
     if len(probs) > 1:
-        p = probs.mean(axis=0)
         r.slices = [{"slice": k, "predicted": classes[int(np.argmax(q))], "probability": float(q.max()),
                      "probabilities": [float(v) for v in q]} for k, q in enumerate(probs)]
     k = int(np.argmax(p))
@@ -441,8 +444,12 @@ def build_parser():
     g.add_argument("--expect", default=None, choices=SIDES,
                    help="the side every input should be; others are flagged (default: from file names and DICOM "
                         "headers)")
-    g.add_argument("--strict", action="store_true",
-                   help="exit with status 3 when a possible wrong-side label is found (default: off, exit 0)")
+    g.add_argument("--min-confidence", type=float, default=None, metavar="P",
+                   help="below this calibrated probability a scan's verdict is 'uncertain', never a side (default: "
+                        f"the run's calibration.json, else {calibration.DEFAULT_MIN_CONFIDENCE})")
+    g.add_argument("--strict", nargs="?", const="flags", default=None, choices=("flags", "uncertain"),
+                   help="exit with status 3 when a possible wrong-side label is found; '--strict uncertain' also "
+                        "exits with 4 when a scan is uncertain (default: off, exit 0)")
     g.add_argument("--data-root", default=None,
                    help="folder the run's split.csv paths are relative to (default: the training data folder in "
                         "config.json)")
@@ -463,6 +470,16 @@ def build_parser():
     return p
 
 
+def confidence_threshold(given, loaded, num_classes):
+    """--min-confidence, else the run's stored default, else calibration.DEFAULT_MIN_CONFIDENCE; checked."""
+    threshold = given if given is not None else loaded.min_confidence
+    threshold = calibration.DEFAULT_MIN_CONFIDENCE if threshold is None else threshold
+    if not 1.0 / num_classes <= threshold <= 1.0:
+        raise UsageError(f"--min-confidence {threshold:g} must be between {1.0 / num_classes:g} (always confident) "
+                         "and 1.")
+    return float(threshold)
+
+
 def run(args, out=sys.stdout):
     """Runs the command line; returns the exit status. Raises UsageError for mistakes the user can fix."""
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
@@ -477,6 +494,7 @@ def run(args, out=sys.stdout):
     if not test_mode:
         inputs, ignored = find_inputs(args.inputs)  # before loading: a typo fails at once
     loaded = load(args.run, weights=args.weights, classes=classes)
+    threshold = confidence_threshold(args.min_confidence, loaded, len(loaded.classes))
     if test_mode:
         inputs, ignored = test_split_inputs(loaded, args.data_root), 0
     progress = sys.stderr.isatty() if args.progress is None else args.progress
@@ -486,20 +504,20 @@ def run(args, out=sys.stdout):
                           keep_images=args.explain is not None)
     results, images = classified if args.explain is not None else (classified, None)
     seconds = time.perf_counter() - t0
-    counts = summary(results, loaded.classes, ignored)
+    scans = verdicts.group(results, loaded.classes, threshold)
+    counts = verdicts.counts(scans, ignored)
     where = args.run or DEFAULT_RUN
     if test_mode:
-        counts.update(report_test_split(results, loaded.classes, where, out))
+        counts.update(report_test_split(results, scans, loaded.classes, where, out))
     else:
-        print(format_table(results, loaded.classes, per_slice=args.per_slice), file=out)
-        print(format_summary(counts, loaded.classes), file=out)
-    n_images = sum(len(r.slices) if r.is_volume else 1 for r in results if r.error is None)
+        print(format_table(scans, loaded.classes, per_slice=args.per_slice), file=out)
+    print(format_summary(counts, loaded.classes), file=out)
     if progress:
-        print(f"{n_images:,} images in {seconds:.2f} s ({n_images / max(seconds, 1e-9):,.0f} images/s)",
-              file=sys.stderr)
+        print(f"{counts['slices']:,} images in {seconds:.2f} s ({counts['slices'] / max(seconds, 1e-9):,.0f} "
+              "images/s)", file=sys.stderr)
     if args.results_file:
-        write_results(args.results_file, results, loaded.classes, fmt=fmt, run=where, counts=counts,
-                      per_slice=args.per_slice)
+        settings = {"temperature": loaded.temperature, "min_confidence": threshold, "scan_rule": metrics.SCAN_RULE}
+        write_results(args.results_file, scans, loaded.classes, fmt=fmt, run=where, counts=counts, settings=settings)
     if args.explain is not None:
         written = explain(loaded, inputs, results, images, args.explain, per_slice=args.per_slice,
                           progress=progress)
@@ -507,7 +525,9 @@ def run(args, out=sys.stdout):
               file=out)
     if args.strict and counts["flagged"]:
         return EXIT_WRONG_SIDE
-    return EXIT_FAILED if counts["failed"] else EXIT_OK
+    if args.strict == "uncertain" and counts["uncertain"]:
+        return EXIT_UNCERTAIN
+    return EXIT_FAILED if counts["failed"] or counts["failed_files"] else EXIT_OK
 
 
 def main(argv=None):

@@ -46,6 +46,49 @@ def roc_curve(scores, positive):
     return fpr, tpr, float(skm.roc_auc_score(positive, scores))
 
 
+SCAN_RULES = ("mean-probability", "vote", "sum-log-odds")
+SCAN_RULE = SCAN_RULES[0]
+
+
+def scan_probabilities(probs, rule=SCAN_RULE):
+    """One scan's class probabilities from its slices' (calibrated) probabilities `(slices, classes)`.
+
+    The rule, used by train.py's per-scan and per-knee metrics and by driver.py's verdicts, is "mean-probability":
+    the mean of the slices' probabilities, the verdict their arg-max. The alternatives, measured by
+    bench/scan_rules.py: "vote" (the share of slices each class wins) throws the confidence away, so a 21-19 vote
+    and a 40-0 vote look alike and "uncertain" cannot be said; "sum-log-odds" (softmax of the summed log-probabilities)
+    treats 40 neighbouring slices as 40 independent witnesses and pushes nearly every scan to p = 1.0000, which makes a
+    confidence threshold meaningless. The mean keeps a probability on the slices' own calibrated scale.
+    """
+    probs = np.asarray(probs, np.float64)
+    if rule == "mean-probability":
+        return probs.mean(axis=0)
+    if rule == "vote":
+        return np.bincount(probs.argmax(axis=1), minlength=probs.shape[1]) / len(probs)
+    if rule == "sum-log-odds":
+        return softmax(np.log(np.clip(probs, 1e-12, 1.0)).sum(axis=0))
+    raise ValueError(f"scan rule {rule!r} is not one of {', '.join(SCAN_RULES)}.")
+
+
+def group_accuracy(groups, labels, probs):
+    """Accuracy of one verdict per group (`scan_probabilities` of its members' probabilities) against its label."""
+    members = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    probs, labels = np.asarray(probs), np.asarray(labels)
+    correct = sum(int(scan_probabilities(probs[idx]).argmax() == labels[idx[0]]) for idx in members.values())
+    return {"accuracy": correct / len(members) if members else float("nan"), "correct": correct,
+            "total": len(members)}
+
+
+def per_scan(scans, labels, logits, temperature=1.0):
+    """metrics.json's "per_scan": one verdict per scan by the scan rule on the calibrated slice probabilities."""
+    calibrated = softmax(np.asarray(logits, np.float64) / temperature)
+    return {**group_accuracy(scans, labels, calibrated),
+            "definition": f"one verdict per scan (patient, visit, side): {SCAN_RULE} of its slices' calibrated "
+                          f"probabilities (temperature {temperature:.4g})"}
+
+
 def group_vote(groups, labels, predicted):
     """Majority vote of the predictions within each group (ties go to the lower class index); accuracy of the votes."""
     by = {}
@@ -55,7 +98,10 @@ def group_vote(groups, labels, predicted):
     return {"accuracy": correct / len(by) if by else float("nan"), "correct": correct, "total": len(by)}
 
 
-def classification_metrics(logits, labels, records, classes, label_smoothing):
+def classification_metrics(logits, labels, records, classes, label_smoothing, temperature=1.0):
+    """metrics.json's test metrics. The per-scan verdicts use `scan_probabilities` of the slices' probabilities
+    calibrated by `temperature`, as driver.py does; the per-knee figure is the benchmark's majority vote
+    (bench/baselines.py's column)."""
     predicted = logits.argmax(axis=1)
     k = len(classes)
     confusion = confusion_counts(labels, predicted, k)
@@ -82,7 +128,6 @@ def classification_metrics(logits, labels, records, classes, label_smoothing):
                              "counts": confusion.tolist()},
         "per_patient": {**group_vote([(r.patient, r.label) for r in records], labels, predicted),
                         "definition": "majority vote over the slices of each patient's knee (a patient with both "
-                                      "knees in the set counts once per knee)"},
-        "per_scan": {**group_vote([r.scan for r in records], labels, predicted),
-                     "definition": "majority vote over the slices of each scan (patient, visit, side)"},
+                                      "knees in the set counts once per knee; the benchmark's per-knee column)"},
+        "per_scan": per_scan([r.scan for r in records], labels, logits, temperature),
     }

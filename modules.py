@@ -160,7 +160,7 @@ def _attend(q, k, v, num_heads, return_scores):
 
     The kernel is picked per backend by measured training speed on CPU (bench/RESULTS.md, "Profile and changes"):
     under PyTorch, `keras.ops.dot_product_attention` (its fused flash kernel); under TensorFlow and JAX, plain batched
-    matmuls with the softmax in float32, which made the whole training step about 1.2x faster than their
+    matmuls with the softmax in float32, which made the whole training step faster than their
     `dot_product_attention` (the one-head cross-attention needs no head axis; the scale goes onto the queries).
     """
     batch = ops.shape(q)[0]

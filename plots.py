@@ -1,5 +1,5 @@
-"""Every figure the project draws: a training run's curves, confusion matrix and ROC (train.py), and the attention
-overlay of an explained input (driver.py --explain).
+"""Every figure the project draws: a training run's curves, confusion matrix, ROC and reliability diagram (train.py,
+calibration.py), and the attention overlay of an explained input (driver.py --explain).
 
 Figures are matplotlib `Figure` objects on the Agg canvas (`_figure`), never pyplot: no global backend switch, no GUI,
 nothing to close. The drawing functions return their figures, so tests can look at what was drawn.
@@ -109,6 +109,35 @@ def plot_roc(run_dir, logits, labels, classes):
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(run_dir / "roc.png")
+    return fig
+
+
+def plot_reliability(run_dir, before, after, temperature):
+    """Writes reliability.png into run_dir: accuracy against confidence on the test split, before and after
+    temperature scaling (rows of `calibration.reliability`: lower, upper, confidence, accuracy, count).
+
+    Returns:
+        Figure: the figure written.
+    """
+    fig = _figure(figsize=(5.2, 4.6), dpi=110)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="perfectly calibrated")
+    for rows, label, colour, marker in ((before, "raw softmax", "#1f77b4", "o"),
+                                        (after, f"temperature {temperature:.2f}", TEST_COLOUR, "s")):
+        conf = [r[2] for r in rows]
+        acc = [r[3] for r in rows]
+        sizes = [20 + 180 * r[4] / max(1, max(q[4] for q in rows)) for r in rows]
+        ax.plot(conf, acc, "-", color=colour, linewidth=1.2, alpha=0.7)
+        ax.scatter(conf, acc, s=sizes, color=colour, marker=marker, label=label, zorder=3)
+    ax.set_xlim(0.45, 1.01)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xlabel("confidence (top-class probability, bin mean)")
+    ax.set_ylabel("accuracy in the bin")
+    ax.set_title(f"Reliability on the test split ({sum(r[4] for r in after)} images)")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(run_dir / "reliability.png")
     return fig
 
 

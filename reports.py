@@ -1,5 +1,6 @@
-"""What driver.py reports: the verdict table, the summary counts, the results file (CSV or JSON), and the test split's
-accuracy and confusion matrix. The classification itself is in driver.py; its `Result` objects are what these read.
+"""What driver.py reports: the verdict table (one row per scan), the summary counts, the results file (CSV or JSON:
+scans and their slices), and the test split's accuracy and confusion matrix. The classification is in driver.py and
+the per-scan verdicts in verdicts.py; their `Result` and `Scan` objects are what these read.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import os
 import pathlib
 
+import records
 import runs
 from errors import UsageError
 from metrics import confusion_counts
@@ -28,89 +30,119 @@ def flag_label(r, classes):
     return "WRONG SIDE?" if sides else "MISMATCH"
 
 
-def format_table(results, classes, *, per_slice=False):
-    """The plain-text table: file, predicted, probability, expected, flag (failures last, with their reasons)."""
-    rows = []
-    for r in results:
-        name = display_path(r.path)
-        if r.is_volume:
-            name += f" (volume, {len(r.slices)} slices)"
+def _slice_rows(scan, classes):
+    """(file, slice index, predicted, probability, probabilities) of every classified slice of a scan; the index of
+    an AKOA PNG is the slice number in its name ("" for another image)."""
+    for r in scan.members:
         if r.error is not None:
-            rows.append((name, "-", "-", r.expected or "-", f"failed: {r.error}"))
             continue
-        rows.append((name, r.predicted, f"{r.probability:.4f}", r.expected or "-",
-                     flag_label(r, classes) if r.flagged else ""))
-        if per_slice and r.is_volume:
-            for s in r.slices:
-                flag = flag_label(r, classes) if r.expected is not None and s["predicted"] != r.expected else ""
-                rows.append((f"  slice {s['slice']}", s["predicted"], f"{s['probability']:.4f}",
-                             r.expected or "-", flag))
-    header = ("file", "predicted", "probability", "expected", "flag")
-    widths = [max(len(header[i]), *(len(row[i]) for row in rows)) for i in range(4)]
-    lines = [f"{header[0]:<{widths[0]}}  {header[1]:<{widths[1]}}  {header[2]:>{widths[2]}}  "
-             f"{header[3]:<{widths[3]}}  {header[4]}"]
+        info = None if r.is_volume else records.parse_akoa_name(os.path.basename(r.path))
+        for k, q in enumerate(r.slice_probabilities):
+            j = max(range(len(q)), key=lambda i: q[i])
+            index = k if r.is_volume else ("" if info is None or info["slice"] is None else info["slice"])
+            yield r.path, index, classes[j], float(q[j]), [float(v) for v in q]
+
+
+def format_table(scans, classes, *, per_slice=False):
+    """The plain-text table, one row per scan: scan, slices, verdict, probability, expected, flag (with
+    `per_slice`, its slices under it); a scan whose every file failed shows why."""
+    rows = []
+    for scan in scans:
+        name = display_path(scan.name)
+        if scan.verdict == "failed":
+            reasons = "; ".join(sorted({r.error for r in scan.members if r.error}))
+            rows.append((name, "-", "-", "-", scan.expected or "-", f"failed: {reasons}"))
+            continue
+        note = f" ({scan.failed} file{'s' if scan.failed != 1 else ''} failed)" if scan.failed else ""
+        flag = flag_label(scan, classes) if scan.flagged else (
+            f"uncertain ({scan.predicted}?)" if scan.verdict == "uncertain" else "")
+        rows.append((name, str(scan.slices), scan.verdict, f"{scan.probability:.4f}", scan.expected or "-",
+                     (flag + note).strip()))
+        if per_slice:
+            for path, k, predicted, probability, _ in _slice_rows(scan, classes):
+                label = f"  slice {k}" if k != "" else f"  {os.path.basename(path)}"
+                rows.append((label, "", predicted, f"{probability:.4f}", "", ""))
+    header = ("scan", "slices", "verdict", "probability", "expected", "flag")
+    widths = [max(len(header[i]), *(len(row[i]) for row in rows)) for i in range(5)]
+    align = ("<", ">", "<", ">", "<")
+    lines = ["  ".join(f"{header[i]:{align[i]}{widths[i]}}" for i in range(5)) + f"  {header[5]}"]
     for row in rows:
-        lines.append(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  "
-                     f"{row[3]:<{widths[3]}}  {row[4]}".rstrip())
+        lines.append(("  ".join(f"{row[i]:{align[i]}{widths[i]}}" for i in range(5)) + f"  {row[5]}").rstrip())
     return "\n".join(lines)
 
 
-def summary(results, classes, ignored=0):
-    """{"classified", "failed", "flagged", "ignored"} counts."""
-    return {"classified": sum(r.error is None for r in results), "failed": sum(r.error is not None for r in results),
-            "flagged": sum(r.flagged for r in results), "ignored": int(ignored)}
-
-
 def format_summary(counts, classes):
+    """One line: scans classified, uncertain, flagged, failed (and slices, files ignored)."""
     sides = sorted(classes) == sorted(SIDES)
     what = "possible wrong-side label" if sides else "mismatch with the expected class"
-    text = (f"{counts['classified']:,} classified, {counts['failed']:,} failed, {counts['flagged']:,} {what}"
-            f"{'s' if counts['flagged'] != 1 and sides else ''}")
+    n = counts["flagged"]
+    text = (f"{counts['scans']:,} scan{'s' if counts['scans'] != 1 else ''} ({counts['slices']:,} slice"
+            f"{'s' if counts['slices'] != 1 else ''}): "
+            f"{counts['classified']:,} classified, {counts['uncertain']:,} uncertain, {n:,} {what}"
+            f"{'s' if n != 1 and sides else ''}, {counts['failed']:,} failed")
+    if counts.get("failed_files"):
+        text += f"; {counts['failed_files']:,} file{'s' if counts['failed_files'] != 1 else ''} could not be read"
     if counts.get("ignored"):
-        n = counts["ignored"]
-        text += f" ({n:,} other file{'s' if n != 1 else ''} ignored: not a supported type)"
+        m = counts["ignored"]
+        text += f" ({m:,} other file{'s' if m != 1 else ''} ignored: not a supported type)"
     return text
 
 
-def _result_dict(r):
-    return {"file": r.path, "kind": r.kind, "predicted": r.predicted, "probability": r.probability,
-            "probabilities": r.probabilities, "expected": r.expected, "expected_source": r.expected_source,
-            "flagged": r.flagged, "error": r.error, "slices": r.slices}
+def _scan_dict(scan, classes):
+    return {"scan": scan.name, "verdict": scan.verdict, "predicted": scan.predicted, "probability": scan.probability,
+            "probabilities": scan.probabilities, "slices_used": scan.slices, "expected": scan.expected,
+            "expected_source": scan.expected_source, "agreement": scan.agreement, "flagged": scan.flagged,
+            "failed_files": [{"file": r.path, "error": r.error} for r in scan.members if r.error is not None],
+            "slices": [{"file": path, "slice": k, "predicted": predicted, "probability": probability,
+                        "probabilities": probs} for path, k, predicted, probability, probs in _slice_rows(scan, classes)]}
 
 
-def write_results(path, results, classes, *, fmt, run, counts, per_slice=False):
-    """Writes the results as CSV (one row per input; with per_slice also one per volume slice) or JSON (schema 1:
-    {"schema", "run", "classes", "summary", "results": [{"file", "kind", "predicted", "probability",
-    "probabilities", "expected", "expected_source", "flagged", "error", "slices"}]})."""
+def write_results(path, scans, classes, *, fmt, run, counts, settings):
+    """Writes the results as CSV or JSON.
+
+    CSV: one row per scan (`level` "scan": verdict, calibrated probability, slices used, expected side and agreement),
+    then one row per slice (`level` "slice") and per file that failed (`level` "file").
+    JSON (schema 2): {"schema", "run", "classes", "settings", "summary", "scans": [{"scan", "verdict", "predicted",
+    "probability", "probabilities", "slices_used", "expected", "expected_source", "agreement", "flagged",
+    "failed_files": [{"file", "error"}], "slices": [{"file", "slice", "predicted", "probability",
+    "probabilities"}]}]}.
+    """
     path = pathlib.Path(path)
     if path.parent and not path.parent.exists():
         raise UsageError(f"the folder of --results-file {path} does not exist.")
     if fmt == "json":
-        text = json.dumps({"schema": 1, "run": str(run), "classes": list(classes), "summary": counts,
-                           "results": [_result_dict(r) for r in results]}, indent=2) + "\n"
+        text = json.dumps({"schema": 2, "run": str(run), "classes": list(classes), "settings": settings,
+                           "summary": counts, "scans": [_scan_dict(s, classes) for s in scans]}, indent=2) + "\n"
     else:
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["file", "kind", "slice", "predicted", "probability", "expected", "expected_source", "flag",
-                         "error", *[f"p_{c}" for c in classes]])
-        for r in results:
-            probs = r.probabilities or [""] * len(classes)
-            writer.writerow([r.path, r.kind, "", r.predicted or "", "" if r.probability is None else
-                             f"{r.probability:.6f}", r.expected or "", r.expected_source or "",
-                             flag_label(r, classes) if r.flagged else "", r.error or "",
-                             *[p if p == "" else f"{p:.6f}" for p in probs]])
-            if per_slice and r.is_volume:
-                for s in r.slices:
-                    flag = flag_label(r, classes) if r.expected is not None and s["predicted"] != r.expected else ""
-                    writer.writerow([r.path, r.kind, s["slice"], s["predicted"], f"{s['probability']:.6f}",
-                                     r.expected or "", r.expected_source or "", flag, "",
-                                     *[f"{p:.6f}" for p in s["probabilities"]]])
-        text = buf.getvalue()
+        text = _csv_text(scans, classes)
     try:
         runs.atomic_write_text(path, text)
     except OSError as e:
         raise UsageError(f"cannot write --results-file {path}: {e.strerror or e}.") from None
 
+
+def _csv_text(scans, classes):
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["level", "scan", "file", "slice", "verdict", "predicted", "probability", "slices_used",
+                     "expected", "expected_source", "agreement", "flag", "error", *[f"p_{c}" for c in classes]])
+
+    def number(v):
+        return "" if v is None else f"{v:.6f}"
+
+    for s in scans:
+        probs = s.probabilities or [None] * len(classes)
+        writer.writerow(["scan", s.name, "", "", s.verdict, s.predicted or "", number(s.probability), s.slices,
+                         s.expected or "", s.expected_source or "", s.agreement,
+                         flag_label(s, classes) if s.flagged else "", "", *map(number, probs)])
+        for path, k, predicted, probability, q in _slice_rows(s, classes):
+            writer.writerow(["slice", s.name, path, k, "", predicted, number(probability), "", s.expected or "",
+                             s.expected_source or "", "", "", "", *map(number, q)])
+        for r in s.members:
+            if r.error is not None:
+                writer.writerow(["file", s.name, r.path, "", "failed", "", "", "", s.expected or "",
+                                 s.expected_source or "", "failed", "", r.error, *[""] * len(classes)])
+    return buf.getvalue()
 
 
 # === The test split ===
@@ -131,11 +163,12 @@ def format_confusion(m, classes):
     return "\n".join(lines)
 
 
-def report_test_split(results, classes, where, out):
-    """Prints the test split's accuracy, confusion matrix, up to 10 misclassified images and every failure.
+def report_test_split(results, scans, classes, where, out):
+    """Prints the test split's per-image accuracy, confusion matrix, per-scan verdicts (correct, uncertain, accuracy of
+    the confident rest), up to 10 misclassified images and every failure.
 
     Returns:
-        dict: {"accuracy", "confusion_matrix"} for the results file's summary.
+        dict: {"accuracy", "confusion_matrix", "scan_accuracy", "scan_accuracy_of_classified"} for the summary.
     """
     ok = [r for r in results if r.error is None]
     correct = sum(r.predicted == r.expected for r in ok)
@@ -143,6 +176,12 @@ def report_test_split(results, classes, where, out):
     print(f"test split of {where}: {len(ok):,} images", file=out)
     print(f"test split: accuracy {correct / max(len(ok), 1):.4f} ({correct:,}/{len(ok):,} images)", file=out)
     print(format_confusion(m, classes), file=out)
+    judged = [sc for sc in scans if sc.verdict != "failed"]
+    right = sum(sc.predicted == sc.expected for sc in judged)
+    sure = [sc for sc in judged if sc.verdict != "uncertain"]
+    sure_right = sum(sc.verdict == sc.expected for sc in sure)
+    print(f"test split: {right:,}/{len(judged):,} scans right by their most probable side; {len(judged) - len(sure):,} "
+          f"uncertain; {sure_right:,}/{len(sure):,} of the confident right", file=out)
     wrong = [r for r in ok if r.predicted != r.expected]
     for r in wrong[:10]:
         print(f"  misclassified: {display_path(r.path)}  true {r.expected}, predicted {r.predicted} "
@@ -152,4 +191,5 @@ def report_test_split(results, classes, where, out):
     for r in results:
         if r.error is not None:
             print(f"  failed: {display_path(r.path)}: {r.error}", file=out)
-    return {"accuracy": correct / max(len(ok), 1), "confusion_matrix": m.tolist()}
+    return {"accuracy": correct / max(len(ok), 1), "confusion_matrix": m.tolist(),
+            "scan_accuracy": right / max(len(judged), 1), "scan_accuracy_of_classified": sure_right / max(len(sure), 1)}

@@ -2,7 +2,8 @@
 
 A run folder holds `config.json` (every setting, the classes, the image size, versions, the command; `run_config`),
 `split.csv`, the best and the last weights (`model.weights.h5`, `last.weights.h5`), `history.csv` (one row per epoch,
-`HISTORY_COLUMNS`), `metrics.json`, the plots, a TensorBoard log and, while training, `resume_state.npz` (`save_state`).
+`HISTORY_COLUMNS`), `metrics.json`, `calibration.json` (calibration.py), the plots, a TensorBoard log and, while
+training, `resume_state.npz` (`save_state`).
 Inference rebuilds the model from `config.json` plus weights and never imports the training script; nothing is
 unpickled (Keras `.weights.h5` files are plain HDF5 arrays, the resume state a plain `.npz`).
 """
@@ -30,6 +31,7 @@ STATE = "resume_state.npz"  # weights + optimizer variables of the last complete
 HISTORY = "history.csv"
 METRICS = "metrics.json"
 SPLIT = "split.csv"
+CALIBRATION = "calibration.json"  # the temperature fitted on the validation split, the default confidence threshold
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds")
 
 
@@ -186,6 +188,24 @@ class LoadedRun:
     image_size: tuple  # (height, width)
     channels: int
     weights_path: pathlib.Path
+    temperature: float = 1.0  # calibration.json's; 1.0 (the raw softmax) for a run without one
+    min_confidence: float | None = None  # calibration.json's default threshold; None for a run without one
+
+
+def read_calibration(run_dir):
+    """(temperature, min_confidence) from calibration.json, or (1.0, None) when the run has none."""
+    path = pathlib.Path(run_dir) / CALIBRATION
+    if not path.is_file():
+        return 1.0, None
+    try:
+        saved = json.loads(path.read_text())
+        temperature, threshold = float(saved["temperature"]), saved.get("min_confidence")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RunError(f"{path} is not a valid calibration file ({e}); run python calibration.py {run_dir}.") from None
+    if not (0 < temperature < float("inf")):
+        raise RunError(f"{path} holds the temperature {temperature}, which is not positive and finite; run python "
+                       f"calibration.py {run_dir}.")
+    return temperature, None if threshold is None else float(threshold)
 
 
 def _shape_difference(weights_path, model):
@@ -241,6 +261,7 @@ def load_run(run_dir, *, weights="best", dtype=None):
             f"{_shape_difference(weights_path, model) or str(e).strip().splitlines()[0]}; pass the run folder these "
             "weights were trained in, or retrain with this config"
         ) from None
+    temperature, min_confidence = read_calibration(run_dir)
     return LoadedRun(
         run_dir=run_dir,
         config=config,
@@ -249,4 +270,6 @@ def load_run(run_dir, *, weights="best", dtype=None):
         image_size=tuple(data["image_size"]),
         channels=int(data["channels"]),
         weights_path=weights_path,
+        temperature=temperature,
+        min_confidence=min_confidence,
     )

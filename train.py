@@ -6,7 +6,8 @@
     python train.py --config my.json --lr 1e-3       # settings from a JSON file; flags override it
 
 With no arguments the embedded synthetic set is made (or reused) under data/, the `akoa-conv` preset is trained, and
-the test patients' accuracy is printed at the end: `test: accuracy 0.9643 (405/420 images) ...` (seed 0). The run folder
+the test patients' accuracy is printed at the end: `test: accuracy A (correct/total images) ...` (the README gives
+the measured figures and the command behind each; a seed's run is deterministic). The run folder
 (default runs/<preset>-<time>) holds config.json, split.csv, model.weights.h5 (best on validation loss),
 last.weights.h5, history.csv, metrics.json, acc.png, loss.png, confusion.png, roc.png and tensorboard/.
 
@@ -30,6 +31,7 @@ import time
 
 import numpy as np
 
+import calibration
 import dataset
 import phantom
 import runs
@@ -86,7 +88,7 @@ def build_parser():
                    help="compute in bfloat16 or float16 with float32 weights and logits")
     g.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None,
                    help="compile the step with XLA (default: on for a GPU and under JAX; off for TensorFlow on a CPU, "
-                        "where oneDNN's kernels trained the akoa preset 1.19x-1.33x faster, see bench/RESULTS.md)")
+                        "where oneDNN's kernels trained faster, see bench/RESULTS.md)")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=12, help="training epochs")
@@ -458,14 +460,21 @@ def evaluate(args, run_dir, mconfig, data, record):
 
     model = build_model(mconfig)
     model.load_weights(run_dir / runs.BEST_WEIGHTS)
-    test_ds = dataset.make_dataset(data.images["test"], data.labels["test"], batch_size=args.batch_size,
-                                   training=False, class_names=data.classes)
-    logits = np.asarray(model.predict(test_ds, verbose=0), dtype=np.float64)
+
+    def logits_of(split):
+        ds = dataset.make_dataset(data.images[split], data.labels[split], batch_size=args.batch_size,
+                                  training=False, class_names=data.classes)
+        return np.asarray(model.predict(ds, verbose=0), dtype=np.float64)
+
+    logits = logits_of("test")
     by_path = {r.path: r for r in data.records}
-    metrics = classification_metrics(logits, data.labels["test"], [by_path[p] for p in data.paths["test"]],
-                                      data.classes, args.label_smoothing)
+    test_records = [by_path[p] for p in data.paths["test"]]
+    fitted = calibration.calibrate(run_dir, logits_of("val"), data.labels["val"], logits, data.labels["test"],
+                                   [r.scan for r in test_records])
+    metrics = classification_metrics(logits, data.labels["test"], test_records, data.classes, args.label_smoothing,
+                                      temperature=fitted["temperature"])
     metrics.update(best_epoch=record.best_epoch, best_val_loss=record.best_val, epochs_run=len(record.history),
-                   stopped_by_nan=record.stopped_by_nan, stopped_early=record.stopped_early)
+                   stopped_by_nan=record.stopped_by_nan, stopped_early=record.stopped_early, calibration=fitted)
     runs.atomic_write_json(run_dir / runs.METRICS, metrics)
     plot_run(run_dir, record.history, metrics)
     plot_roc(run_dir, logits, data.labels["test"], data.classes)
@@ -512,6 +521,7 @@ def train(args):
           f"loss {metrics['loss']:.4f}, ROC-AUC {metrics['roc_auc']:.4f}, per-patient accuracy "
           f"{metrics['per_patient']['accuracy']:.4f} ({metrics['per_patient']['correct']}/"
           f"{metrics['per_patient']['total']}); best epoch {record.best_epoch}")
+    print(calibration.describe(metrics["calibration"]))
     print(f"run folder: {run_dir}")
     return 1 if record.stopped_by_nan else 0
 

@@ -19,6 +19,7 @@ import driver
 from metrics import softmax
 import phantom
 import runs
+import verdicts
 import volumes
 from modules import PerceiverConfig, build_model
 
@@ -94,35 +95,86 @@ def test_mixed_good_and_bad_inputs(env, tmp_path):
     assert sorted(ok) == sorted(good) and all(r.predicted in ("left", "right") for r in ok.values())
     assert set(bad) == {"empty.png", "notes.png", "cut.png"}
     assert bad["empty.png"].startswith("empty") and bad["notes.png"].startswith("not-image")
-    proc = _cli(good[0], empty, "--run", env["run"])
+    proc = _cli(good[0], empty, "--run", env["run"], "--min-confidence", "0.5")  # a random model: never uncertain
     assert proc.returncode == driver.EXIT_FAILED, proc.stderr
-    assert "1 classified, 1 failed" in proc.stdout and "failed: empty" in proc.stdout
+    assert "2 scans (1 slice): 1 classified, 0 uncertain, 0 possible wrong-side labels, 1 failed" in proc.stdout
+    assert "failed: empty" in proc.stdout
 
 
-def test_left_file_called_right_is_flagged(env, tmp_path):
-    left = [p for p in env["paths"] if dataset.side_from_name(p) == "left"][:2]
-    right = [p for p in env["paths"] if dataset.side_from_name(p) == "right"][:1]
-    inputs, _ = driver.find_inputs(left + right)
+def _one_scan(paths, side):
+    """Every slice of the first scan of `side` in the phantom set (4 slices)."""
+    first = next(p for p in paths if dataset.side_from_name(p) == side)
+    scan = dataset.parse_akoa_name(os.path.basename(first))["scan"]
+    return [p for p in paths if dataset.parse_akoa_name(os.path.basename(p))["scan"] == scan]
+
+
+def test_slices_of_one_scan_get_one_verdict_and_a_left_scan_called_right_is_flagged(env, tmp_path):
+    left, right = _one_scan(env["paths"], "left"), _one_scan(env["paths"], "right")
+    assert len(left) == len(right) == 4
+    mixed = [left[0], right[0], left[1], right[1], left[2], left[3], right[2], right[3]]  # interleaved
+    inputs, _ = driver.find_inputs(mixed)
     results = driver.classify(driver.Predictor(env["loaded_right"]), inputs)
-    assert [r.predicted for r in results] == ["right"] * 3
-    assert [r.flagged for r in results] == [True, True, False]
-    assert results[0].expected == "left" and results[0].expected_source == "file name"
-    counts = driver.summary(results, ["left", "right"])
-    assert counts == {"classified": 3, "failed": 0, "flagged": 2, "ignored": 0}
-    proc = _cli(*left, *right, "--run", env["right"], "--results-file", tmp_path / "r.json")
+    scans = verdicts.group(results, ["left", "right"], 0.9)
+    assert [s.slices for s in scans] == [4, 4] and [len(s.members) for s in scans] == [4, 4]
+    assert {r.path for r in scans[0].members} == set(left) and {r.path for r in scans[1].members} == set(right)
+    assert [s.verdict for s in scans] == ["right", "right"] and [s.flagged for s in scans] == [True, False]
+    assert scans[0].expected == "left" and scans[0].expected_source == "file name"
+    assert scans[0].agreement == "disagrees" and scans[1].agreement == "agrees"
+    assert verdicts.counts(scans)["flagged"] == 1
+    proc = _cli(*mixed, "--run", env["right"], "--results-file", tmp_path / "r.json")
     assert proc.returncode == 0, proc.stderr
     flagged_lines = [line for line in proc.stdout.splitlines() if "WRONG SIDE?" in line]
-    assert len(flagged_lines) == 2 and all("LEFT" in line.upper() for line in flagged_lines)
-    assert "2 possible wrong-side labels" in proc.stdout
+    assert len(flagged_lines) == 1 and "LEFT" in flagged_lines[0].upper()
+    assert "2 scans (8 slices): 2 classified, 0 uncertain, 1 possible wrong-side label, 0 failed" in proc.stdout
     saved = json.loads((tmp_path / "r.json").read_text())
-    assert saved["summary"]["flagged"] == 2 and [r["flagged"] for r in saved["results"]] == [True, True, False]
+    assert saved["schema"] == 2 and saved["summary"]["flagged"] == 1
+    assert [s["flagged"] for s in saved["scans"]] == [True, False]
+    assert [len(s["slices"]) for s in saved["scans"]] == [4, 4]
+    assert sorted(x["slice"] for x in saved["scans"][0]["slices"]) == [0, 1, 2, 3]  # AKOA slice numbers
     assert _cli(*left, "--run", env["right"], "--strict").returncode == driver.EXIT_WRONG_SIDE
     # --expect right checks the batch instead of the names: nothing is flagged, and a CSV says so
     proc = _cli(*left, "--run", env["right"], "--expect", "right", "--results-file", tmp_path / "r.csv")
     assert "0 possible wrong-side labels" in proc.stdout
     rows = (tmp_path / "r.csv").read_text().splitlines()
-    assert rows[0].startswith("file,kind,slice,predicted,probability,expected") and len(rows) == 3
-    assert all(",right,--expect," in row for row in rows[1:])
+    assert rows[0].startswith("level,scan,file,slice,verdict,predicted,probability,slices_used,expected")
+    assert [r.split(",")[0] for r in rows[1:]] == ["scan"] + ["slice"] * 4
+    assert ",right,--expect,agrees," in rows[1]
+
+
+def test_an_uncertain_scan_is_never_a_side_and_never_flagged(env, tmp_path):
+    """A model that leans right (p = 0.62 on every image) on a left scan: below 0.9 the verdict is "uncertain"."""
+    lean = _make_run(tmp_path / "lean", env["data"], dataset.discover(env["data"]).records,
+                     dataset.split_by_patient(dataset.discover(env["data"]).records, seed=0), bias=[0.0, 0.5])
+    left = _one_scan(env["paths"], "left")
+    proc = _cli(*left, "--run", lean, "--results-file", tmp_path / "r.csv")
+    assert proc.returncode == 0, proc.stderr
+    assert "1 scan (4 slices): 0 classified, 1 uncertain, 0 possible wrong-side labels, 0 failed" in proc.stdout
+    assert "uncertain (right?)" in proc.stdout and "WRONG SIDE?" not in proc.stdout
+    scan_row = (tmp_path / "r.csv").read_text().splitlines()[1].split(",")
+    assert scan_row[4:7] == ["uncertain", "right", f"{1 / (1 + np.exp(-0.5)):.6f}"] and scan_row[10] == "uncertain"
+    assert _cli(*left, "--run", lean, "--strict").returncode == 0  # uncertain is not a wrong side
+    assert _cli(*left, "--run", lean, "--strict", "uncertain").returncode == driver.EXIT_UNCERTAIN
+    # a lower threshold makes the same scan a confident right: now it is a wrong side
+    proc = _cli(*left, "--run", lean, "--min-confidence", "0.6", "--strict")
+    assert proc.returncode == driver.EXIT_WRONG_SIDE and "1 possible wrong-side label" in proc.stdout
+    proc = _cli(*left, "--run", lean, "--min-confidence", "0.3")
+    assert proc.returncode == 2 and "--min-confidence 0.3 must be between 0.5" in proc.stderr
+
+
+def test_the_runs_temperature_calibrates_the_probabilities(env, tmp_path):
+    run = tmp_path / "hot"
+    shutil.copytree(env["run"], run)
+    runs.atomic_write_json(run / runs.CALIBRATION, {"temperature": 2.5, "min_confidence": 0.7})
+    loaded = driver.load(run)
+    assert loaded.temperature == 2.5 and loaded.min_confidence == 0.7
+    paths = env["paths"][:6]
+    results = driver.classify(driver.Predictor(loaded), driver.find_inputs(paths)[0])
+    x = dataset.normalize(np.stack([dataset.load_image(p, (SIZE, SIZE), 3) for p in paths]))
+    want = softmax(np.asarray(loaded.model.predict(x, verbose=0), np.float64) / 2.5)
+    np.testing.assert_allclose([r.probabilities for r in results], want, atol=1e-5)
+    (run / runs.CALIBRATION).write_text('{"temperature": -1}')
+    proc = _cli(paths[0], "--run", run)
+    assert proc.returncode == 2 and "not positive and finite" in proc.stderr
 
 
 def _volume(paths):

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -49,7 +50,7 @@ def _history(run_dir):
 def test_smoke_run_writes_every_artifact(smoke_run):
     run_dir, proc = smoke_run
     for name in ("config.json", "split.csv", "model.weights.h5", "last.weights.h5", "history.csv", "metrics.json",
-                 "acc.png", "loss.png", "confusion.png", "roc.png"):
+                 "calibration.json", "acc.png", "loss.png", "confusion.png", "roc.png", "reliability.png"):
         assert (run_dir / name).is_file(), name
     for split in ("train", "validation"):  # one fit for the whole run: one event file per split, not per epoch
         assert len(list((run_dir / "tensorboard" / split).glob("events.out.tfevents.*"))) == 1, split
@@ -94,6 +95,26 @@ def test_metrics_are_consistent(smoke_run):
     assert 1 <= m["best_epoch"] <= 3 and m["epochs_run"] == 3
     patients = {s: {r["patient"] for r in split if r["split"] == s} for s in ("train", "val", "test")}
     assert not (patients["train"] & patients["test"]) and not (patients["train"] & patients["val"])
+
+
+def test_the_run_is_calibrated_on_its_validation_split(smoke_run):
+    import calibration
+
+    run_dir, proc = smoke_run
+    m = json.loads((run_dir / "metrics.json").read_text())
+    saved = json.loads((run_dir / "calibration.json").read_text())
+    c = m["calibration"]
+    assert saved["temperature"] == c["temperature"] > 0 and saved["min_confidence"] == 0.9
+    assert c["validation_nll"]["after"] <= c["validation_nll"]["before"] + 1e-9  # the fit never makes it worse
+    for key in ("ece", "brier", "nll"):
+        assert math.isfinite(c["test_before"][key]) and math.isfinite(c["test_after"][key])
+    slices = c["uncertain_at_min_confidence"]["slices"]
+    assert slices["total"] == m["images"] and slices["uncertain"] + slices["classified"] == m["images"]
+    assert "temperature" in m["per_scan"]["definition"]
+    assert "calibration: temperature" in proc.stdout
+    # refitting from the saved run gives the same temperature (the same weights, the same validation images)
+    again = calibration.calibrate_run(run_dir)
+    assert again["temperature"] == pytest.approx(saved["temperature"], rel=1e-3)
 
 
 def test_test_loss_is_the_mean_over_test_examples(smoke_run):
