@@ -26,6 +26,69 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 
+def _median_seconds(fn, repeats):
+    times = []
+    for i in range(repeats):
+        t = time.perf_counter()
+        fn(i)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _random_run(data):
+    """A run folder of the akoa preset with random weights (seed 0): inference speed does not depend on them."""
+    import keras
+
+    import runs
+    from modules import PerceiverConfig, build_model
+
+    run_dir = tempfile.mkdtemp(prefix="akoa-infer-run-")
+    config = PerceiverConfig.preset("akoa")
+    keras.utils.set_random_seed(0)
+    runs.atomic_write_json(os.path.join(run_dir, runs.CONFIG), {
+        "train": {"preset": "akoa"}, "model": config.to_dict(),
+        "data": {"root": data, "classes": ["left", "right"], "image_size": [64, 64], "channels": 3}})
+    runs.atomic_save_weights(build_model(config), os.path.join(run_dir, runs.BEST_WEIGHTS))
+    return run_dir
+
+
+def _latencies(predictor, inputs, repeats):
+    """Median seconds of one forward pass on a decoded image, and of one file decoded and classified."""
+    import dataset
+    from inputs import decode
+
+    one = dataset.load_image(inputs[0].path, size=(64, 64), channels=3)[None]
+    for _ in range(5):
+        predictor.logits(one)
+    forward = _median_seconds(lambda i: predictor.logits(one), repeats)
+    file_one = _median_seconds(lambda i: predictor.logits(decode(inputs[i % len(inputs)], (64, 64), 3)[0]), repeats)
+    return forward, file_one
+
+
+def _folder(predictor, inputs, batch_size, workers):
+    """Seconds to compile the batch shapes, to classify the folder end to end, to decode it alone, to predict it."""
+    import numpy as np
+
+    import driver
+    from inputs import decode
+
+    t = time.perf_counter()  # compilation is a one-off cost per batch shape, reported separately
+    predictor.logits(np.zeros((batch_size, 64, 64, 3), np.uint8))
+    if len(inputs) % batch_size:
+        predictor.logits(np.zeros((len(inputs) % batch_size, 64, 64, 3), np.uint8))
+    compile_s = time.perf_counter() - t
+    t = time.perf_counter()
+    results = driver.classify(predictor, inputs, workers=workers, progress=True)
+    folder_s = time.perf_counter() - t
+    assert all(r.error is None for r in results)
+    t = time.perf_counter()
+    images = np.concatenate([decode(i, (64, 64), 3)[0] for i in inputs])
+    decode_s = time.perf_counter() - t
+    t = time.perf_counter()
+    predictor.logits(images)
+    return compile_s, folder_s, decode_s, time.perf_counter() - t
+
+
 def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     p = argparse.ArgumentParser(description="Time driver.py inference (akoa preset, random weights).")
@@ -37,15 +100,11 @@ def main(argv=None):
     p.add_argument("--json", default=None, help="also write the results here (default: none)")
     args = p.parse_args(argv)
 
-    import keras
-    import numpy as np
+    import keras  # after TF_CPP_MIN_LOG_LEVEL is set
 
-    import dataset
     import driver
-    from inputs import decode, find_inputs
     import phantom
-    import runs
-    from modules import PerceiverConfig, build_model
+    from inputs import find_inputs
 
     if args.data is None:
         slices = 40
@@ -54,60 +113,19 @@ def main(argv=None):
         phantom.generate(data, patients=patients, slices=slices, seed=0, progress=True)
     else:
         data = args.data
-    inputs, _ = find_inputs([data])
-    inputs = inputs[:args.images]
-
-    run_dir = tempfile.mkdtemp(prefix="akoa-infer-run-")
-    config = PerceiverConfig.preset("akoa")
-    keras.utils.set_random_seed(0)
-    runs.atomic_write_json(os.path.join(run_dir, runs.CONFIG), {
-        "train": {"preset": "akoa"}, "model": config.to_dict(),
-        "data": {"root": data, "classes": ["left", "right"], "image_size": [64, 64], "channels": 3}})
-    runs.atomic_save_weights(build_model(config), os.path.join(run_dir, runs.BEST_WEIGHTS))
+    inputs = find_inputs([data])[0][:args.images]
     t = time.perf_counter()
-    loaded = driver.load(run_dir)
+    loaded = driver.load(_random_run(data))
     load_s = time.perf_counter() - t
     predictor = driver.Predictor(loaded, args.batch_size)
-
-    # single image
-    one = dataset.load_image(inputs[0].path, size=(64, 64), channels=3)[None]
-    for _ in range(5):
-        predictor.logits(one)
-    forward = []
-    for _ in range(args.repeats):
-        t = time.perf_counter()
-        predictor.logits(one)
-        forward.append(time.perf_counter() - t)
-    file_one = []
-    for i in range(args.repeats):
-        t = time.perf_counter()
-        predictor.logits(decode(inputs[i % len(inputs)], (64, 64), 3)[0])
-        file_one.append(time.perf_counter() - t)
-
-    # folder: warm the batch shapes first (compilation is a one-off cost per shape, reported separately)
-    t = time.perf_counter()
-    predictor.logits(np.zeros((args.batch_size, 64, 64, 3), np.uint8))
-    last = len(inputs) % args.batch_size
-    if last:
-        predictor.logits(np.zeros((last, 64, 64, 3), np.uint8))
-    compile_s = time.perf_counter() - t
-    t = time.perf_counter()
-    results = driver.classify(predictor, inputs, workers=args.workers, progress=True)
-    folder_s = time.perf_counter() - t
-    assert all(r.error is None for r in results)
-    t = time.perf_counter()
-    images = np.concatenate([decode(i, (64, 64), 3)[0] for i in inputs])
-    decode_s = time.perf_counter() - t
-    t = time.perf_counter()
-    predictor.logits(images)
-    predict_s = time.perf_counter() - t
+    forward, file_one = _latencies(predictor, inputs, args.repeats)
+    compile_s, folder_s, decode_s, predict_s = _folder(predictor, inputs, args.batch_size, args.workers)
 
     n = len(inputs)
     row = {
         "device": platform.processor() or platform.machine(), "cpus": len(os.sched_getaffinity(0)),
         "load_average": round(os.getloadavg()[0], 2), "backend": keras.backend.backend(), "batch": args.batch_size,
-        "images": n, "latency_forward_ms": round(1000 * statistics.median(forward), 2),
-        "latency_file_ms": round(1000 * statistics.median(file_one), 2),
+        "images": n, "latency_forward_ms": round(1000 * forward, 2), "latency_file_ms": round(1000 * file_one, 2),
         "images_per_s": round(n / folder_s, 1), "decode_only_images_per_s": round(n / decode_s, 1),
         "predict_only_images_per_s": round(n / predict_s, 1), "model_load_s": round(load_s, 2),
         "compile_s": round(compile_s, 2),
