@@ -26,7 +26,9 @@ import sys
 import numpy as np
 from scipy import optimize
 
+import dataset
 import metrics
+import plots
 import runs
 from errors import EXIT_USAGE, UsageError
 
@@ -122,8 +124,6 @@ def calibrate(run_dir, val_logits, val_labels, test_logits, test_labels, test_sc
     """Fits the temperature on the validation split, writes calibration.json and reliability.png, and returns the
     "calibration" section for metrics.json: test ECE, Brier and NLL before and after, and the uncertain counts (slices
     and scans) at `min_confidence` with the accuracy on the rest."""
-    import plots  # matplotlib: only when a run is calibrated
-
     run_dir = pathlib.Path(run_dir)
     temperature = fit_temperature(val_logits, val_labels)
     before, after = calibrated(test_logits, 1.0), calibrated(test_logits, temperature)
@@ -145,8 +145,6 @@ def calibrate(run_dir, val_logits, val_labels, test_logits, test_labels, test_sc
 
 def split_logits(loaded, data_root, split):
     """Logits, labels and scan ids of one split of a finished run (as recorded in its split.csv)."""
-    import dataset
-
     records, assignment = dataset.read_manifest(loaded.run_dir / runs.SPLIT, root=str(data_root))
     chosen = [r for r in records if assignment[r.path] == split]
     result = dataset.load_images([r.path for r in chosen], size=loaded.image_size, channels=loaded.channels,

@@ -20,6 +20,7 @@ import platform
 import shlex
 import sys
 
+import h5py
 import numpy as np
 
 import phantom
@@ -213,8 +214,6 @@ def _shape_difference(weights_path, model):
 
     Reads only shapes from the HDF5 file (h5py, nothing unpickled). Shared layers repeat in the file, so sets of
     shapes are compared, not counts."""
-    import h5py
-
     want = {tuple(v.shape) for v in model.weights}
     got = set()
     try:
@@ -234,7 +233,7 @@ def load_run(run_dir, *, weights="best", dtype=None):
 
     Raises RunError with one sentence when the folder, its config or its weights do not fit together.
     """
-    from modules import PerceiverConfig, build_model
+    from modules import PerceiverConfig, build_model  # imports Keras: only when a model is loaded
 
     run_dir = pathlib.Path(run_dir)
     config = read_config(run_dir)
