@@ -2,7 +2,8 @@
 
 The OAI "AKOA" slices cannot be downloaded, so this module draws stand-ins procedurally and writes them the way AKOA
 ships them (flat folder, 8-bit grayscale PNG, 228 x 260, `OAI<id>_BaseLine_<visit>[_]de3d1_SAG_3D_DESS_WE_<SIDE>
-.nii.gz_<slice>.png`), so training on them runs every code path real data takes. Only numpy and Pillow are used.
+.nii.gz_<slice>.png`), so training on them runs every code path real data takes. Only numpy and Pillow are used
+(and pydicom or nibabel to write volumes).
 
 What a slice shows (DESS with water excitation, so fat is dark and fluid and cartilage are bright): femur shaft,
 metaphysis, condyles and trochlea; tibia with its plateau, shaft and tuberosity; fibular head (lateral slices);
@@ -15,7 +16,7 @@ edge slices are mostly muscle and fat.
 Variation (version 3). Real OAI scans differ in all of the following, and none of it says which knee it is, so
 each is drawn independently of the side. Version 2 drew narrow ranges (rotation +-6 deg, shift +-6 mm, scale
 0.92-1.08, weak shading), and logistic regression on the raw pixels then classified every test slice: the side was
-a fixed global pattern of bright and dark. With these ranges it scores 0.82 (`bench/baselines.py`), while the side
+a fixed global pattern of bright and dark. With these ranges it scores far lower (README, "Results"; `bench/baselines.py`), while the side
 stays plain to the eye (docs/phantom_sheet.png) and to the models that see shapes.
 - Patient (one draw per patient, shared by their scans): overall size 0.82-1.18 (normal, sd 0.08: adult knees);
   condyle radius 18.5-23.5 mm, patella half length 16-22 mm and half thickness 7.5-11 mm, tibial plateau half
@@ -46,10 +47,20 @@ image RIGHT. Slices run from the patient's right to left, so slice 0 of a right 
 knee is medial. Output is byte-identical for the same seed (every scan has its own generator seeded from
 (seed, patient, scan), so the number of workers does not matter).
 
+Volumes (`--format dicom|nifti`, needing pydicom or nibabel): the same pixels as the PNGs, one scan at a time, for
+testing readers of volumes. DICOM: a folder per scan, one MR Image Storage file per slice with a sagittal geometry
+(ImageOrientationPatient, ImagePositionPatient stepping from the patient's right to left, PixelSpacing from FOV_MM,
+slices spread over SLAB_MM) and Laterality, each file named by its SOPInstanceUID, so that listed by name they are
+never in slice order and a reader must sort them by position. NIfTI: a "<AKOA name>.nii.gz" per scan, data[:, :, k]
+being slice k (as AKOA's PNGs were cut), with an affine whose axis codes are I, P or A, and L. `write_dicom_series`
+and `write_nifti` can also record a coronal or axial geometry for the same pixels, so that readers can be tested on
+refusing them.
+
 Commands:
     python phantom.py data/phantom-160p-10s-seed0 --patients 160 --slices 10   # what `python train.py` uses
     python phantom.py data/akoa_like --patients 330             # AKOA-sized: 18,480 slices, 462 scans
     python phantom.py data/phantom --patients 40 --sheet docs/phantom_sheet.png
+    python phantom.py data/phantom-dicom --patients 4 --format dicom   # 5 series of 40 DICOM files; nifti: .nii.gz
 
 Expected output (2-core CPU; 5-6 ms of one core per slice, about half drawing and half PNG encoding, so ~7 s with
 both cores free and ~15 s with one):
@@ -61,6 +72,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gzip
+import importlib
 import json
 import math
 import multiprocessing
@@ -128,10 +141,13 @@ class ScanSpec:
     side: str
     side_text: str
 
-    def filename(self, slice_index):
+    def stem(self):
+        """The scan's AKOA name without extension: the volume "<stem>.nii.gz", cut into "<stem>.nii.gz_<k>.png"."""
         sep = "" if self.visit >= 100 else "_"  # AKOA drops the "_" after three-digit visits
-        stem = f"{self.patient}_BaseLine_{self.visit}{sep}de3d1_SAG_3D_DESS_WE_{self.side_text}"
-        return f"{stem}.nii.gz_{slice_index}.png"
+        return f"{self.patient}_BaseLine_{self.visit}{sep}de3d1_SAG_3D_DESS_WE_{self.side_text}"
+
+    def filename(self, slice_index):
+        return f"{self.stem()}.nii.gz_{slice_index}.png"
 
 
 def plan_population(patients, seed=0):
@@ -350,6 +366,11 @@ def _smooth_min(a, b, k):
     return np.minimum(a, b) - h * h
 
 
+def _paint(img, alpha, value):
+    """Paints `value` over the drawing `img` (in place) with opacity `alpha`."""
+    img += alpha * (value - img)
+
+
 def _smooth_noise(rng, shape, cells):
     """A smooth random field (zero mean, unit-ish amplitude): coarse Gaussian grid upsampled bilinearly."""
     h, w = shape
@@ -369,6 +390,24 @@ def coil_shading(bias, height, width):
     return np.clip(field, 0.3, 1.8)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Frame:
+    """The canonical drawing frame of one scan: where every drawing pixel lies on the knee, and the key positions.
+
+    u points anterior and v superior (mm, float64 arrays of the drawing's shape, margin included); the lateral
+    femoral condyle's centre is at (xc, yc), its bone surface ending tc + 0.5 above the joint line (v = 0).
+    """
+
+    u: np.ndarray
+    v: np.ndarray
+    R: float  # condyle radius
+    tc: float  # cartilage thickness
+    xc: float
+    yc: float
+    yt: float  # the tibial plateau's bone surface (v), in the tibia's frame
+    xm: float  # middle of the leg, front to back: the image centre
+
+
 class _Scene:
     """The per-scan part of the drawing: coordinate grids, distance fields, textures, bias and the intensity table.
 
@@ -386,9 +425,19 @@ class _Scene:
         self.in_scale = wr / width
         mm = FOV_MM / wr  # mm per render pixel
         self.inv_edge = np.float32(1.0 / (_EDGE_PX * mm))
-        f32 = np.float32
+        fr = self._canonical_frame(hr, wr, mm)
+        self.R = fr.R
+        xs, hw, xtr, ytr, rtr = self._femur(fr)
+        xt, tp, tub, t_back, t_front = self._tibia(fr)
+        pcx, pcy, pt = self._patella(fr, xtr, ytr, rtr, tub)
+        self._soft_tissue(fr, xs, hw, xt, tp, t_back, t_front)
+        self._leg_outline(fr, xt, tp, pcx, pcy, pt)
+        self._textures(hr + 2 * m, wr + 2 * m)
 
-        # --- canonical frame: mm, u anterior, v superior, femoral condyle centre near (0, R + cartilage) ---
+    def _canonical_frame(self, hr, wr, mm):
+        """mm, u anterior, v superior, femoral condyle centre near (0, R + cartilage); hr x wr is the picture in render
+        pixels, without the margin."""
+        an, m = self.an, _MARGIN
         R = an.condyle_radius
         tc = an.cartilage
         xc = 0.0
@@ -396,7 +445,6 @@ class _Scene:
         ii, jj = np.mgrid[-m : hr + m, -m : wr + m].astype(np.float64)
         X = (jj + 0.5 - wr / 2) * mm - an.shift_x
         Y = (hr / 2 - ii - 0.5) * mm - an.shift_y
-        hr, wr = hr + 2 * m, wr + 2 * m  # size of the drawing
         c, s = math.cos(math.radians(an.rotation)), math.sin(math.radians(an.rotation))
         u = (c * X + s * Y) / an.scale
         v = (-s * X + c * Y) / an.scale
@@ -405,8 +453,13 @@ class _Scene:
         xm = xc - 0.15 * R  # middle of the leg, front to back: the image centre
         u = u + xm
         v = v + 0.35 * R
+        yt = -(tc + 0.5)  # plateau bone surface
+        return _Frame(u=u, v=v, R=R, tc=tc, xc=xc, yc=yc, yt=yt, xm=xm)
 
-        # --- femur ---
+    def _femur(self, fr):
+        """Shaft, metaphysis, notch, condyles and trochlea; returns the shaft axis and half width and the trochlea
+        (centre and radius)."""
+        u, v, R, xc, yc, f32 = fr.u, fr.v, fr.R, fr.xc, fr.yc, np.float32
         xs, hw = xc + 0.35 * R, 0.62 * R  # shaft axis and half width
         self.f_shaft_x = np.abs(u - xs).astype(f32)
         self.f_shaft_y = (yc + 4.0 - v).astype(f32)
@@ -416,15 +469,19 @@ class _Scene:
         self.f_notch = (yc - v).astype(f32)  # the intercondylar notch cuts the metaphysis from below
         self.f_med = _ellipse(u, v, xc - 0.06 * R, yc + 0.05 * R, 1.12 * R * 1.05, 1.05 * R).astype(f32)
         self.f_lat = _ellipse(u, v, xc, yc, 0.95 * R * 1.05, 0.95 * R * 1.05).astype(f32)
-        self.R = R
         xtr, ytr, rtr = xc + 0.62 * R, yc + 0.3 * R, 0.72 * R  # trochlea
         self.f_troch = np.sqrt((u - xtr) ** 2 + (v - ytr) ** 2).astype(f32)
         self.rtr = rtr
         self.f_artic = ((v < yc + 0.45 * R) | ((u > xs + 0.5 * hw) & (v < yc + 1.15 * R))).astype(f32)
+        return xs, hw, xtr, ytr, rtr
 
-        # --- tibia (its own frame, rotated about the condyle centre by the flexion angle) ---
+    def _tibia(self, fr):
+        """Tibia in its own frame (rotated about the condyle centre by the flexion angle) and fibular head; returns
+        the plateau's centre and half length, and three points of the tibia in the canonical frame (tuberosity, back
+        and front of the plateau: where tendons and ligaments attach)."""
+        an, u, v, R, xc, yc, f32 = self.an, fr.u, fr.v, fr.R, fr.xc, fr.yc, np.float32
         ut, vt = _rotate(u, v, xc, yc, an.flexion)
-        yt = -(tc + 0.5)  # plateau bone surface
+        yt = fr.yt
         xt, tp = xc + 0.1 * R, an.plateau_half_length
         self.t_top = (vt - yt).astype(f32)
         self.t_curve = ((ut - xt) ** 2 / R).astype(f32)
@@ -435,14 +492,17 @@ class _Scene:
         self.t_tub = np.sqrt((ut - (xt + 0.9 * tp)) ** 2 + (vt - (yt - 1.15 * R)) ** 2).astype(f32)
         self.t_fib = _ellipse(ut, vt, xt - 0.72 * tp, yt - 1.3 * R, 0.36 * R, 0.45 * R).astype(f32)
         self.t_artic = ((vt > yt - 0.3 * R) & (np.abs(ut - xt) < 1.05 * tp)).astype(f32)
-        # points of the tibia in the canonical frame (for tendons and ligaments)
         tub = _rotate(xt + 0.9 * tp + 0.25 * R, yt - 1.1 * R, xc, yc, -an.flexion)
         t_back = _rotate(xt - 0.8 * tp, yt - 0.2 * R, xc, yc, -an.flexion)
         t_front = _rotate(xt + 0.3 * tp, yt, xc, yc, -an.flexion)
+        return xt, tp, tub, t_back, t_front
 
-        # --- patella (rides the trochlea: rotated about the trochlea centre by 60% of the flexion) ---
+    def _patella(self, fr, xtr, ytr, rtr, tub):
+        """Patella riding the trochlea (rotated about its centre by 60% of the flexion), quadriceps and patellar
+        tendons; returns the patella's centre and half thickness."""
+        an, u, v, R, f32 = self.an, fr.u, fr.v, fr.R, np.float32
         pt, pl = an.patella_half_thickness, an.patella_half_length
-        pcx, pcy = xtr + rtr + tc + 1.0 + pt, ytr + 0.2 * R + an.patella_height
+        pcx, pcy = xtr + rtr + fr.tc + 1.0 + pt, ytr + 0.2 * R + an.patella_height
         pcx, pcy = _rotate(pcx, pcy, xtr, ytr, -0.6 * an.flexion)
         tilt = 8.0 - 0.6 * an.flexion  # lower pole forward
         self.p_ell = _ellipse(u, v, pcx, pcy, pt, pl, tilt=tilt).astype(f32)
@@ -453,8 +513,11 @@ class _Scene:
         bottom = (pcx + st * pl, pcy - ct * pl)
         self.quad = _segment(u, v, top[0] - 1.0, top[1] - 2.0, top[0] - 12.0, top[1] + 90.0).astype(f32)
         self.pat_tendon = _segment(u, v, bottom[0] - 1.0, bottom[1] + 2.0, *tub).astype(f32)
+        return pcx, pcy, pt
 
-        # --- soft tissue in the knee ---
+    def _soft_tissue(self, fr, xs, hw, xt, tp, t_back, t_front):
+        """Fat pads, suprapatellar recess, joint space, menisci, cruciates, osteophytes, popliteal fat and vessel."""
+        an, u, v, R, xc, yc, f32 = self.an, fr.u, fr.v, fr.R, fr.xc, fr.yc, np.float32
         self.hoffa = _ellipse(u, v, xc + 0.95 * R, -0.1 * R, 0.65 * R, 0.8 * R, tilt=-15.0).astype(f32)
         self.prefem = _ellipse(u, v, xs + hw + 0.45 * R, yc + 1.6 * R, 0.42 * R, 1.3 * R).astype(f32)
         self.supra = _ellipse(
@@ -468,13 +531,17 @@ class _Scene:
         # osteophytes: bony spurs at the joint margins (femoral condyle back, tibial plateau front and back)
         self.spurs = []
         if an.osteophyte > 0:
+            yt = fr.yt
             for px, py in ((xc - 0.98 * R, yc - 0.1 * R), _rotate(xt + tp, yt - 1.0, xc, yc, -an.flexion),
                            _rotate(xt - tp, yt - 1.0, xc, yc, -an.flexion)):
                 self.spurs.append(np.sqrt((u - px) ** 2 + (v - py) ** 2).astype(f32))
         self.popliteal = _ellipse(u, v, xc - 1.65 * R, 0.4 * R, 0.5 * R, 1.1 * R).astype(f32)
         self.vessel = _segment(u, v, xc - 1.5 * R, -2.4 * R, xc - 1.35 * R, 3.2 * R).astype(f32)
 
-        # --- leg outline: anterior and posterior skin as functions of height, subcutaneous fat inside ---
+    def _leg_outline(self, fr, xt, tp, pcx, pcy, pt):
+        """Anterior and posterior skin as functions of height (subcutaneous fat inside), and the fascia between the
+        muscles behind the knee."""
+        an, u, v, R, xc, xm, f32 = self.an, fr.u, fr.v, fr.R, fr.xc, fr.xm, np.float32
         d = an.leg_depth
         knots = np.array([-200.0, -1.6 * R, -0.2 * R, pcy, pcy + 2.5 * R, 250.0])
         front = np.array([xt + tp, xt + tp + 4.0, pcx + 0.2 * pt, pcx + pt, pcx + pt + 6.0, pcx + pt + 30.0])
@@ -489,10 +556,12 @@ class _Scene:
         self.fascia3 = (v - 0.6 * R + 0.3 * (u - xc) + 4.0 * np.sin(u / 9.0)).astype(f32)
         self.back_region = (u < xc - 0.9 * R).astype(f32)
 
-        # --- textures, bias field, intensity table ---
+    def _textures(self, hr, wr):
+        """Marrow and muscle textures over the hr x wr drawing, the coil's bias field and the intensity table."""
+        an, f32 = self.an, np.float32
         trng = np.random.default_rng(an.texture_seed)
         self.tex = [_smooth_noise(trng, (hr, wr), n) for n in (9, 9, 26, 26)]
-        self.bias = (coil_shading(an.bias, height, width) * an.gain).astype(f32)
+        self.bias = (coil_shading(an.bias, self.height, self.width) * an.gain).astype(f32)
         self.levels = 1024
         white = 1.05 * an.fluid_signal
         self.black = np.float32(an.black * white)
@@ -510,22 +579,29 @@ class _Scene:
                 self.noise_bank[1, oy[1] : oy[1] + h, ox[1] : ox[1] + w])
 
     def render(self, s, rng):
-        an, R = self.an, self.R
-        k = self.inv_edge
-        lat = s > 0
-
-        def cover(d):  # soft inside-mask of a signed distance (mm)
-            a = 0.5 - d * k
-            np.clip(a, 0.0, 1.0, out=a)
-            return a
-
-        def paint(img, alpha, value):
-            img += alpha * (value - img)
-
+        """The 8-bit slice at position s; `rng` draws the patient's motion and the noise (in that order)."""
         a1 = 0.9 * s
         tex = self.tex[0] * math.cos(a1) + self.tex[1] * math.sin(a1)  # coarse, drifts slowly across slices
         fine = self.tex[2] * math.cos(2.5 * s) + self.tex[3] * math.sin(2.5 * s)
+        img = self._draw_soft_tissue(s, tex, fine)
+        d_fem, f_med, f_lat = self._femur_distance(s)
+        d_tib, f_fib = self._tibia_distance(s)
+        d_pat = (self.p_ell - _bump(s, 0.05, 0.55)) * self.p_scale if _bump(s, 0.05, 0.55) > 0 else None
+        self._draw_joint(img, d_fem, d_tib, d_pat, max(f_med, f_lat), fine)
+        self._draw_ligaments(img, s, fine)
+        self._draw_bones(img, (d_fem, d_tib, d_pat), f_fib, max(f_med, f_lat), tex, fine)
+        return self._to_full_size(img, rng)
 
+    def _cover(self, d):
+        """Soft inside-mask of a signed distance (mm): 1 inside, 0 outside, a ramp _EDGE_PX render pixels wide."""
+        a = 0.5 - d * self.inv_edge
+        np.clip(a, 0.0, 1.0, out=a)
+        return a
+
+    def _draw_soft_tissue(self, s, tex, fine):
+        """A new drawing of the leg at slice position s: skin, fat, muscles and fascia, popliteal fat and vessel, the
+        fat pads and fluid in front of the femur."""
+        an, R, cover = self.an, self.R, self._cover
         # leg outline: narrower front to back towards the edge slices
         w = math.sqrt(max(0.0, 1.0 - (s / 1.7) ** 2))
         d_skin = np.maximum(self.um - self.front * w, -self.back * w - self.um)
@@ -533,27 +609,31 @@ class _Scene:
         fat_f, fat_b = an.fat_front * w, an.fat_back * w
         d_musc = np.maximum(self.um - (self.front * w - fat_f), fat_b - self.back * w - self.um)
         muscle = cover(d_musc)
-        paint(img, muscle, an.muscle_signal * (1.0 + 0.12 * tex + 0.05 * fine))
+        _paint(img, muscle, an.muscle_signal * (1.0 + 0.12 * tex + 0.05 * fine))
         for field, off, amp in ((self.fascia1, 9.0, 1.0), (self.fascia2, -7.0, 1.0), (self.fascia3, 12.0, 0.7)):
             d = np.abs(field - off * s) - 0.8
-            paint(img, cover(d) * muscle * self.back_region * amp, an.fat_signal)
+            _paint(img, cover(d) * muscle * self.back_region * amp, an.fat_signal)
         f = _bump(s, 0.05, 0.6)
         if f > 0:
-            paint(img, cover((self.popliteal - f) * 0.5 * R), an.fat_signal * (1.0 + 0.3 * fine))
+            _paint(img, cover((self.popliteal - f) * 0.5 * R), an.fat_signal * (1.0 + 0.3 * fine))
         f = _bump(s, 0.05, 0.35)
         if f > 0:
-            paint(img, cover(self.vessel - 3.0 * f), an.vessel_signal)
+            _paint(img, cover(self.vessel - 3.0 * f), an.vessel_signal)
 
         # fat pads and fluid in front of the femur
         f = _bump(s, 0.0, 0.85)
         if f > 0:
-            paint(img, cover((self.prefem - f) * R * 0.42), an.fat_signal * (1.0 + 0.3 * fine))
-            paint(img, cover((self.hoffa - f) * R * 0.65), an.fat_signal * (1.0 + 0.3 * fine))
+            _paint(img, cover((self.prefem - f) * R * 0.42), an.fat_signal * (1.0 + 0.3 * fine))
+            _paint(img, cover((self.hoffa - f) * R * 0.65), an.fat_signal * (1.0 + 0.3 * fine))
         f = _bump(s, 0.0, 0.6)
         if f > 0 and an.effusion > 0.05:
-            paint(img, cover((self.supra - f) * R * 0.1), an.fluid_signal * min(1.0, 0.5 + an.effusion))
+            _paint(img, cover((self.supra - f) * R * 0.1), an.fluid_signal * min(1.0, 0.5 + an.effusion))
+        return img
 
-        # femur: shaft (central slices), metaphysis, condyles (medial / lateral), trochlea
+    def _femur_distance(self, s):
+        """Signed distance to the femur at slice position s (None where the slice misses it): shaft (central
+        slices), metaphysis, condyles (medial / lateral), trochlea; and the medial and lateral condyles' sizes."""
+        R = self.R
         f_shaft = _bump(s, 0.0, 0.62)
         f_meta = _bump(s, 0.0, 1.0)
         f_med = _bump(s, -0.5, 0.44)
@@ -575,8 +655,12 @@ class _Scene:
             parts.append(self.f_troch - self.rtr * f_tr)
         for p in parts:
             d_fem = p if d_fem is None else _smooth_min(d_fem, p, 6.0)
+        return d_fem, f_med, f_lat
 
-        # tibia: plateau (concave medially, convex laterally), metaphysis, shaft, tuberosity; fibular head
+    def _tibia_distance(self, s):
+        """Signed distance to the tibia at slice position s (None where the slice misses it): plateau (concave
+        medially, convex laterally), metaphysis, shaft, tuberosity; and the fibular head's size."""
+        R, lat = self.R, s > 0
         f_t = _bump(s, 0.0, 1.0) ** 0.5
         f_ts = _bump(s, -0.05, 0.6)
         f_tub = _bump(s, 0.15, 0.4)
@@ -589,48 +673,55 @@ class _Scene:
                 d_tib = np.minimum(d_tib, np.maximum(self.t_shaft_x - 0.6 * R * f_ts, self.t_shaft_y))
             if f_tub > 0:
                 d_tib = np.minimum(d_tib, self.t_tub - 0.3 * R * f_tub)
-        d_pat = (self.p_ell - _bump(s, 0.05, 0.55)) * self.p_scale if _bump(s, 0.05, 0.55) > 0 else None
+        return d_tib, f_fib
 
-        # joint fluid, cartilage, menisci
+    def _draw_joint(self, img, d_fem, d_tib, d_pat, f_condyle, fine):
+        """Joint fluid, cartilage on the three bones and, where a condyle of size f_condyle is cut, the menisci."""
+        an, R, cover = self.an, self.R, self._cover
         tc = an.cartilage
         if d_fem is not None and d_tib is not None:
-            paint(img, cover(np.minimum(d_fem, d_tib) - tc - 1.0) * self.joint, an.fluid_signal)
+            _paint(img, cover(np.minimum(d_fem, d_tib) - tc - 1.0) * self.joint, an.fluid_signal)
         if d_fem is not None:
-            paint(img, cover(d_fem - tc) * self.f_artic, an.cartilage_signal * (1.0 + 0.08 * fine))
+            _paint(img, cover(d_fem - tc) * self.f_artic, an.cartilage_signal * (1.0 + 0.08 * fine))
         if d_tib is not None:
-            paint(img, cover(d_tib - tc) * self.t_artic, an.cartilage_signal * (1.0 + 0.08 * fine))
+            _paint(img, cover(d_tib - tc) * self.t_artic, an.cartilage_signal * (1.0 + 0.08 * fine))
         if d_pat is not None:
-            paint(img, cover(d_pat - tc - 0.8) * self.p_artic, an.cartilage_signal * (1.0 + 0.08 * fine))
-        f = max(f_med, f_lat)
-        if f > 0.3:
-            g = 0.6 + 0.4 * f
-            paint(img, cover((self.men_back - g) * 0.16 * R), an.dark_signal)
-            paint(img, cover((self.men_front - g) * 0.15 * R), an.dark_signal)
+            _paint(img, cover(d_pat - tc - 0.8) * self.p_artic, an.cartilage_signal * (1.0 + 0.08 * fine))
+        if f_condyle > 0.3:
+            g = 0.6 + 0.4 * f_condyle
+            _paint(img, cover((self.men_back - g) * 0.16 * R), an.dark_signal)
+            _paint(img, cover((self.men_front - g) * 0.15 * R), an.dark_signal)
 
-        # cruciate ligaments in the notch, tendons in front
+    def _draw_ligaments(self, img, s, fine):
+        """Cruciate ligaments in the notch, quadriceps and patellar tendons in front."""
+        an, R, cover = self.an, self.R, self._cover
         f = _bump(s, 0.0, 0.22)
         if f > 0:
-            paint(img, cover(self.pcl - 0.2 * R * f), an.ligament_signal)
-            paint(img, cover(self.acl - 0.14 * R * f), an.ligament_signal * 1.6 * (1.0 + 0.4 * fine))
+            _paint(img, cover(self.pcl - 0.2 * R * f), an.ligament_signal)
+            _paint(img, cover(self.acl - 0.14 * R * f), an.ligament_signal * 1.6 * (1.0 + 0.4 * fine))
         f = _bump(s, 0.05, 0.65)
         if f > 0:
-            paint(img, cover(self.quad - 4.0 * f), an.dark_signal)
-            paint(img, cover(self.pat_tendon - 3.0 * f), an.dark_signal)
+            _paint(img, cover(self.quad - 4.0 * f), an.dark_signal)
+            _paint(img, cover(self.pat_tendon - 3.0 * f), an.dark_signal)
 
-        # bones: dark cortex, mottled marrow
+    def _draw_bones(self, img, distances, f_fib, f_condyle, tex, fine):
+        """Dark cortex and mottled marrow of femur, tibia and patella (`distances`, None where not cut), the
+        fibular head and, where a condyle of size f_condyle is cut, the osteophytes."""
+        an, R = self.an, self.R
         marrow = an.marrow_signal * (1.0 + 0.3 * fine + 0.1 * tex)
-        bones = [d for d in (d_fem, d_tib, d_pat) if d is not None]
+        bones = [d for d in distances if d is not None]
         if f_fib > 0:
             bones.append((self.t_fib - f_fib) * 0.36 * R)
-        f = max(f_med, f_lat)
-        for spur in self.spurs if f > 0.2 else ():
-            bones.append(spur - an.osteophyte * f)
+        for spur in self.spurs if f_condyle > 0.2 else ():
+            bones.append(spur - an.osteophyte * f_condyle)
         for d in bones:
-            paint(img, cover(d), an.dark_signal)
-            paint(img, cover(d + 1.4), marrow)
+            _paint(img, self._cover(d), an.dark_signal)
+            _paint(img, self._cover(d + 1.4), marrow)
 
-        # to full size: upsample, bias field, Rician noise, gamma and 8 bits
-        # patient motion between slices: a small rotation and shift, applied while upsampling to full size
+    def _to_full_size(self, img, rng):
+        """The drawing as the 8-bit slice: upsampled with the patient's motion between slices (a small rotation and
+        shift, drawn from rng), then bias field, artefacts, Rician noise (drawn from rng), window, gamma."""
+        an = self.an
         angle, dx, dy = rng.uniform(-_MOTION[0], _MOTION[0]), *rng.uniform(-_MOTION[1], _MOTION[1], size=2)
         zoom = self.in_scale
         a, b = zoom * math.cos(math.radians(angle)), zoom * math.sin(math.radians(angle))
@@ -707,12 +798,14 @@ def scan_anatomy(seed, spec):
     return sample_anatomy(scan_rng, side=spec.side, patient=_sample_patient(patient_rng))
 
 
+def scan_pixels(seed, spec, slices, height=HEIGHT, width=WIDTH):
+    """The slices of scan `spec` exactly as `generate` writes them as PNGs: (slices, height, width) uint8."""
+    return render_scan(scan_anatomy(seed, spec), slices, _scan_rngs(seed, spec)[2], height, width)
+
+
 def _write_scan(job):
     out_dir, seed, spec, slices, height, width = job
-    noise_rng = _scan_rngs(seed, spec)[2]
-    scene = _Scene(scan_anatomy(seed, spec), height, width)
-    for i in range(slices):
-        pixels = scene.render(scene.slice_position(i, slices), noise_rng)
+    for i, pixels in enumerate(scan_pixels(seed, spec, slices, height, width)):
         Image.fromarray(pixels, mode="L").save(Path(out_dir) / spec.filename(i), format="PNG", compress_level=1)
     return slices
 
@@ -733,6 +826,48 @@ def _reusable(out, params, paths):
     return old.get("parameters") == params and all(p.is_file() for p in paths)
 
 
+def _run_jobs(function, jobs, workers, progress):
+    """Runs `function(job)` for every job, on `workers` processes (None: min(2, CPU count)), printing progress to
+    stderr (a live count on a terminal, else one line at the end) when `progress` is true."""
+    workers = min(2, os.cpu_count() or 1) if workers is None else max(1, int(workers))
+    workers = min(workers, len(jobs))
+    done = 0
+
+    live = progress and sys.stderr.isatty()
+
+    def report(n):
+        if live:
+            print(f"\rphantom: {n}/{len(jobs)} scans", end="", file=sys.stderr, flush=True)
+
+    if workers == 1:
+        for job in jobs:
+            function(job)
+            done += 1
+            report(done)
+    else:
+        # spawn, not fork: the caller may already run threads (TensorFlow) that a fork would copy half-locked
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            for _ in pool.imap_unordered(function, jobs, chunksize=1):
+                done += 1
+                report(done)
+    if live:
+        print(file=sys.stderr)
+    elif progress:
+        print(f"phantom: {len(jobs)}/{len(jobs)} scans", file=sys.stderr)
+
+
+def _output_folder(out_dir, slices, height, width, what):
+    """`out_dir` as a Path, once the set's settings and the folder are checked (`what` the folder will hold)."""
+    if slices < 1:
+        raise ValueError(f"slices must be at least 1, got {slices}")
+    if height < 16 or width < 16:
+        raise ValueError(f"image size {height} x {width} is too small; use at least 16 x 16")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file, not a folder; pass a folder for the synthetic {what}")
+    return out
+
+
 def generate(out_dir, *, patients=40, seed=0, slices=40, height=HEIGHT, width=WIDTH, workers=None, progress=True):
     """Writes a synthetic AKOA set into the flat folder `out_dir` and returns the sorted paths of its images.
 
@@ -749,13 +884,7 @@ def generate(out_dir, *, patients=40, seed=0, slices=40, height=HEIGHT, width=WI
         workers: int or None. Processes; None uses min(2, CPU count). Defaults to None.
         progress: bool. Print a progress line to stderr. Defaults to True.
     """
-    if slices < 1:
-        raise ValueError(f"slices must be at least 1, got {slices}")
-    if height < 16 or width < 16:
-        raise ValueError(f"image size {height} x {width} is too small; use at least 16 x 16")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} is a file, not a folder; pass a folder for the synthetic images")
+    out = _output_folder(out_dir, slices, height, width, "images")
     specs = plan_population(patients, seed)
     names = sorted(spec.filename(i) for spec in specs for i in range(slices))
     paths = [out / n for n in names]
@@ -778,33 +907,7 @@ def generate(out_dir, *, patients=40, seed=0, slices=40, height=HEIGHT, width=WI
     for p in stale:
         p.unlink()
 
-    jobs = [(str(out), seed, spec, slices, height, width) for spec in specs]
-    workers = min(2, os.cpu_count() or 1) if workers is None else max(1, int(workers))
-    workers = min(workers, len(jobs))
-    done = 0
-
-    live = progress and sys.stderr.isatty()
-
-    def report(n):
-        if live:
-            print(f"\rphantom: {n}/{len(jobs)} scans", end="", file=sys.stderr, flush=True)
-
-    if workers == 1:
-        for job in jobs:
-            _write_scan(job)
-            done += 1
-            report(done)
-    else:
-        # spawn, not fork: the caller may already run threads (TensorFlow) that a fork would copy half-locked
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            for _ in pool.imap_unordered(_write_scan, jobs, chunksize=1):
-                done += 1
-                report(done)
-    if live:
-        print(file=sys.stderr)
-    elif progress:
-        print(f"phantom: {len(jobs)}/{len(jobs)} scans", file=sys.stderr)
-
+    _run_jobs(_write_scan, [(str(out), seed, spec, slices, height, width) for spec in specs], workers, progress)
     left = sum(slices for spec in specs if spec.side == "LEFT")
     counts = dict(
         images=len(names), scans=len(specs), patients=patients, left_images=left, right_images=len(names) - left
@@ -812,6 +915,235 @@ def generate(out_dir, *, patients=40, seed=0, slices=40, height=HEIGHT, width=WI
     meta_path.write_text(json.dumps(dict(parameters=params, counts=counts), indent=2) + "\n")
     partial.unlink()
     return paths
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Volumes: a scan as a DICOM series or a NIfTI file
+# --------------------------------------------------------------------------------------------------------------------
+SLAB_MM = 112.0  # left-right extent of a scan's slices: OAI's sagittal DESS is 160 slices of 0.7 mm
+PLANES = ("sagittal", "coronal", "axial")
+VOLUME_FORMATS = ("png", "dicom", "nifti")
+
+# Directions in DICOM's patient frame (LPS: x towards the patient's left, y posterior, z superior) of image right (the
+# column index), image down (the row index) and the next slice, for a RIGHT knee; a LEFT knee is its mirror image, so
+# its image right is reversed. "sagittal" is what the pictures show: anterior to the image left, superior up, slices
+# from the patient's right to left. The other two record the same pixels with a wrong geometry: test data for
+# readers that must refuse non-sagittal scans.
+_PLANE_AXES = {
+    "sagittal": ((0.0, 1.0, 0.0), (0.0, 0.0, -1.0), (1.0, 0.0, 0.0)),
+    "coronal": ((1.0, 0.0, 0.0), (0.0, 0.0, -1.0), (0.0, 1.0, 0.0)),
+    "axial": ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ScanGeometry:
+    """Where the voxels of a scan lie in the patient, in DICOM's patient frame (LPS, mm), centred on the origin.
+
+    Args:
+        right: tuple of 3 floats. Unit vector of image right (increasing column index).
+        down: tuple of 3 floats. Unit vector of image down (increasing row index).
+        through: tuple of 3 floats. Unit vector from one slice to the next.
+        pixel_mm: float. Pixel spacing, rows and columns alike: the field of view (FOV_MM) over the width.
+        slice_mm: float. Distance between slice centres, also recorded as the slice thickness.
+        shape: tuple of 3 ints. (slices, rows, columns).
+    """
+
+    right: tuple
+    down: tuple
+    through: tuple
+    pixel_mm: float
+    slice_mm: float
+    shape: tuple
+
+    def position(self, k):
+        """ImagePositionPatient of slice k: the centre of its top-left pixel, mm (rounded to 0.1 micrometre)."""
+        n, rows, cols = self.shape
+        steps = (-(cols - 1) / 2 * self.pixel_mm, -(rows - 1) / 2 * self.pixel_mm, (k - (n - 1) / 2) * self.slice_mm)
+        return tuple(round(sum(s * a[i] for s, a in zip(steps, (self.right, self.down, self.through))), 4) + 0.0
+                     for i in range(3))
+
+    def affine(self):
+        """NIfTI affine (RAS+, mm) of the volume data[row, column, slice]: voxel (0, 0, k) is slice k's position."""
+        ras = np.diag([-1.0, -1.0, 1.0])  # LPS to RAS
+        affine = np.eye(4)
+        affine[:3, 0] = ras @ np.multiply(self.down, self.pixel_mm)
+        affine[:3, 1] = ras @ np.multiply(self.right, self.pixel_mm)
+        affine[:3, 2] = ras @ np.multiply(self.through, self.slice_mm)
+        affine[:3, 3] = ras @ np.asarray(self.position(0))
+        return affine
+
+
+def scan_geometry(shape, *, side, plane="sagittal"):
+    """The `ScanGeometry` of a scan of `shape` (slices, rows, columns) of a "LEFT" or "RIGHT" knee.
+
+    The slices span SLAB_MM whatever their number; the pixels span FOV_MM across the width. `plane` other than
+    "sagittal" records a deliberately wrong orientation (see _PLANE_AXES).
+    """
+    if side not in ("LEFT", "RIGHT"):
+        raise ValueError(f"side must be 'LEFT' or 'RIGHT', got {side!r}")
+    if plane not in PLANES:
+        raise ValueError(f"plane must be one of {', '.join(PLANES)}, got {plane!r}")
+    n, rows, cols = (int(x) for x in shape)
+    right, down, through = _PLANE_AXES[plane]
+    if side == "LEFT":
+        right = tuple(-x + 0.0 for x in right)  # the mirror image: anterior to the image right
+    return ScanGeometry(right, down, through, round(FOV_MM / cols, 6), round(SLAB_MM / n, 4), (n, rows, cols))
+
+
+def _optional(fmt):
+    """The optional package (requirements-dev.txt) that writes `fmt`: pydicom 3 for "dicom", nibabel for "nifti"."""
+    name, needs = ("pydicom", "pydicom 3 or later: pip install 'pydicom>=3'") if fmt == "dicom" else (
+        "nibabel", "nibabel: pip install nibabel")
+    try:
+        module = importlib.import_module(name)  # heavy and optional: imported only to write volumes
+    except ImportError:
+        module = None
+    if module is None or (name == "pydicom" and int(module.__version__.split(".")[0]) < 3):
+        raise ImportError(f"writing {'DICOM' if fmt == 'dicom' else 'NIfTI'} needs {needs}")
+    return module
+
+
+def _check_scan(pixels):
+    pixels = np.asarray(pixels)
+    if pixels.ndim != 3 or pixels.dtype != np.uint8 or 0 in pixels.shape:
+        raise ValueError(f"a scan must be a (slices, rows, columns) uint8 array, got {pixels.dtype} {pixels.shape}")
+    return pixels
+
+
+def _write_atomic(path, data):
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_dicom_series(folder, pixels, *, side, patient, seed, visit=0, plane="sagittal"):
+    """Writes a scan as a DICOM series, one MR Image Storage file per slice, and returns the paths in slice order.
+
+    Each file records the slice's geometry (ImagePositionPatient, ImageOrientationPatient, PixelSpacing,
+    SliceThickness, SpacingBetweenSlices: see `scan_geometry`), Laterality and ImageLaterality ("L" / "R"), and its
+    8-bit MONOCHROME2 pixels. The UIDs are derived from (seed, patient, visit, side, plane), so the same arguments
+    write the same bytes. Each file is named "<SOPInstanceUID>.dcm", as PACS exports often are: listed by name, the
+    files are never in slice order, so a reader has to sort them by their geometry; several series can share a
+    folder.
+
+    Args:
+        folder: str or Path. Folder to write into (created if missing); files of the same names are replaced.
+        pixels: uint8 array (slices, rows, columns). The scan, e.g. from `scan_pixels`.
+        side: str. "LEFT" or "RIGHT".
+        patient: str. PatientID and PatientName.
+        seed: int. The seed that made the scan; it feeds the UIDs.
+        visit: int. Visit number; it feeds the study's UID. Defaults to 0.
+        plane: str. "sagittal" (true) or "coronal" / "axial" (a deliberately wrong geometry). Defaults to "sagittal".
+    """
+    pydicom = _optional("dicom")
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    pixels = _check_scan(pixels)
+    geometry = scan_geometry(pixels.shape, side=side, plane=plane)
+    key = ["phantom.py", str(seed), str(patient), str(visit)]
+    study = generate_uid(entropy_srcs=key)
+    series = generate_uid(entropy_srcs=key + [side, plane])
+    frame_of_reference = generate_uid(entropy_srcs=key + [side, "frame of reference"])
+    sops = [generate_uid(entropy_srcs=[series, str(k)]) for k in range(len(pixels))]
+    if len(sops) > 1 and sops == sorted(sops):  # the file names would list in slice order (1 in n! series)
+        sops.reverse()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, (frame, sop) in enumerate(zip(pixels, sops)):
+        ds = pydicom.Dataset()
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
+        ds.file_meta.MediaStorageSOPInstanceUID = sop
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        _dicom_header(ds, geometry, k, side=side, patient=patient, plane=plane)
+        ds.update(dict(SOPClassUID=MRImageStorage, SOPInstanceUID=sop, StudyInstanceUID=study,
+                       SeriesInstanceUID=series, FrameOfReferenceUID=frame_of_reference))
+        ds.PixelData = frame.tobytes() + b"\0" * (frame.size % 2)  # even length, as DICOM requires
+        buffer = pydicom.filebase.DicomBytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        paths.append(folder / f"{sop}.dcm")
+        _write_atomic(paths[-1], buffer.getvalue())
+    return paths
+
+
+def _dicom_header(ds, geometry, k, *, side, patient, plane):
+    """The attributes of slice k of a scan that are not UIDs or pixels (MR Image IOD; type 2 ones left empty)."""
+    _, rows, cols = geometry.shape
+    letter = side[0]  # "L" or "R"
+    ds.update(dict(
+        ImageType=["DERIVED", "SECONDARY", "OTHER"], Modality="MR", Manufacturer="phantom.py",
+        SeriesDescription=f"SAG_3D_DESS_WE ({plane} geometry)" if plane != "sagittal" else "SAG_3D_DESS_WE",
+        PatientName=str(patient), PatientID=str(patient), PatientBirthDate="", PatientSex="",
+        StudyDate="", StudyTime="", StudyID="1", AccessionNumber="", ReferringPhysicianName="",
+        SeriesNumber=1, InstanceNumber=k + 1, BodyPartExamined="KNEE", Laterality=letter, ImageLaterality=letter,
+        ScanningSequence="GR", SequenceVariant="SS", ScanOptions="", MRAcquisitionType="3D",
+        PositionReferenceIndicator="",
+        ImagePositionPatient=list(geometry.position(k)),
+        ImageOrientationPatient=[*geometry.right, *geometry.down],
+        PixelSpacing=[geometry.pixel_mm, geometry.pixel_mm],
+        SliceThickness=geometry.slice_mm, SpacingBetweenSlices=geometry.slice_mm,
+        SamplesPerPixel=1, PhotometricInterpretation="MONOCHROME2", Rows=rows, Columns=cols,
+        BitsAllocated=8, BitsStored=8, HighBit=7, PixelRepresentation=0,
+    ))
+
+
+def write_nifti(path, pixels, *, side, plane="sagittal"):
+    """Writes a scan as a NIfTI-1 volume (gzip-compressed if `path` ends in ".gz") and returns the path.
+
+    The data is stored as AKOA's volumes are cut into PNGs: data[:, :, k] is slice k, array axis 0 the image rows;
+    the affine (qform and sform, code "scanner") is `scan_geometry(...).affine()`, so that for a sagittal scan
+    nibabel.aff2axcodes gives "I", "P" (RIGHT knee) or "A" (LEFT knee), and "L": the slices run along the
+    left-right axis. The gzip stream has no time stamp, so the same scan writes the same bytes.
+
+    Args:
+        path: str or Path. File to write (its folder must exist).
+        pixels: uint8 array (slices, rows, columns). The scan, e.g. from `scan_pixels`.
+        side: str. "LEFT" or "RIGHT".
+        plane: str. "sagittal" (true) or "coronal" / "axial" (a deliberately wrong geometry). Defaults to "sagittal".
+    """
+    nibabel = _optional("nifti")
+    pixels = _check_scan(pixels)
+    affine = scan_geometry(pixels.shape, side=side, plane=plane).affine()
+    image = nibabel.Nifti1Image(np.ascontiguousarray(pixels.transpose(1, 2, 0)), affine)  # (rows, columns, slices)
+    image.set_qform(affine, code="scanner")
+    image.set_sform(affine, code="scanner")
+    image.header.set_xyzt_units("mm")
+    data = image.to_bytes()
+    path = Path(path)
+    _write_atomic(path, gzip.compress(data, compresslevel=6, mtime=0) if path.suffix == ".gz" else data)
+    return path
+
+
+def _write_volume(job):
+    out_dir, fmt, seed, spec, slices, height, width = job
+    pixels = scan_pixels(seed, spec, slices, height, width)
+    if fmt == "dicom":
+        write_dicom_series(Path(out_dir) / spec.stem(), pixels, side=spec.side, patient=spec.patient, seed=seed,
+                           visit=spec.visit)
+    else:
+        write_nifti(Path(out_dir) / f"{spec.stem()}.nii.gz", pixels, side=spec.side)
+    return slices
+
+
+def write_volumes(out_dir, fmt, *, patients=40, seed=0, slices=40, height=HEIGHT, width=WIDTH, workers=None,
+                  progress=True):
+    """Writes the scans `generate` would write as PNG slices, with the same pixels, as volumes; returns their paths.
+
+    fmt "dicom" writes one folder "<stem>" of DICOM files per scan (see `write_dicom_series`), "nifti" one file
+    "<stem>.nii.gz" (see `write_nifti`), where <stem> is the AKOA name of the scan (`ScanSpec.stem`). Existing files
+    of the same names are replaced; nothing is reused. The arguments are those of `generate`.
+    """
+    if fmt not in ("dicom", "nifti"):
+        raise ValueError(f"volume format must be 'dicom' or 'nifti', got {fmt!r}")
+    out = _output_folder(out_dir, slices, height, width, "volumes")
+    specs = plan_population(patients, seed)
+    _optional(fmt)  # fail here, not in a worker, without the package
+    out.mkdir(parents=True, exist_ok=True)
+    _run_jobs(_write_volume, [(str(out), fmt, seed, spec, slices, height, width) for spec in specs], workers, progress)
+    return sorted(out / (spec.stem() if fmt == "dicom" else f"{spec.stem()}.nii.gz") for spec in specs)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -900,7 +1232,7 @@ def _parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Write a synthetic AKOA-style set of sagittal knee MRI slices (left vs right knees)."
     )
-    parser.add_argument("out", type=Path, help="folder to write the PNG slices into")
+    parser.add_argument("out", type=Path, help="folder to write the PNG slices (or volumes) into")
     group = parser.add_argument_group("population")
     group.add_argument("--patients", type=int, default=40, help="number of patients (default: 40)")
     group.add_argument("--seed", type=int, default=0, help="seed of population and pictures (default: 0)")
@@ -908,6 +1240,9 @@ def _parse_args(argv=None):
     group = parser.add_argument_group("images")
     group.add_argument("--height", type=int, default=HEIGHT, help=f"image height (default: {HEIGHT})")
     group.add_argument("--width", type=int, default=WIDTH, help=f"image width (default: {WIDTH})")
+    group.add_argument("--format", choices=VOLUME_FORMATS, default="png",
+                       help="png: AKOA's flat folder of slices; dicom: a folder of DICOM files per scan (needs "
+                            "pydicom); nifti: a .nii.gz per scan (needs nibabel); the same pixels (default: png)")
     group = parser.add_argument_group("run")
     group.add_argument("--workers", type=int, default=None, help="processes (default: min(2, CPU count))")
     group.add_argument("--sheet", type=Path, default=None, help="also write a contact sheet PNG here (default: none)")
@@ -917,9 +1252,21 @@ def _parse_args(argv=None):
 
 def main(argv=None):
     parser, args = _parse_args(argv)
+    if args.sheet is not None and args.format != "png":
+        parser.error("--sheet needs --format png: the contact sheet is made of the PNG slices")
     start = time.perf_counter()
     try:
         specs = plan_population(args.patients, args.seed)
+        left = sum(spec.side == "LEFT" for spec in specs)
+        if args.format != "png":
+            paths = write_volumes(
+                args.out, args.format, patients=args.patients, seed=args.seed, slices=args.slices,
+                height=args.height, width=args.width, workers=args.workers,
+            )
+            kind = "DICOM series" if args.format == "dicom" else "NIfTI volumes"
+            print(f"wrote {len(paths):,} {kind} of {args.slices} slices to {args.out}: {args.patients} patients, "
+                  f"LEFT {left:,} / RIGHT {len(paths) - left:,} scans in {time.perf_counter() - start:.1f} s")
+            return
         names = [spec.filename(i) for spec in specs for i in range(args.slices)]
         params = _parameters(args.patients, args.seed, args.slices, args.height, args.width)
         reused = _reusable(args.out, params, [args.out / n for n in names])
@@ -928,7 +1275,7 @@ def main(argv=None):
             width=args.width, workers=args.workers,
         )
         seconds = time.perf_counter() - start
-        left = sum(args.slices for spec in specs if spec.side == "LEFT")
+        left *= args.slices
         done = f"reused {len(paths):,} images in" if reused else f"wrote {len(paths):,} images to"
         print(
             f"{done} {args.out}: {args.patients} patients, {len(specs)} scans, "
@@ -937,7 +1284,7 @@ def main(argv=None):
         if args.sheet is not None:
             contact_sheet(paths, args.sheet, per_side=args.sheet_per_side, seed=args.seed)
             print(f"wrote contact sheet {args.sheet}")
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, ImportError) as err:
         parser.exit(2, f"phantom.py: error: {err}\n")
 
 

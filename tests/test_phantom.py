@@ -1,8 +1,10 @@
-"""Tests of the synthetic AKOA-style knee set (phantom.py): names, balance, determinism, orientation, reuse, sheet."""
+"""Tests of the synthetic AKOA-style knee set (phantom.py): names, balance, determinism, orientation, reuse, sheet,
+and scans written as DICOM series and NIfTI volumes."""
 
 import dataclasses
 import hashlib
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -187,3 +189,75 @@ def test_command_line_writes_and_reports(tmp_path, capsys):
     with pytest.raises(SystemExit):
         phantom.main([str(tmp_path / "set"), "--patients", "0"])
     assert "patients must be at least 1" in capsys.readouterr().err
+
+
+def test_scan_pixels_are_the_png_slices(small_set):
+    folder, _ = small_set
+    spec = phantom.plan_population(3, 5)[-1]
+    pixels = phantom.scan_pixels(5, spec, 4)
+    assert pixels.shape == (4, 228, 260) and pixels.dtype == np.uint8
+    for k in range(4):
+        assert np.array_equal(pixels[k], np.asarray(Image.open(folder / spec.filename(k))))
+
+
+@pytest.mark.parametrize("side", ["RIGHT", "LEFT"])
+def test_dicom_series_records_a_sagittal_geometry(tmp_path, side):
+    pydicom = pytest.importorskip("pydicom")
+    pixels = np.random.default_rng(0).integers(0, 256, size=(4, 20, 30), dtype=np.uint8)
+    paths = phantom.write_dicom_series(tmp_path / "a", pixels, side=side, patient="OAI9000001", seed=7, visit=3)
+    again = phantom.write_dicom_series(tmp_path / "b", pixels, side=side, patient="OAI9000001", seed=7, visit=3)
+    assert [p.read_bytes() for p in paths] == [p.read_bytes() for p in again]  # deterministic, UIDs included
+    assert sorted(paths) != paths  # listed by name, the files are not in slice order
+    spacing = phantom.SLAB_MM / 4
+    headers = [pydicom.dcmread(p) for p in paths]
+    for k, ds in enumerate(headers):
+        assert ds.SOPClassUID == pydicom.uid.MRImageStorage and ds.Modality == "MR" and ds.PatientID == "OAI9000001"
+        assert paths[k].name == f"{ds.SOPInstanceUID}.dcm"
+        assert int(ds.InstanceNumber) == k + 1 and np.array_equal(ds.pixel_array, pixels[k])
+        assert (ds.PhotometricInterpretation, ds.BitsStored, ds.Rows, ds.Columns) == ("MONOCHROME2", 8, 20, 30)
+        assert ds.Laterality == ds.ImageLaterality == side[0]
+        # image right is posterior for a RIGHT knee (anterior to the image left), anterior for a LEFT one; down is
+        # inferior; so the slice normal is the patient's left-right axis
+        assert [float(x) for x in ds.ImageOrientationPatient] == [0, 1 if side == "RIGHT" else -1, 0, 0, 0, -1]
+        assert [float(x) for x in ds.PixelSpacing] == pytest.approx([phantom.FOV_MM / 30] * 2, abs=1e-6)
+        assert float(ds.SliceThickness) == float(ds.SpacingBetweenSlices) == pytest.approx(spacing)
+    positions = np.array([[float(x) for x in ds.ImagePositionPatient] for ds in headers])
+    assert np.allclose(np.diff(positions, axis=0), [[spacing, 0, 0]] * 3)  # from the patient's right to left
+    assert len({ds.SeriesInstanceUID for ds in headers}) == 1 and len({ds.SOPInstanceUID for ds in headers}) == 4
+    other = phantom.write_dicom_series(tmp_path / "c", pixels, side=side, patient="OAI9000001", seed=8, visit=3)
+    assert pydicom.dcmread(other[0]).SeriesInstanceUID != headers[0].SeriesInstanceUID
+
+
+def test_nifti_holds_slices_on_the_last_axis_with_a_sagittal_affine(tmp_path):
+    nibabel = pytest.importorskip("nibabel")
+    pixels = np.random.default_rng(0).integers(0, 256, size=(4, 20, 30), dtype=np.uint8)
+    for side, codes in (("RIGHT", ("I", "P", "L")), ("LEFT", ("I", "A", "L"))):
+        path = phantom.write_nifti(tmp_path / f"{side}.nii.gz", pixels, side=side)
+        image = nibabel.load(path)
+        assert nibabel.aff2axcodes(image.affine) == codes
+        assert image.header.get_zooms() == pytest.approx((phantom.FOV_MM / 30,) * 2 + (phantom.SLAB_MM / 4,), 1e-6)
+        data = np.asarray(image.dataobj)
+        assert data.dtype == np.uint8 and all(np.array_equal(data[:, :, k], pixels[k]) for k in range(4))
+        assert phantom.write_nifti(tmp_path / "again.nii.gz", pixels, side=side).read_bytes() == path.read_bytes()
+    axial = nibabel.load(phantom.write_nifti(tmp_path / "axial.nii", pixels, side="LEFT", plane="axial"))
+    assert nibabel.aff2axcodes(axial.affine)[2] == "S"
+    with pytest.raises(ValueError, match="plane must be one of"):
+        phantom.write_nifti(tmp_path / "x.nii", pixels, side="LEFT", plane="oblique")
+
+
+def test_command_line_writes_volumes(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("pydicom")
+    pytest.importorskip("nibabel")
+    specs = phantom.plan_population(2, 0)
+    phantom.main([str(tmp_path / "dcm"), "--patients", "2", "--slices", "3", "--format", "dicom", "--workers", "1"])
+    assert f"wrote {len(specs)} DICOM series of 3 slices" in capsys.readouterr().out
+    assert sorted(len(list((tmp_path / "dcm" / s.stem()).glob("*.dcm"))) for s in specs) == [3] * len(specs)
+    phantom.main([str(tmp_path / "nii"), "--patients", "2", "--slices", "3", "--format", "nifti", "--workers", "1"])
+    assert sorted(p.name for p in (tmp_path / "nii").iterdir()) == sorted(f"{s.stem()}.nii.gz" for s in specs)
+    with pytest.raises(SystemExit):
+        phantom.main([str(tmp_path / "x"), "--format", "nifti", "--sheet", str(tmp_path / "s.png")])
+    assert "--sheet needs --format png" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "pydicom", None)  # import pydicom now raises ImportError
+    with pytest.raises(SystemExit):
+        phantom.main([str(tmp_path / "y"), "--patients", "1", "--format", "dicom"])
+    assert "writing DICOM needs pydicom 3 or later: pip install 'pydicom>=3'" in capsys.readouterr().err
