@@ -16,8 +16,9 @@ edge slices are mostly muscle and fat.
 Variation (version 3). Real OAI scans differ in all of the following, and none of it says which knee it is, so
 each is drawn independently of the side. Version 2 drew narrow ranges (rotation +-6 deg, shift +-6 mm, scale
 0.92-1.08, weak shading), and logistic regression on the raw pixels then classified every test slice: the side was
-a fixed global pattern of bright and dark. With these ranges it scores far lower (README, "Results"; `bench/baselines.py`), while the side
-stays plain to the eye (docs/phantom_sheet.png) and to the models that see shapes.
+a fixed global pattern of bright and dark. With these ranges it scores far lower (README, "Results";
+`bench/baselines.py`), while the side stays plain to the eye (docs/phantom_sheet.png) and to the models that see
+shapes.
 - Patient (one draw per patient, shared by their scans): overall size 0.82-1.18 (normal, sd 0.08: adult knees);
   condyle radius 18.5-23.5 mm, patella half length 16-22 mm and half thickness 7.5-11 mm, tibial plateau half
   length 22-28 mm, all times the size; patella height -6 to +12 mm (baja to alta); subcutaneous fat 2-10 mm in
