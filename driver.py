@@ -20,7 +20,7 @@ is "uncertain"):
     scans/OAI9001236_BaseLine_3_de3d1_SAG_3D_DESS_WE_RIGHT.nii.gz      40  uncertain       0.7712  right     uncertain (right?)
     knee.dcm                                                           24  left            0.9930  left
     notes.png                                                           -  -                    -  -         failed: not-image: ...
-    5 scans (144 slices): 3 classified, 1 uncertain, 1 possible wrong-side label, 1 failed; 1 file could not be read
+    5 scans (144 slices): 3 classified, 1 uncertain, 1 possible wrong-side label, 1 failed; 1 input could not be classified
 
 Without INPUT, the test split recorded in the run's split.csv is classified and accuracy plus a confusion matrix
 (rows: true class, columns: predicted) are printed as `test split: accuracy A (correct/total images)`, then the
@@ -29,7 +29,10 @@ per-scan verdicts; the README gives the reference run's figures.
 Inputs: PNG, JPEG, TIFF and BMP files (preprocessed exactly as in training: `dataset.load_image` then
 `dataset.normalize`); DICOM (.dcm, .dicom, or any extensionless file with the DICM preamble; single- or multi-frame)
 through pydicom; NIfTI (.nii, .nii.gz) through nibabel. A DICOM or NIfTI file with more than one slice is a volume:
-each slice is classified and the volume is one scan (`--per-slice` shows each slice).
+each slice is classified and the volume is one scan (`--per-slice` shows each slice). Single-frame DICOM files of one
+folder that share a SeriesInstanceUID are one volume, sorted by position (inputs.group_dicom_series,
+volumes.read_dicom_series). A volume cut in another plane than sagittal (by its ImageOrientationPatient or NIfTI
+affine) is refused with one sentence naming the plane (inputs.check_plane); nothing is reoriented.
 NIfTI slices are taken along the stored array's last axis, as stored (no reorientation): slice k is
 `data[:, :, k]` with array axis 0 as image rows. That is how AKOA's PNGs were cut from their .nii.gz volumes
 (`..._LEFT.nii.gz_17.png` is slice 17), so a volume gives the pictures the model was trained on; reorienting to
@@ -203,8 +206,8 @@ class Result:
     """The outcome for one input.
 
     Args:
-        path: str. The input file.
-        kind: str. "image", "dicom" or "nifti".
+        path: str. The input file (a DICOM series: its name, see inputs.Input).
+        kind: str. "image", "dicom", "nifti" or "dicom-series".
         predicted: str | None. Most probable class (None when the input failed).
         probability: float | None. Calibrated probability of the predicted class (a volume: its scan rule).
         probabilities: list[float] | None. Every class's probability, in the run's class order.
@@ -214,6 +217,9 @@ class Result:
         error: str | None. Why the input could not be classified.
         slices: list[dict] | None. For a volume: {"slice", "predicted", "probability", "probabilities"} per slice.
         slice_probabilities: np.ndarray | None. (slices, classes) calibrated probabilities; one row for an image.
+        plane: str | None. "sagittal" (others are refused), or None when the input records no geometry.
+        orientation: str | None. The orientation codes of (rows, columns, slices), e.g. "IPL" (volumes.py).
+        files: tuple | None. A DICOM series' file of each slice, in slice order.
     """
 
     path: str
@@ -226,6 +232,9 @@ class Result:
     error: str | None = None
     slices: list | None = None
     slice_probabilities: object = None
+    plane: str | None = None
+    orientation: str | None = None
+    files: tuple | None = None
 
     @property
     def is_volume(self):
@@ -273,14 +282,15 @@ def classify(predictor, inputs, *, expect=None, workers=None, progress=False, ke
             for index, outcome in zip(indices, outcomes):
                 r = results[index]
                 failed = isinstance(outcome, InputError)
-                r.expected, r.expected_source = _expected(inputs[index], None if failed else outcome[1], classes,
+                r.expected, r.expected_source = _expected(inputs[index], None if failed else outcome.side, classes,
                                                           expect)
                 if failed:
                     r.error = str(outcome)
                     continue
+                r.plane, r.orientation, r.files = outcome.plane, outcome.codes, outcome.files
                 if keep_images:
-                    kept[index] = outcome[0]
-                pending.add(index, outcome[0])
+                    kept[index] = outcome.images
+                pending.add(index, outcome.images)
             bar.update(len(indices))
             if pending.count >= predictor.batch_size:
                 pending.flush()
@@ -296,7 +306,7 @@ def _default_workers():
 
 def _decoded_chunks(inputs, size, channels, workers, window):
     """Yields (input indices, decode outcomes) per chunk of _CHUNK inputs, in input order, while up to `window`
-    chunks decode ahead in a thread pool. An outcome is (images, header_side) or an InputError."""
+    chunks decode ahead in a thread pool. An outcome is an inputs.Decoded or an InputError."""
     chunks = [list(range(s, min(s + _CHUNK, len(inputs)))) for s in range(0, len(inputs), _CHUNK)]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
 
@@ -350,6 +360,7 @@ def _fill(r, probs, classes):
 
 # === Explaining ===
 def _explain_name(path, used):
+    """A file name in the --explain folder for input `path`, not yet in `used` (which it joins)."""
     base = os.path.basename(path)
     for ext in (".nii.gz",) + NIFTI_EXTENSIONS + DICOM_EXTENSIONS + (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"):
         if base.lower().endswith(ext):
@@ -383,11 +394,14 @@ def explain(loaded, inputs, results, images, out_dir, *, per_slice=False, progre
         except (InputError, dataset.DataError, OSError) as e:
             print(f"warning: no explanation for {item.path}: {e}", file=sys.stderr)
             continue
+        base = item.path
+        if item.kind == "dicom-series":  # "folder (series UID)" -> "folder.series-UID"
+            base = os.path.basename(os.path.dirname(os.path.abspath(item.files[0]))) + f".series-{item.series}"
         if k is None:
-            pred, prob, stem = r.predicted, r.probability, item.path
+            pred, prob, stem = r.predicted, r.probability, base
         else:
             s = r.slices[k]
-            pred, prob, stem = s["predicted"], s["probability"], f"{item.path}_slice{k}"
+            pred, prob, stem = s["predicted"], s["probability"], f"{base}_slice{k}"
         where = f" slice {k} of {len(r.slices)}" if k is not None else ""
         expected = f"   expected {r.expected} ({r.expected_source})" if r.expected else ""
         flagged = r.expected is not None and pred != r.expected

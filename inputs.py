@@ -1,12 +1,21 @@
-"""What driver.py classifies: finding the inputs (files, folders, globs; the test split of a run) and decoding each
-into uint8 slices the way training decoded its images (`dataset.load_image`; volumes through volumes.py).
+"""What driver.py classifies: finding the inputs (files, folders, globs; the test split of a run), gathering the
+single-frame DICOM files of one series into one input, and decoding each input into uint8 slices the way training
+decoded its images (`dataset.load_image`; volumes through volumes.py), after checking the plane it was cut in.
+
+The plane check: the model was trained on sagittal slices (volumes.py's docstring says how AKOA's slices lie). A DICOM
+or NIfTI input whose geometry says it is axial or coronal is refused, with one sentence naming its plane and
+orientation codes; it is never reoriented to make it fit. An input that records no geometry (PNG and other images, a
+DICOM file without ImageOrientationPatient, a NIfTI file whose qform and sform codes are 0) cannot be checked and is
+classified as it is; its plane is reported as unknown.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import glob
 import os
+import typing
 
 import numpy as np
 from PIL import Image
@@ -15,7 +24,10 @@ import dataset
 import runs
 from plots import display_size
 from errors import UsageError
-from volumes import DICOM_EXTENSIONS, NIFTI_EXTENSIONS, VolumeError, has_dicom_preamble, read_dicom, read_nifti
+from volumes import (DICOM_EXTENSIONS, NIFTI_EXTENSIONS, VolumeError, dicom_series_info, has_dicom_preamble,
+                     read_dicom_series, read_dicom_volume, read_nifti_volume)
+
+TRAINED_PLANE = "sagittal"
 
 
 class InputError(Exception):
@@ -28,14 +40,19 @@ class Input:
     """One file to classify.
 
     Args:
-        path: str. The file.
-        kind: str. "image", "dicom" or "nifti".
+        path: str. The file; for a DICOM series, its folder, followed by " (series <UID>)" when the folder holds
+            several series.
+        kind: str. "image", "dicom", "nifti" or "dicom-series".
         expected: str | None. A known label (the test split's), overriding what the file says.
+        files: tuple[str] | None. A DICOM series' files, in the order they were found (decoding sorts them).
+        series: str | None. A DICOM series' SeriesInstanceUID.
     """
 
     path: str
     kind: str
     expected: str | None = None
+    files: tuple | None = None
+    series: str | None = None
 
 
 def input_kind(path, *, sniff=True):
@@ -106,7 +123,42 @@ def find_inputs(specs):
             raise UsageError(f"{spec} does not exist; pass image files, folders or glob patterns.")
     if not inputs:
         raise UsageError(f"no supported files found in {', '.join(map(str, specs))}; supported: {_supported()}.")
-    return inputs, ignored
+    return group_dicom_series(inputs), ignored
+
+
+def group_dicom_series(inputs):
+    """Replaces the single-frame DICOM files of one folder that share a SeriesInstanceUID (two or more) by one
+    "dicom-series" Input, at the place of the series' first file; every other input stays as it is.
+
+    Files are gathered per folder, as exports keep a series: a copy of a series in another folder is another scan,
+    not a set of duplicate slices. A file whose header cannot be read (or without pydicom) stays on its own, and
+    decoding it gives the reason. A multi-frame file is a volume by itself and never joins a series.
+    """
+    members = {}
+    for i, item in enumerate(inputs):
+        if item.kind != "dicom":
+            continue
+        try:
+            uid, frames = dicom_series_info(item.path)
+        except VolumeError:
+            continue
+        if uid and frames == 1:
+            members.setdefault((os.path.dirname(item.path), uid), []).append(i)
+    series = {key: idx for key, idx in members.items() if len(idx) > 1}
+    per_folder = collections.Counter(folder for folder, _ in series)
+    first = {idx[0]: key for key, idx in series.items()}
+    joined = {i for idx in series.values() for i in idx}
+    out = []
+    for i, item in enumerate(inputs):
+        if i in first:
+            folder, uid = first[i]
+            name = folder or "."
+            if per_folder[folder] > 1:
+                name += f" (series {uid})"
+            out.append(Input(name, "dicom-series", files=tuple(inputs[j].path for j in series[first[i]]), series=uid))
+        elif i not in joined:
+            out.append(item)
+    return out
 
 
 # === Decoding ===
@@ -117,36 +169,70 @@ def _slice_to_uint8(array2d, size, channels):
         raise InputError(str(e)) from None
 
 
-def read_slices(item):
-    """Raw 2-D slices of a DICOM or NIfTI input and the side its header states (None for NIfTI)."""
+class Decoded(typing.NamedTuple):
+    """A decoded input: uint8 images (n, height, width, channels) and what its header says.
+
+    side: "left" / "right" from a DICOM header, or None. plane, codes: see volumes.Volume (None without geometry).
+    files: a DICOM series' file of each image, in slice order; else None.
+    """
+
+    images: np.ndarray
+    side: str | None = None
+    plane: str | None = None
+    codes: str | None = None
+    files: tuple | None = None
+
+
+def read_volume(item):
+    """The volumes.Volume of a DICOM, NIfTI or DICOM-series input, read as stored (never reoriented).
+
+    Raises:
+        InputError: with volumes.py's reason.
+    """
     try:
         if item.kind == "dicom":
-            return read_dicom(item.path)
-        return read_nifti(item.path), None
+            return read_dicom_volume(item.path)
+        if item.kind == "dicom-series":
+            return read_dicom_series(item.files)
+        return read_nifti_volume(item.path)
     except VolumeError as e:
         raise InputError(str(e)) from None
+
+
+def check_plane(volume):
+    """Refuses a volume cut in another plane than the model was trained on (see the module docstring).
+
+    Raises:
+        InputError: naming the plane and orientation codes.
+    """
+    if volume.plane is not None and volume.plane != TRAINED_PLANE:
+        raise InputError(f"it is {'an' if volume.plane[0] in 'aeiou' else 'a'} {volume.plane} scan (orientation "
+                         f"{volume.codes}) and the model was trained on {TRAINED_PLANE} slices; pass the knee's "
+                         f"{TRAINED_PLANE} series (inputs are never reoriented)")
 
 
 def decode(item, size, channels):
     """Decodes one input to uint8 (n, height, width, channels): n = 1 for an image, one per slice for a volume.
 
     Returns:
-        (images, header_side).
+        Decoded.
 
     Raises:
-        InputError: with the reason.
+        InputError: with the reason (an axial or coronal volume: see `check_plane`).
     """
     if item.kind == "image":
         try:
-            return dataset.load_image(item.path, size=size, channels=channels)[None], None
+            return Decoded(dataset.load_image(item.path, size=size, channels=channels)[None])
         except dataset.DataError as e:
             text = str(e)
             prefix = f"cannot use image {item.path}: "
             raise InputError((text[len(prefix):] if text.startswith(prefix) else text).rstrip(".")) from None
-    slices, side = read_slices(item)
-    if not slices:
+    volume = read_volume(item)
+    check_plane(volume)
+    if not volume.frames:
         raise InputError("the volume has no slices")
-    return np.stack([_slice_to_uint8(s, size, channels) for s in slices]), side
+    images = np.stack([_slice_to_uint8(s, size, channels) for s in volume.frames])
+    return Decoded(images, volume.side, volume.plane, volume.codes, volume.sources)
 
 
 def decode_chunk(items, size, channels):
@@ -188,6 +274,5 @@ def display_image(item, slice_index=None):
         with Image.open(item.path) as im:
             w, h = im.size
         return dataset.load_image(item.path, size=display_size(h, w), channels=1)[..., 0]
-    slices, _ = read_slices(item)
-    s = slices[slice_index or 0]
+    s = read_volume(item).frames[slice_index or 0]
     return _slice_to_uint8(s, display_size(*s.shape[:2]), 1)[..., 0]

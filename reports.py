@@ -32,7 +32,7 @@ def flag_label(r, classes):
 
 def _slice_rows(scan, classes):
     """(file, slice index, predicted, probability, probabilities) of every classified slice of a scan; the index of
-    an AKOA PNG is the slice number in its name ("" for another image)."""
+    an AKOA PNG is the slice number in its name ("" for another image); a DICOM series' slice names its own file."""
     for r in scan.members:
         if r.error is not None:
             continue
@@ -40,7 +40,7 @@ def _slice_rows(scan, classes):
         for k, q in enumerate(r.slice_probabilities):
             j = max(range(len(q)), key=lambda i: q[i])
             index = k if r.is_volume else ("" if info is None or info["slice"] is None else info["slice"])
-            yield r.path, index, classes[j], float(q[j]), [float(v) for v in q]
+            yield (r.files[k] if r.files else r.path), index, classes[j], float(q[j]), [float(v) for v in q]
 
 
 def format_table(scans, classes, *, per_slice=False):
@@ -81,7 +81,8 @@ def format_summary(counts, classes):
             f"{counts['classified']:,} classified, {counts['uncertain']:,} uncertain, {n:,} {what}"
             f"{'s' if n != 1 and sides else ''}, {counts['failed']:,} failed")
     if counts.get("failed_files"):
-        text += f"; {counts['failed_files']:,} file{'s' if counts['failed_files'] != 1 else ''} could not be read"
+        n = counts["failed_files"]
+        text += f"; {n:,} input{'s' if n != 1 else ''} could not be classified"
     if counts.get("ignored"):
         m = counts["ignored"]
         text += f" ({m:,} other file{'s' if m != 1 else ''} ignored: not a supported type)"
@@ -90,7 +91,8 @@ def format_summary(counts, classes):
 
 def _scan_dict(scan, classes):
     return {"scan": scan.name, "verdict": scan.verdict, "predicted": scan.predicted, "probability": scan.probability,
-            "probabilities": scan.probabilities, "slices_used": scan.slices, "expected": scan.expected,
+            "probabilities": scan.probabilities, "slices_used": scan.slices, "plane": scan.plane,
+            "orientation": scan.orientation, "expected": scan.expected,
             "expected_source": scan.expected_source, "agreement": scan.agreement, "flagged": scan.flagged,
             "failed_files": [{"file": r.path, "error": r.error} for r in scan.members if r.error is not None],
             "slices": [{"file": path, "slice": k, "predicted": predicted, "probability": probability,
@@ -100,10 +102,12 @@ def _scan_dict(scan, classes):
 def write_results(path, scans, classes, *, fmt, run, counts, settings):
     """Writes the results as CSV or JSON.
 
-    CSV: one row per scan (`level` "scan": verdict, calibrated probability, slices used, expected side and agreement),
-    then one row per slice (`level` "slice") and per file that failed (`level` "file").
+    CSV: one row per scan (`level` "scan": verdict, calibrated probability, slices used, plane and orientation codes,
+    expected side and agreement), then one row per slice (`level` "slice") and per file that failed (`level` "file").
+    Plane and orientation are empty for inputs that record no geometry (images); see inputs.py and volumes.py.
     JSON (schema 2): {"schema", "run", "classes", "settings", "summary", "scans": [{"scan", "verdict", "predicted",
-    "probability", "probabilities", "slices_used", "expected", "expected_source", "agreement", "flagged",
+    "probability", "probabilities", "slices_used", "plane", "orientation", "expected", "expected_source",
+    "agreement", "flagged",
     "failed_files": [{"file", "error"}], "slices": [{"file", "slice", "predicted", "probability",
     "probabilities"}]}]}.
     """
@@ -124,8 +128,9 @@ def write_results(path, scans, classes, *, fmt, run, counts, settings):
 def _csv_text(scans, classes):
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["level", "scan", "file", "slice", "verdict", "predicted", "probability", "slices_used",
-                     "expected", "expected_source", "agreement", "flag", "error", *[f"p_{c}" for c in classes]])
+    writer.writerow(["level", "scan", "file", "slice", "verdict", "predicted", "probability", "slices_used", "plane",
+                     "orientation", "expected", "expected_source", "agreement", "flag", "error",
+                     *[f"p_{c}" for c in classes]])
 
     def number(v):
         return "" if v is None else f"{v:.6f}"
@@ -133,14 +138,14 @@ def _csv_text(scans, classes):
     for s in scans:
         probs = s.probabilities or [None] * len(classes)
         writer.writerow(["scan", s.name, "", "", s.verdict, s.predicted or "", number(s.probability), s.slices,
-                         s.expected or "", s.expected_source or "", s.agreement,
+                         s.plane or "", s.orientation or "", s.expected or "", s.expected_source or "", s.agreement,
                          flag_label(s, classes) if s.flagged else "", "", *map(number, probs)])
         for path, k, predicted, probability, q in _slice_rows(s, classes):
-            writer.writerow(["slice", s.name, path, k, "", predicted, number(probability), "", s.expected or "",
+            writer.writerow(["slice", s.name, path, k, "", predicted, number(probability), "", "", "", s.expected or "",
                              s.expected_source or "", "", "", "", *map(number, q)])
         for r in s.members:
             if r.error is not None:
-                writer.writerow(["file", s.name, r.path, "", "failed", "", "", "", s.expected or "",
+                writer.writerow(["file", s.name, r.path, "", "failed", "", "", "", "", "", s.expected or "",
                                  s.expected_source or "", "failed", "", r.error, *[""] * len(classes)])
     return buf.getvalue()
 

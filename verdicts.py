@@ -1,7 +1,8 @@
 """One verdict per scan: which inputs belong to one scan, the scan's calibrated probability, and whether it is a side,
 "uncertain", or a possible wrong-side label.
 
-Scans: a NIfTI file, a multi-frame DICOM file or a DICOM series is one scan by itself; AKOA slice PNGs are grouped by
+Scans: a NIfTI file, a multi-frame DICOM file or a DICOM series (its single-frame files gathered by
+SeriesInstanceUID: inputs.group_dicom_series) is one scan by itself; AKOA slice PNGs are grouped by
 the volume named in their file name (patient, visit, side: `OAI9001234_BaseLine_3_..._LEFT.nii.gz_7.png` is slice 7
 of `OAI9001234_BaseLine_3_..._LEFT.nii.gz`) within their folder; any other image is a scan of one slice.
 
@@ -42,6 +43,8 @@ class Scan:
         failed: int. Member inputs that could not be classified.
         expected, expected_source: str | None. The side the scan should be, and where that came from.
         flagged: bool. A confident verdict that disagrees with the expected side.
+        plane, orientation: str | None. The plane ("sagittal": others are refused) and orientation codes its
+            classified members record (volumes.py); None when they record no geometry (images) or disagree.
     """
 
     name: str
@@ -55,6 +58,8 @@ class Scan:
     expected: str | None = None
     expected_source: str | None = None
     flagged: bool = False
+    plane: str | None = None
+    orientation: str | None = None
 
     @property
     def agreement(self):
@@ -103,6 +108,9 @@ def verdict(scan, classes, min_confidence):
         scan.expected, scan.expected_source = next(iter(expected))
     if not ok:
         return scan
+    geometry = {(r.plane, r.orientation) for r in ok}
+    if len(geometry) == 1:
+        scan.plane, scan.orientation = next(iter(geometry))
     probs = np.concatenate([np.asarray(r.slice_probabilities, np.float64) for r in ok])
     p = metrics.scan_probabilities(probs)
     k = int(np.argmax(p))

@@ -6,7 +6,8 @@
     volume = read_dicom_volume("knee.dcm")   # Volume(frames, side, plane, codes): read_dicom's, plus the geometry
     volume = read_nifti_volume("knee.nii")   # Volume(frames, None, plane, codes): read_nifti's, plus the geometry
     uid = dicom_series_uid(path)             # group a folder's single-frame files by series, then read each group:
-    volume = read_dicom_series(paths)        # Volume of the series' slices, sorted by their position
+    volume = read_dicom_series(paths)        # Volume of the series' slices, sorted by their position (and .sources,
+                                             # the file of each slice)
 
 pydicom and nibabel are optional extras (requirements-dev.txt), imported only when such a file is read; without them
 the reader raises VolumeError naming the package to install.
@@ -61,12 +62,14 @@ class Volume:
         plane: str or None. "sagittal", "coronal" or "axial": the plane the slices were cut in; None without geometry.
         codes: str or None. Orientation codes of (rows, columns, slices), e.g. "IPL" (see the module docstring);
             None without geometry.
+        sources: tuple or None. For a DICOM series, the file each frame came from (frame order); else None.
     """
 
     frames: list
     side: str | None
     plane: str | None
     codes: str | None
+    sources: tuple | None = None
 
 
 def has_dicom_preamble(path):
@@ -257,8 +260,22 @@ def dicom_series_uid(path):
     Raises:
         VolumeError: without pydicom 3, or for an unreadable file.
     """
-    uid = _read_dataset(path, stop_before_pixels=True).get("SeriesInstanceUID")
-    return str(uid) if uid else None
+    return dicom_series_info(path)[0]
+
+
+def dicom_series_info(path):
+    """(SeriesInstanceUID or None, number of frames) of a DICOM file, read without its pixels.
+
+    Raises:
+        VolumeError: without pydicom 3, or for an unreadable file.
+    """
+    ds = _read_dataset(path, stop_before_pixels=True)
+    uid = ds.get("SeriesInstanceUID")
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        frames = 1
+    return (str(uid) if uid else None), frames
 
 
 def read_dicom_series(paths):
@@ -306,7 +323,8 @@ def read_dicom_series(paths):
     sides = {_dicom_side(ds) for ds in datasets} - {None}
     if len(sides) > 1:
         raise VolumeError(f"the files of series {uid} disagree on the side: some say left, some right")
-    return Volume(frames, sides.pop() if sides else None, *_plane_and_codes(column, row, through))
+    return Volume(frames, sides.pop() if sides else None, *_plane_and_codes(column, row, through),
+                  sources=tuple(str(paths[i]) for i in order))
 
 
 def _series_member(path):

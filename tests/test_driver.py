@@ -4,6 +4,7 @@ Run folders are built directly with the runs/modules APIs (config.json + split.c
 so no training is needed; the models have random or hand-set weights.
 """
 
+import csv
 import json
 import os
 import shutil
@@ -136,7 +137,8 @@ def test_slices_of_one_scan_get_one_verdict_and_a_left_scan_called_right_is_flag
     proc = _cli(*left, "--run", env["right"], "--expect", "right", "--results-file", tmp_path / "r.csv")
     assert "0 possible wrong-side labels" in proc.stdout
     rows = (tmp_path / "r.csv").read_text().splitlines()
-    assert rows[0].startswith("level,scan,file,slice,verdict,predicted,probability,slices_used,expected")
+    assert rows[0].startswith("level,scan,file,slice,verdict,predicted,probability,slices_used,plane,orientation,"
+                              "expected")
     assert [r.split(",")[0] for r in rows[1:]] == ["scan"] + ["slice"] * 4
     assert ",right,--expect,agrees," in rows[1]
 
@@ -150,8 +152,11 @@ def test_an_uncertain_scan_is_never_a_side_and_never_flagged(env, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "1 scan (4 slices): 0 classified, 1 uncertain, 0 possible wrong-side labels, 0 failed" in proc.stdout
     assert "uncertain (right?)" in proc.stdout and "WRONG SIDE?" not in proc.stdout
-    scan_row = (tmp_path / "r.csv").read_text().splitlines()[1].split(",")
-    assert scan_row[4:7] == ["uncertain", "right", f"{1 / (1 + np.exp(-0.5)):.6f}"] and scan_row[10] == "uncertain"
+    with open(tmp_path / "r.csv", newline="") as f:
+        scan_row = next(csv.DictReader(f))
+    assert (scan_row["level"], scan_row["verdict"], scan_row["predicted"], scan_row["agreement"]) == (
+        "scan", "uncertain", "right", "uncertain")
+    assert scan_row["probability"] == f"{1 / (1 + np.exp(-0.5)):.6f}"
     assert _cli(*left, "--run", lean, "--strict").returncode == 0  # uncertain is not a wrong side
     assert _cli(*left, "--run", lean, "--strict", "uncertain").returncode == driver.EXIT_UNCERTAIN
     # a lower threshold makes the same scan a confident right: now it is a wrong side
@@ -215,7 +220,8 @@ def test_dicom_and_nifti_volumes_classify(env, tmp_path):
     vol = _volume(left)  # (slices, rows, cols)
     _write_dicom(tmp_path / "multi.dcm", vol, ImageLaterality="R")  # header says right, the pixels are left knees
     _write_dicom(tmp_path / "single", vol[:1], ImageLaterality="L")  # extensionless: found by its DICM preamble
-    nibabel.save(nibabel.Nifti1Image(np.transpose(vol, (1, 2, 0)).astype(np.int16), np.eye(4)),
+    sagittal = phantom.scan_geometry(vol.shape, side="LEFT").affine()  # an axial one would be refused
+    nibabel.save(nibabel.Nifti1Image(np.transpose(vol, (1, 2, 0)).astype(np.int16), sagittal),
                  str(tmp_path / "knee_LEFT.nii.gz"))
     inputs, _ = driver.find_inputs([tmp_path])
     assert sorted((os.path.basename(i.path), i.kind) for i in inputs) == [
@@ -238,6 +244,114 @@ def test_dicom_and_nifti_volumes_classify(env, tmp_path):
     Image.fromarray(vol[0].astype(np.uint16)).save(tmp_path / "slice16.png")
     np.testing.assert_array_equal(dataset.load_image(tmp_path / "slice16.png", (SIZE, SIZE), 3),
                                   dataset.array_to_uint8_image(vol[0], (SIZE, SIZE), 3))
+
+
+def _phantom_scan(env, side):
+    """(spec, its uint8 pixels (4, 64, 72), its PNG paths in slice order) of the env set's first scan of `side`."""
+    names = {os.path.basename(p): p for p in env["paths"]}
+    for spec in phantom.plan_population(8, 0):
+        if spec.side == side and spec.filename(0) in names:
+            return spec, phantom.scan_pixels(0, spec, 4, 64, 72), [names[spec.filename(k)] for k in range(4)]
+    raise AssertionError(f"no {side} scan in the env set")
+
+
+def _instance_numbers(paths):
+    import pydicom
+
+    return [int(pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber) for p in paths]
+
+
+def test_dicom_series_become_one_scan_each_with_their_slices_in_position_order(env, tmp_path):
+    """Two series in one folder, a copy of one in another folder, a multi-frame file and a damaged file beside them:
+    each series is one scan whose slices are the phantom's in slice order (its files are named by UID, out of order)."""
+    pytest.importorskip("pydicom")
+    loaded = env["loaded"]
+    left, left_pixels, left_pngs = _phantom_scan(env, "LEFT")
+    right, right_pixels, right_pngs = _phantom_scan(env, "RIGHT")
+    both, copy = tmp_path / "both", tmp_path / "copy"
+    left_files = phantom.write_dicom_series(both, left_pixels, side="LEFT", patient=left.patient, seed=0)
+    phantom.write_dicom_series(both, right_pixels, side="RIGHT", patient=right.patient, seed=0)
+    assert _instance_numbers(sorted(left_files)) != [1, 2, 3, 4]  # listed by name, the files are out of order
+    shutil.copytree(both, copy, ignore=lambda d, names: [n for n in names if n not in map(os.path.basename,
+                                                                                          map(str, left_files))])
+    _write_dicom(both / "multi.dcm", left_pixels, ImageLaterality="L")
+    (both / "damaged.dcm").write_bytes(b"DICM but not really")
+    inputs, _ = driver.find_inputs([both, copy])
+    kinds = sorted((i.kind, os.path.basename(i.path).split(" ")[0]) for i in inputs)
+    assert kinds == [("dicom", "damaged.dcm"), ("dicom", "multi.dcm"), ("dicom-series", "both"),
+                     ("dicom-series", "both"), ("dicom-series", "copy")]
+    series = [i for i in inputs if i.kind == "dicom-series"]
+    assert all(" (series " in i.path for i in series[:2]) and series[2].path == str(copy)  # a UID only to tell apart
+    assert sorted(len(i.files) for i in series) == [4, 4, 4]
+    results = driver.classify(driver.Predictor(loaded), inputs)
+    by_name = {r.path: r for r in results}
+    png_probs = {side: driver.Predictor(loaded).probabilities(np.stack(
+        [dataset.load_image(p, (SIZE, SIZE), 3) for p in pngs])) for side, pngs in (("left", left_pngs),
+                                                                                    ("right", right_pngs))}
+    for r in results:
+        if r.kind != "dicom-series":
+            continue
+        side = r.expected
+        assert r.error is None and r.expected_source == "DICOM header" and side in ("left", "right")
+        assert (r.plane, r.orientation) == ("sagittal", "IAL" if side == "left" else "IPL")
+        assert _instance_numbers(r.files) == [1, 2, 3, 4]  # each slice names its file, in position order
+        np.testing.assert_allclose(r.slice_probabilities, png_probs[side], atol=1e-5)  # the PNG slices, in order
+    multi = by_name[str(both / "multi.dcm")]  # no series UID, no geometry: a volume of its own, plane unknown
+    assert multi.error is None and len(multi.slices) == 4 and multi.plane is None
+    assert by_name[str(both / "damaged.dcm")].error.startswith("not a readable DICOM file")
+    scans = verdicts.group(results, loaded.classes, 0.5)
+    assert len(scans) == 5 and sum(s.verdict == "failed" for s in scans) == 1
+
+
+def test_axial_and_coronal_inputs_are_refused_in_one_sentence_and_the_batch_goes_on(env, tmp_path):
+    pytest.importorskip("pydicom")
+    pytest.importorskip("nibabel")
+    spec, pixels, _ = _phantom_scan(env, "LEFT")
+    batch = tmp_path / "batch"
+    phantom.write_dicom_series(batch / "axial", pixels, side="LEFT", patient=spec.patient, seed=0, plane="axial")
+    phantom.write_nifti(batch / "coronal_LEFT.nii.gz", pixels, side="LEFT", plane="coronal")
+    phantom.write_nifti(batch / "sagittal_LEFT.nii.gz", pixels, side="LEFT")
+    phantom.write_dicom_series(batch / "sagittal", pixels, side="LEFT", patient=spec.patient, seed=0)
+    proc = _cli(batch, "--run", env["run"], "--results-file", tmp_path / "r.csv")
+    assert proc.returncode == driver.EXIT_FAILED, proc.stderr
+    assert "4 scans (8 slices): 2 classified" in proc.stdout and ", 2 failed" in proc.stdout
+    lines = proc.stdout.splitlines()
+    axial = next(line for line in lines if line.split()[0].endswith(os.path.join("batch", "axial")))
+    coronal = next(line for line in lines if "coronal_LEFT" in line)
+    for line, plane in ((axial, "an axial"), (coronal, "a coronal")):
+        assert f"failed: it is {plane} scan (orientation " in line and "trained on sagittal slices" in line
+        assert ". " not in line.split("failed: ", 1)[1]  # one sentence
+    with open(tmp_path / "r.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["level"] == "scan"]
+    geometry = {os.path.basename(r["scan"]): (r["verdict"] != "failed", r["plane"], r["orientation"]) for r in rows}
+    assert geometry == {"axial": (False, "", ""), "coronal_LEFT.nii.gz": (False, "", ""),
+                        "sagittal_LEFT.nii.gz": (True, "sagittal", "IAL"), "sagittal": (True, "sagittal", "IAL")}
+
+
+@pytest.mark.slow
+def test_the_reference_runs_per_scan_verdicts_match_its_metrics_json(tmp_path):
+    """driver.py on goliath's test split (its 34 scans rendered again by the phantom, byte-identical) gives the images
+    and scans right that goliath/metrics.json reports."""
+    run = os.path.join(REPO, "goliath")
+    with open(os.path.join(run, runs.CONFIG)) as f:
+        made = json.load(f)["data"]["phantom"]
+    with open(os.path.join(run, runs.SPLIT), newline="") as f:
+        names = {os.path.basename(row["path"]) for row in csv.DictReader(f) if row["split"] == "test"}
+    specs = [s for s in phantom.plan_population(made["patients"], made["seed"]) if s.filename(0) in names]
+    for spec in specs:
+        for k, pixels in enumerate(phantom.scan_pixels(made["seed"], spec, made["slices"])):
+            Image.fromarray(pixels, mode="L").save(tmp_path / spec.filename(k))
+    proc = _cli("--data-root", tmp_path, "--results-file", tmp_path / "r.json", "--min-confidence", "0.5")
+    assert proc.returncode == 0, proc.stderr
+    saved = json.loads((tmp_path / "r.json").read_text())
+    with open(os.path.join(run, "metrics.json")) as f:
+        metrics_json = json.load(f)
+    scans = saved["scans"]
+    assert len(scans) == metrics_json["per_scan"]["total"] == len(specs)
+    assert sum(s["predicted"] == s["expected"] for s in scans) == metrics_json["per_scan"]["correct"]
+    assert sum(len(s["slices"]) for s in scans) == metrics_json["images"] == len(names)
+    right = sum(x["predicted"] == s["expected"] for s in scans for x in s["slices"])
+    assert right == metrics_json["correct"]
 
 
 def test_dicom_modality_lut_and_rescale_are_applied(tmp_path):
