@@ -15,6 +15,9 @@ Usage:
     python dataset.py summary DIR --manifest runs/x/split.csv   # reuse a saved split
     python dataset.py summary DIR --no-decode      # names only: quick, but cannot see corrupt files
 
+Exit status 0 when some image is usable; 2, with one sentence on stderr, when none is (an empty folder, or one whose
+every image was skipped: the summary still lists why) or for a usage error.
+
 Expected output for the AKOA-sized synthetic set (`python phantom.py data/akoa_like --patients 330`); the first run
 decodes every image (about 15-20 s on 2 busy cores) and fills the cache that training reuses at the same size and
 channels, later runs take about a second:
@@ -342,6 +345,9 @@ def main(argv=None):
         print("error: interrupted.", file=sys.stderr)
         return 130
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    if summary["images"] == 0:  # as for an empty folder: nothing here can be trained on
+        print(f"error: no usable image in {args.dir}; the reasons are listed above.", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -62,6 +62,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import io
 import math
 import os
 import pathlib
@@ -347,8 +348,16 @@ class _PendingBatch:
         self.images, self.owners, self.count = [], [], 0
 
 
+NON_FINITE = ("the model gave a non-finite output (NaN or infinity) for it, so it has no verdict; check the run's "
+              "weights")
+
+
 def _fill(r, probs, classes):
-    """Sets Result r's prediction from its slices' probabilities (n, classes); a volume's by the scan rule."""
+    """Sets Result r's prediction from its slices' probabilities (n, classes); a volume's by the scan rule. A
+    non-finite probability (damaged weights, an overflow) makes the input a failure, never a verdict."""
+    if not np.isfinite(probs).all():
+        r.error = NON_FINITE
+        return
     r.slice_probabilities = probs
     p = metrics.scan_probabilities(probs)
     if len(probs) > 1:
@@ -379,11 +388,7 @@ def explain(loaded, inputs, results, images, out_dir, *, per_slice=False, progre
     Returns:
         list[str] of the PNGs written.
     """
-    out_dir = pathlib.Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create the --explain folder {out_dir}: {e.strerror or e}.") from None
+    out_dir = make_explain_folder(out_dir)
     jobs = _explain_jobs(results, per_slice)
     used, written = set(), []
     for (i, k), maps in tqdm(zip(jobs, _attention_maps(loaded.model, images, jobs)), total=len(jobs),
@@ -494,8 +499,48 @@ def confidence_threshold(given, loaded, num_classes):
     return float(threshold)
 
 
+def check_outputs(args):
+    """Checks every output path before any work, so that a typo costs no classification: the --results-file folder
+    exists and the path is not a folder; the --explain folder is a folder (it is created now).
+
+    Raises:
+        UsageError: naming the option and the path.
+    """
+    if args.results_file:
+        path = pathlib.Path(args.results_file)
+        folder = path.parent if str(path.parent) else pathlib.Path(".")
+        if path.is_dir():
+            raise UsageError(f"--results-file {path} is a folder; pass a file name such as {path / 'results.csv'}.")
+        if not folder.is_dir():
+            raise UsageError(f"the folder of --results-file {path} does not exist; create it or pass another path.")
+        if not os.access(folder, os.W_OK):
+            raise UsageError(f"cannot write --results-file {path}: its folder is not writable.")
+    if args.explain is not None:
+        make_explain_folder(args.explain)
+
+
+def make_explain_folder(folder):
+    """Creates the --explain folder (and its parents) if needed; returns it as a Path.
+
+    Raises:
+        UsageError: when it is a file or cannot be created.
+    """
+    folder = pathlib.Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--explain {folder} is a file; pass a folder for the explanation images.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create the --explain folder {folder}: {e.strerror or e}.") from None
+    return folder
+
+
 def run(args, out=sys.stdout):
-    """Runs the command line; returns the exit status. Raises UsageError for mistakes the user can fix."""
+    """Runs the command line; returns the exit status. Raises UsageError for mistakes the user can fix.
+
+    The results file and the explanations are written before the table is printed, so a reader that closes the pipe
+    early (`driver.py scans/ --results-file r.csv | head`) loses nothing; the rest of the table is then dropped
+    quietly."""
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     if classes is not None and (len(set(classes)) != len(classes) or not all(classes)):
         raise UsageError(f"--classes {args.classes!r} must be distinct, non-empty names separated by commas.")
@@ -507,6 +552,7 @@ def run(args, out=sys.stdout):
     test_mode = not args.inputs
     if not test_mode:
         inputs, ignored = find_inputs(args.inputs)  # before loading: a typo fails at once
+    check_outputs(args)
     loaded = load(args.run, weights=args.weights, classes=classes)
     threshold = confidence_threshold(args.min_confidence, loaded, len(loaded.classes))
     if test_mode:
@@ -521,11 +567,12 @@ def run(args, out=sys.stdout):
     scans = verdicts.group(results, loaded.classes, threshold)
     counts = verdicts.counts(scans, ignored)
     where = args.run or DEFAULT_RUN
+    text = io.StringIO()  # printed last (see above)
     if test_mode:
-        counts.update(report_test_split(results, scans, loaded.classes, where, out))
+        counts.update(report_test_split(results, scans, loaded.classes, where, text))
     else:
-        print(format_table(scans, loaded.classes, per_slice=args.per_slice), file=out)
-    print(format_summary(counts, loaded.classes), file=out)
+        print(format_table(scans, loaded.classes, per_slice=args.per_slice), file=text)
+    print(format_summary(counts, loaded.classes), file=text)
     if progress:
         print(f"{counts['slices']:,} images in {seconds:.2f} s ({counts['slices'] / max(seconds, 1e-9):,.0f} "
               "images/s)", file=sys.stderr)
@@ -536,12 +583,25 @@ def run(args, out=sys.stdout):
         written = explain(loaded, inputs, results, images, args.explain, per_slice=args.per_slice,
                           progress=progress)
         print(f"wrote {len(written):,} explanation image{'s' if len(written) != 1 else ''} to {args.explain}",
-              file=out)
+              file=text)
+    _print_to_pipe(text.getvalue(), out)
     if args.strict and counts["flagged"]:
         return EXIT_WRONG_SIDE
     if args.strict == "uncertain" and counts["uncertain"]:
         return EXIT_UNCERTAIN
     return EXIT_FAILED if counts["failed"] or counts["failed_files"] else EXIT_OK
+
+
+def _print_to_pipe(text, out):
+    """Writes text to `out`; when the reader has gone (a closed pipe), drops the rest without a traceback."""
+    try:
+        out.write(text)
+        out.flush()
+    except BrokenPipeError:
+        if out is sys.stdout:  # Python flushes stdout again at exit: point it at /dev/null so that it stays quiet
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
 
 
 def main(argv=None):

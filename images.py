@@ -7,6 +7,11 @@ Pillow's antialiased bilinear filter; 16-bit and float images are scaled so that
 composited onto black; EXIF orientation is ignored (pixels as stored). `load_image` + `batches.normalize` is the whole
 preprocessing at inference.
 
+The cache: one entry per (ordered path list, each file's size and mtime, target size, channels, decoder version), a
+`.npy` of the pixels and a `.json` index written after it. The index records the count, dtype, shape and the SHA-256
+of the pixels; an entry that fails any check when read (damaged, truncated, overwritten) is decoded again and
+replaced, with a one-line warning, never used.
+
 A file that cannot be used is skipped with a reason `"<code>: <sentence>"`: missing, unreadable, empty, not-image,
 truncated, too-large or corrupt (dataset.py's docstring says what each means).
 
@@ -39,7 +44,7 @@ from records import DataError, _skip
 # === Constants ===
 DEFAULT_SIZE = (64, 64)  # (height, width)
 MAX_PIXELS = 64 * 1024 * 1024  # larger images are skipped as possible decompression bombs
-CACHE_VERSION = 1  # bump when decoding changes, to invalidate every cache entry
+CACHE_VERSION = 2  # bump when decoding or the cache format changes, to invalidate every cache entry (2: checksums)
 CACHE_KEEP = 8  # cache entries kept per cache folder (newest first)
 _RESAMPLE_NAME = "bilinear"  # Pillow's bilinear resize is antialiased (the filter widens when shrinking)
 _SERIAL_BELOW = 64  # fewer images than this are decoded in-process
@@ -251,30 +256,42 @@ def _cache_key(paths, size, channels, max_pixels):
     return h.hexdigest()[:40]
 
 
+def _pixels_sha256(images):
+    return hashlib.sha256(np.ascontiguousarray(images).data).hexdigest()
+
+
 def _cache_read(cache_dir, key, paths, size, channels):
+    """(LoadResult, None) for a sound entry; (None, None) when there is none; (None, why) for a damaged one."""
     meta_path = os.path.join(cache_dir, key + ".json")
+    if not os.path.exists(meta_path):
+        return None, None
     try:
         with open(meta_path, encoding="utf-8") as f:
             meta = json.load(f)
         images = np.load(os.path.join(cache_dir, key + ".npy"), allow_pickle=False)
-    except (OSError, ValueError, EOFError):  # missing or damaged: decode again
-        return None
+    except (OSError, ValueError, EOFError) as e:
+        return None, f"it cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    if not isinstance(meta, dict):
+        return None, "its index is not a JSON object"
     ok_index = np.asarray(meta.get("ok_index", []), dtype=np.int64)
-    if (meta.get("version") != CACHE_VERSION or meta.get("n") != len(paths) or images.dtype != np.uint8
-            or images.shape != (len(ok_index), size[0], size[1], channels)):
-        return None
+    if meta.get("version") != CACHE_VERSION or meta.get("n") != len(paths):
+        return None, "its index does not describe these images"
+    if images.dtype != np.uint8 or images.shape != (len(ok_index), size[0], size[1], channels):
+        return None, f"its pixels are {images.dtype} {images.shape}, not the images its index lists"
+    if meta.get("sha256") != _pixels_sha256(images):
+        return None, "its pixels do not match their recorded checksum"
     try:
         os.utime(meta_path)  # mark as recently used
     except OSError:
         pass
     skipped = [(paths[i], reason) for i, reason in meta.get("skipped", [])]
-    return LoadResult(images, [paths[i] for i in ok_index], ok_index, skipped, from_cache=True)
+    return LoadResult(images, [paths[i] for i in ok_index], ok_index, skipped, from_cache=True), None
 
 
 def _cache_write(cache_dir, key, images, ok_index, failed, n):
     """Writes images (.npy) then their index (.json), each atomically; the .json marks the entry complete."""
     os.makedirs(cache_dir, exist_ok=True)
-    meta = {"version": CACHE_VERSION, "n": n, "ok_index": [int(i) for i in ok_index],
+    meta = {"version": CACHE_VERSION, "n": n, "ok_index": [int(i) for i in ok_index], "sha256": _pixels_sha256(images),
             "skipped": [[int(i), r] for i, r in sorted(failed.items())], "created": time.time()}
     tag = f".tmp{os.getpid()}_{random.getrandbits(32):08x}"
     npy, js = os.path.join(cache_dir, key + ".npy"), os.path.join(cache_dir, key + ".json")
@@ -326,9 +343,12 @@ def load_images(paths, *, size=DEFAULT_SIZE, channels=3, cache_dir=None, cache=T
     if cache and n:
         cache_dir = os.fspath(cache_dir) if cache_dir is not None else default_cache_dir()
         key = _cache_key(paths, size, channels, max_pixels)
-        hit = _cache_read(cache_dir, key, paths, size, channels)
+        hit, damage = _cache_read(cache_dir, key, paths, size, channels)
         if hit is not None:
             return hit
+        if damage:
+            print(f"warning: the cached images {os.path.join(cache_dir, key)}.npy are damaged ({damage}); decoding "
+                  "them again.", file=sys.stderr)
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     workers = max(1, min(int(workers), 61))

@@ -119,6 +119,9 @@ def find_inputs(specs):
                 raise UsageError(f"no files match the pattern {spec}.")
             for m in matches:
                 walk(m) if os.path.isdir(m) else add(m, named=False)
+        elif os.path.lexists(spec):
+            raise UsageError(f"{spec} is a symbolic link that leads nowhere (broken, or a loop); pass the file or "
+                             "folder it should point to.")
         else:
             raise UsageError(f"{spec} does not exist; pass image files, folders or glob patterns.")
     if not inputs:

@@ -873,8 +873,10 @@ def generate(out_dir, *, patients=40, seed=0, slices=40, height=HEIGHT, width=WI
     """Writes a synthetic AKOA set into the flat folder `out_dir` and returns the sorted paths of its images.
 
     A folder that already holds the same set (its `phantom.json` matches and every image is there) is reused as it
-    is. `phantom.json` (parameters and counts) is written last, so a half-written set is never reused; images of an
-    earlier phantom set in the folder that the new plan does not contain are deleted.
+    is. `phantom.json` (parameters, counts and the file names) is written last, so a half-written set is never
+    reused; images of an earlier phantom set in the folder that the new plan does not contain are deleted. A folder
+    holding AKOA-named images that phantom.py did not write (by phantom.json's or an interrupted run's
+    phantom.partial's list) is refused: it never deletes or overwrites a file it did not write.
 
     Args:
         out_dir: str or Path. Folder to write into (created if missing).
@@ -895,27 +897,51 @@ def generate(out_dir, *, patients=40, seed=0, slices=40, height=HEIGHT, width=WI
         return paths
 
     out.mkdir(parents=True, exist_ok=True)
-    ours = meta_path.exists() or partial.exists()
-    wanted = set(names)
-    stale = [p for p in out.iterdir() if FILE_RE.match(p.name) and p.name not in wanted]
-    if stale and not ours:
+    written = _files_written_before(out)
+    present = {p.name for p in out.iterdir() if FILE_RE.match(p.name)}
+    foreign = sorted(present - written)
+    if foreign:
         raise ValueError(
-            f"{out} already holds {len(stale)} knee images that phantom.py did not write; pick an empty folder"
+            f"{out} already holds {len(foreign)} knee image{'s' if len(foreign) != 1 else ''} that phantom.py did not "
+            f"write (e.g. {foreign[0]}); move them, or pick an empty folder: phantom.py never deletes or overwrites "
+            "files it did not write"
         )
-    partial.write_text("phantom.py is writing this folder\n")
+    partial.write_text("".join(f"{n}\n" for n in sorted(written | set(names))))  # what this run may leave behind
     if meta_path.exists():
         meta_path.unlink()
-    for p in stale:
-        p.unlink()
+    for name in sorted(present - set(names)):
+        (out / name).unlink()
 
     _run_jobs(_write_scan, [(str(out), seed, spec, slices, height, width) for spec in specs], workers, progress)
     left = sum(slices for spec in specs if spec.side == "LEFT")
     counts = dict(
         images=len(names), scans=len(specs), patients=patients, left_images=left, right_images=len(names) - left
     )
-    meta_path.write_text(json.dumps(dict(parameters=params, counts=counts), indent=2) + "\n")
+    meta_path.write_text(json.dumps(dict(parameters=params, counts=counts, files=names), indent=2) + "\n")
     partial.unlink()
     return paths
+
+
+def _files_written_before(out):
+    """The image names that phantom.py wrote (or was writing) in `out`: those phantom.json lists, plus those an
+    interrupted run listed in phantom.partial. A phantom.json from before file lists were recorded stands for the
+    names its parameters plan, by this code."""
+    written = set()
+    partial = out / "phantom.partial"
+    if partial.is_file():
+        written |= {line.strip() for line in partial.read_text(errors="replace").splitlines() if line.strip()}
+    try:
+        meta = json.loads((out / "phantom.json").read_text())
+    except (OSError, ValueError):
+        return written
+    if isinstance(meta.get("files"), list):
+        return written | {str(n) for n in meta["files"]}
+    old = meta.get("parameters") or {}
+    try:
+        specs = plan_population(int(old["patients"]), int(old["seed"]))
+        return written | {spec.filename(i) for spec in specs for i in range(int(old["slices"]))}
+    except (KeyError, TypeError, ValueError):
+        return written
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -383,11 +383,15 @@ def write_manifest(path, records, split, *, root=None):
                      "slice": "" if rec.slice is None else rec.slice})
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=_MANIFEST_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=_MANIFEST_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    finally:  # a failed write (a full disk, a name it cannot encode) leaves no temporary file behind
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def read_manifest(path, *, root=None):
@@ -401,7 +405,9 @@ def read_manifest(path, *, root=None):
         (records, split): list[Record] with absolute paths, and {path: split}.
 
     Raises:
-        DataError: if the file is missing or malformed, or a patient is in more than one split.
+        DataError: if the file is missing or malformed, a patient is in more than one split, or (with `root`) a path
+            lies outside the data folder: a manifest reused with --split-manifest names images, never other files
+            (`../../home/...`).
     """
     path = os.fspath(path)
     try:
@@ -440,6 +446,9 @@ def read_manifest(path, *, root=None):
                 raise DataError(f"manifest {path} lists relative paths: pass the data folder they are relative to.")
             p = os.path.join(root_abs, *p.split("/"))
         p = os.path.normpath(p)
+        if root_abs is not None and os.path.commonpath([root_abs, p]) != root_abs:
+            raise DataError(f"manifest {path} line {line}: {row['path']} lies outside the data folder {root_abs}; a "
+                            "manifest may only name images inside it.")
         if p in split:
             raise DataError(f"manifest {path} lists {row['path']} twice.")
         visit = as_int(row.get("visit"), line, "visit")

@@ -115,8 +115,10 @@ def write_results(path, scans, classes, *, fmt, run, counts, settings):
     if path.parent and not path.parent.exists():
         raise UsageError(f"the folder of --results-file {path} does not exist.")
     if fmt == "json":
+        # allow_nan=False: never the bare NaN that JSON does not have (driver.py makes a non-finite output a failure)
         text = json.dumps({"schema": 2, "run": str(run), "classes": list(classes), "settings": settings,
-                           "summary": counts, "scans": [_scan_dict(s, classes) for s in scans]}, indent=2) + "\n"
+                           "summary": counts, "scans": [_scan_dict(s, classes) for s in scans]}, indent=2,
+                          allow_nan=False) + "\n"
     else:
         text = _csv_text(scans, classes)
     try:

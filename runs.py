@@ -6,12 +6,20 @@ A run folder holds `config.json` (every setting, the classes, the image size, ve
 training, `resume_state.npz` (`save_state`).
 Inference rebuilds the model from `config.json` plus weights and never imports the training script; nothing is
 unpickled (Keras `.weights.h5` files are plain HDF5 arrays, the resume state a plain `.npz`).
+
+Checksums. Every weights file and the resume state get a SHA-256 beside them when they are written, in
+`<file>.sha256` (the format of `sha256sum`, so `cd RUN && sha256sum -c *.sha256` checks a whole folder by hand), and
+loading verifies it: one flipped bit in a weights file otherwise turns a left knee into a confident right one. A file
+that does not match is refused with one sentence naming it; a file with no checksum (a run from before they were
+written) is loaded with a warning. The file is renamed into place first and its checksum second, so a kill between
+the two renames (a moment) leaves a mismatch that is refused, never a damaged file that is used.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -19,6 +27,7 @@ import pathlib
 import platform
 import shlex
 import sys
+import zipfile
 
 import h5py
 import numpy as np
@@ -34,6 +43,7 @@ METRICS = "metrics.json"
 SPLIT = "split.csv"
 CALIBRATION = "calibration.json"  # the temperature fitted on the validation split, the default confidence threshold
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds")
+CHECKSUM_SUFFIX = ".sha256"
 
 
 PROJECT = pathlib.Path(__file__).resolve().parent
@@ -87,9 +97,70 @@ def atomic_write_json(path, obj):
 
 
 def atomic_save_weights(model, path):
+    """Saves Keras weights to `path` atomically, with their checksum (see the module docstring)."""
+    path = pathlib.Path(path)
     tmp = temporary_name(path)
-    model.save_weights(tmp)
+    try:
+        model.save_weights(tmp)
+        _replace_with_checksum(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# === Checksums ===
+def sha256_file(path):
+    """The SHA-256 of a file's bytes, as 64 hexadecimal digits."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checksum_path(path):
+    """Where the checksum of `path` is kept: `<path>.sha256`."""
+    path = pathlib.Path(path)
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def write_checksum(path, digest=None):
+    """Writes `path`'s SHA-256 (or `digest`, computed earlier) beside it, as `sha256sum` would."""
+    path = pathlib.Path(path)
+    atomic_write_text(checksum_path(path), f"{digest or sha256_file(path)}  {path.name}\n")
+
+
+def _replace_with_checksum(tmp, path):
+    """Renames the written temporary file `tmp` over `path`, then records its checksum."""
+    digest = sha256_file(tmp)
     os.replace(tmp, path)
+    write_checksum(path, digest)
+
+
+def verify_checksum(path, *, warn=True):
+    """Checks `path` against the SHA-256 recorded beside it.
+
+    Returns:
+        True when it matches; False when no checksum is recorded (a warning on stderr with `warn`).
+
+    Raises:
+        RunError: naming the file when it does not match, or the checksum file cannot be read.
+    """
+    path = pathlib.Path(path)
+    record = checksum_path(path)
+    if not record.is_file():
+        if warn:
+            print(f"warning: {path} has no recorded checksum ({record.name}), so it cannot be verified; a run from "
+                  "before checksums were written.", file=sys.stderr)
+        return False
+    try:
+        recorded = record.read_text().split()[0].lower()
+    except (OSError, UnicodeDecodeError, IndexError) as e:
+        raise RunError(f"cannot read the checksum {record} ({e}); restore it, or delete it to load {path.name} "
+                       "unverified.") from None
+    if recorded != sha256_file(path):
+        raise RunError(f"{path} does not match the SHA-256 recorded in {record.name}: the file is damaged (or was "
+                       "replaced without its checksum); restore it from a copy or train the run again.")
+    return True
 
 
 def versions():
@@ -142,23 +213,38 @@ def save_state(path, model, epoch, best_val_loss, best_epoch):
     try:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
-        os.replace(tmp, path)
+        _replace_with_checksum(tmp, pathlib.Path(path))
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def load_state(path, model):
     """Restores `save_state`'s weights and optimizer variables into a compiled model; returns (epoch, best validation
-    loss, best epoch)."""
-    with np.load(path, allow_pickle=False) as state:
-        for i, v in enumerate(model.weights):
-            v.assign(state[f"w{i}"])
-        if not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
-        for i, v in enumerate(model.optimizer.variables):
-            v.assign(state[f"o{i}"])
-        epoch, best_val_loss, best_epoch = state["progress"]
+    loss, best epoch).
+
+    Raises:
+        RunError: when the file does not match its checksum (see `verify_checksum`), or is truncated or another
+            model's.
+    """
+    verify_checksum(path)
+    try:
+        with np.load(path, allow_pickle=False) as state:
+            for i, v in enumerate(model.weights):
+                v.assign(state[f"w{i}"])
+            if not model.optimizer.built:
+                model.optimizer.build(model.trainable_variables)
+            for i, v in enumerate(model.optimizer.variables):
+                v.assign(state[f"o{i}"])
+            epoch, best_val_loss, best_epoch = state["progress"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # truncated, or another model's
+        raise RunError(f"the resume state {path} cannot be used ({_first_line(e)}); it is damaged or belongs to "
+                       "another model: start a new run with another --out.") from None
     return int(epoch), float(best_val_loss), int(best_epoch)
+
+
+def _first_line(e):
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def read_config(run_dir):
@@ -250,6 +336,7 @@ def load_run(run_dir, *, weights="best", dtype=None):
     weights_path = run_dir / (BEST_WEIGHTS if weights == "best" else LAST_WEIGHTS)
     if not weights_path.is_file():
         raise RunError(f"{run_dir} has no {weights_path.name}; train to the end of an epoch or pass another --run.")
+    verify_checksum(weights_path)
     model = build_model(model_config, dtype=dtype)
     try:
         model.load_weights(weights_path)

@@ -152,7 +152,16 @@ def parse_settings(argv=None):
     args = parser.parse_args(argv)
     args.model_overrides = model_overrides
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.given = {**(values if known.config else {}), **_flags_given(args.argv)}  # what the user chose (--resume)
     return args
+
+
+def _flags_given(argv):
+    """The settings named on the command line (not their defaults), as {dest: value}."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return vars(parser.parse_args(argv))
 
 
 def check_settings(args):
@@ -247,6 +256,15 @@ def distribution_scope(args):
 # ---------------------------------------------------------------------------------------------- data
 
 
+def _check_manifest_found(manifest, root, data):
+    """Refuses a manifest most of whose images are missing under the data folder: the wrong --data, not a split."""
+    missing = sum(reason.startswith("missing") for _, reason in data.skipped)
+    listed = missing + len(data.records)
+    if listed and missing > listed // 2:
+        raise UsageError(f"{missing:,} of the {listed:,} images that the manifest {manifest} lists are missing under "
+                         f"{root}; pass the data folder it was written for with --data.")
+
+
 def prepare(args, manifest):
     if args.data is None:
         root = phantom.default_root(args.phantom_patients, args.phantom_slices, args.seed)
@@ -266,9 +284,12 @@ def prepare(args, manifest):
     except dataset.DataError as e:
         raise UsageError(str(e)) from None
     counts = {s: len(data.paths[s]) for s in dataset.SPLITS}
+    if manifest is not None:
+        _check_manifest_found(manifest, root, data)
     for name, n in counts.items():
         if n == 0:
-            raise UsageError(f"the {name} split of {root} is empty ({counts}); add images or change --split.")
+            fix = f"the manifest {manifest} gives it none" if manifest is not None else "add images or change --split"
+            raise UsageError(f"the {name} split of {root} is empty ({counts}); {fix}.")
     if len(data.classes) < 2:
         raise UsageError(f"{root} has only the class {data.classes}; a classifier needs at least two.")
     print(f"data: {len(data.records):,} images of {len(data.classes)} classes {data.classes}; "
@@ -306,10 +327,19 @@ def prepare_run_folder(args):
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         args.out = str(PROJECT / "runs" / f"{args.preset}-{stamp}")
     run_dir = pathlib.Path(args.out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"--out {run_dir} is a file; pass a folder for the run.")
     if args.resume:
         if not (run_dir / runs.STATE).is_file():
             raise UsageError(f"nothing to resume in {run_dir}: it has no {runs.STATE} (no epoch was completed).")
-        saved = runs.read_config(run_dir)["train"]
+        if not (run_dir / runs.CONFIG).is_file():
+            raise UsageError(f"{run_dir} has a {runs.STATE} but no {runs.CONFIG}, so the settings it was trained with "
+                             "are unknown and it cannot be resumed; start a new run with another --out.")
+        try:
+            saved = runs.read_config(run_dir)["train"]
+        except runs.RunError as e:
+            raise UsageError(str(e)) from None
+        _check_resume_flags(args, saved, run_dir)
         for key, value in saved.items():
             setattr(args, key, value)
         args.resume, args.out = True, str(run_dir)
@@ -320,8 +350,19 @@ def prepare_run_folder(args):
     return run_dir
 
 
+def _check_resume_flags(args, saved, run_dir):
+    """--resume continues a run with the settings it was started with; a flag (or --config value) that asks for
+    another value is refused, not silently ignored."""
+    differ = [(key, value, saved[key]) for key, value in getattr(args, "given", {}).items()
+              if key in saved and key not in _NOT_SETTINGS | {"out"} and value != saved[key]]
+    if differ:
+        said = ", ".join(f"--{k.replace('_', '-')} {v} (the run's: {w})" for k, v, w in differ)
+        raise UsageError(f"--resume continues {run_dir} with the settings it was started with, and {said} "
+                         "differs; drop it, or start a new run with another --out.")
+
+
 def settings_dict(args):
-    skip = _NOT_SETTINGS | {"ratios", "argv"}
+    skip = _NOT_SETTINGS | {"ratios", "argv", "given"}
     return {k: v for k, v in vars(args).items() if k not in skip}
 
 
@@ -459,6 +500,7 @@ def evaluate(args, run_dir, mconfig, data, record):
     from modules import build_model
 
     model = build_model(mconfig)
+    runs.verify_checksum(run_dir / runs.BEST_WEIGHTS)
     model.load_weights(run_dir / runs.BEST_WEIGHTS)
 
     def logits_of(split):
@@ -531,7 +573,7 @@ def main(argv=None):
     try:
         args = parse_settings(argv)
         return train(args)
-    except UsageError as e:
+    except (UsageError, runs.RunError) as e:  # RunError: a damaged weights file or resume state (its checksum)
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

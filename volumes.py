@@ -9,6 +9,10 @@
     volume = read_dicom_series(paths)        # Volume of the series' slices, sorted by their position (and .sources,
                                              # the file of each slice)
 
+Size. A file can declare far more pixels than it holds: a 2 MB .nii.gz of a 1024^3 volume once took 4.8 GB and 37 s.
+The declared size (NIfTI header, DICOM Rows x Columns x NumberOfFrames, summed over a series) is checked before any
+pixels are decoded; over MAX_VOXELS (128 Mi, five times a 384 x 384 x 160 DESS volume) the file is refused.
+
 pydicom and nibabel are optional extras (requirements-dev.txt), imported only when such a file is read; without them
 the reader raises VolumeError naming the package to install.
 
@@ -43,6 +47,7 @@ import numpy as np
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 NIFTI_EXTENSIONS = (".nii", ".nii.gz")
 _PLANE_OF = {"L": "sagittal", "R": "sagittal", "A": "coronal", "P": "coronal", "S": "axial", "I": "axial"}
+MAX_VOXELS = 128 * 1024 * 1024  # a volume (or series) declaring more is refused before its pixels are read
 _SAME_POSITION_MM = 0.01  # slices of a series closer than this along the normal are at one position
 _GAP = 1.5  # a step this many times the median spacing means a slice is missing
 
@@ -136,12 +141,32 @@ def _is_identity_rescale(ds):
     return float(ds.get("RescaleSlope", 1) or 1) == 1 and float(ds.get("RescaleIntercept", 0) or 0) == 0
 
 
+def _check_size(shape):
+    """Refuses a declared shape of more than MAX_VOXELS voxels (see the module docstring)."""
+    voxels = int(np.prod([int(d) for d in shape], dtype=np.float64))
+    if voxels > MAX_VOXELS:
+        raise VolumeError(f"it declares {' x '.join(str(int(d)) for d in shape)} = {voxels:,} voxels, over the "
+                          f"limit of {MAX_VOXELS:,}; crop it or pass fewer slices")
+
+
+def _declared_shape(ds):
+    """(frames, rows, columns, samples) as a DICOM header declares them, before any pixel is decoded."""
+    def number(keyword, default):
+        try:
+            return max(int(ds.get(keyword, default) or default), 0)
+        except (TypeError, ValueError):
+            return default
+
+    return number("NumberOfFrames", 1), number("Rows", 0), number("Columns", 0), number("SamplesPerPixel", 1)
+
+
 def _dicom_frames(ds):
     """The frames of a dataset as `read_dicom` describes them."""
     from pydicom.pixels import apply_modality_lut  # optional extra, imported by _read_dataset already
 
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise VolumeError("the DICOM file has no pixel data")
+    _check_size(_declared_shape(ds))
     try:
         a = ds.pixel_array
     except Exception as e:  # a compressed transfer syntax without its decoder, inconsistent tags, ...
@@ -309,6 +334,8 @@ def read_dicom_series(paths):
     positions = _series_positions(datasets, paths, through, uid)
     order = np.argsort(positions, kind="stable")
     _check_spacing(positions[order], uid)
+    frames, rows, columns, samples = _declared_shape(datasets[0])
+    _check_size((len(datasets), rows, columns, samples))
     frames = []
     for i in order:
         try:
@@ -400,9 +427,13 @@ def _load_nifti(path):
     """(nibabel image, its slices as `read_nifti` returns them)."""
     nibabel = _nibabel()
     try:
-        image = nibabel.load(path)
+        image = nibabel.load(path)  # the header only: the data is read below, once its declared size is checked
+    except Exception as e:  # ImageFileError, gzip errors
+        raise VolumeError(f"not a readable NIfTI file ({_first_line(e)})") from None
+    _check_size(image.shape)
+    try:
         data = np.asanyarray(image.dataobj)  # stored dtype, or float when the header scales the values
-    except Exception as e:  # ImageFileError, gzip errors, truncated data
+    except Exception as e:  # gzip errors, truncated data
         raise VolumeError(f"not a readable NIfTI file ({_first_line(e)})") from None
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]

@@ -1,0 +1,381 @@
+"""Fault injection: each case makes its fault from scratch (a damaged weights file or resume state, weights that give
+NaN, a closed pipe, an output path that cannot be written, a manifest that points outside the data folder, a write
+that fails half way) and asserts the clear outcome and that nothing was lost or left behind.
+"""
+
+import csv
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+import dataset
+import phantom
+import runs
+import train
+import volumes
+from modules import PerceiverConfig, build_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GOLIATH = os.path.join(REPO, "goliath")
+
+
+def _cli(script, *args, cwd=REPO):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    command = [sys.executable, os.path.join(REPO, script), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def knees(tmp_path_factory):
+    """A small phantom set: 2 patients, 2 slices per scan."""
+    root = tmp_path_factory.mktemp("faults") / "knees"
+    phantom.generate(root, patients=2, slices=2, progress=False)
+    return root
+
+
+def _flip_bit(path, dataset_name, byte=3, mask=0x40):
+    """Flips one bit inside the stored array `dataset_name` of an HDF5 file, as a failing disk or a bad copy would."""
+    with h5py.File(path, "r") as f:
+        offset = f[dataset_name].id.get_offset()
+    data = bytearray(open(path, "rb").read())
+    data[offset + byte] ^= mask
+    open(path, "wb").write(bytes(data))
+
+
+def _one_sentence(text):
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return len(lines) == 1 and "Traceback" not in text
+
+
+# === Damaged files are detected, never used ===
+def test_the_shipped_weights_match_their_recorded_checksums():
+    for name in (runs.BEST_WEIGHTS, runs.LAST_WEIGHTS):
+        path = os.path.join(GOLIATH, name)
+        recorded, file_name = open(runs.checksum_path(path)).read().split()
+        assert file_name == name and recorded == runs.sha256_file(path)
+        assert runs.verify_checksum(path) is True
+
+
+def test_one_flipped_bit_in_the_weights_is_refused_naming_the_file(knees, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(GOLIATH, damaged, ignore=shutil.ignore_patterns("tensorboard"))
+    _flip_bit(damaged / runs.BEST_WEIGHTS, "final_norm/vars/1")  # the issue's case: left became "right 1.0000"
+    proc = _cli("driver.py", knees, "--run", damaged)
+    assert proc.returncode == 2, proc.stdout
+    assert _one_sentence(proc.stderr) and proc.stdout == ""
+    assert (f"{damaged / runs.BEST_WEIGHTS} does not match the SHA-256 recorded in model.weights.h5.sha256"
+            in proc.stderr)
+    # the last weights are untouched and still load
+    assert _cli("driver.py", knees, "--run", damaged, "--weights", "last").returncode == 0
+
+
+def test_weights_without_a_checksum_load_with_a_warning(knees, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(GOLIATH, old, ignore=shutil.ignore_patterns("tensorboard", "*.sha256"))
+    proc = _cli("driver.py", knees, "--run", old)
+    assert proc.returncode == 0, proc.stderr
+    assert "has no recorded checksum" in proc.stderr and "2 classified" in proc.stdout and "0 failed" in proc.stdout
+
+
+def test_a_damaged_resume_state_is_refused_before_it_is_used(tmp_path):
+    import keras
+
+    config = PerceiverConfig.preset("tiny", input_shape=(16, 16, 3), num_classes=2)
+    model = build_model(config)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss="sparse_categorical_crossentropy")
+    model.optimizer.build(model.trainable_variables)
+    path = tmp_path / runs.STATE
+    runs.save_state(path, model, 3, 0.5, 2)
+    assert runs.checksum_path(path).is_file() and runs.load_state(path, model) == (3, 0.5, 2)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(runs.RunError, match="does not match the SHA-256 recorded in resume_state.npz.sha256"):
+        runs.load_state(path, model)
+    assert not list(tmp_path.glob(".tmp-*"))  # the writes left no temporary file
+
+
+def test_nan_weights_give_failures_and_valid_json_never_a_verdict(knees, tmp_path):
+    """Weights that are intact on disk (their checksum matches) but produce NaN: every input fails, exit 1."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    config = PerceiverConfig.preset("tiny", input_shape=(16, 16, 3), num_classes=2)
+    model = build_model(config)
+    kernel, bias = model.classifier.get_weights()
+    model.classifier.set_weights([np.full_like(kernel, np.nan), bias])
+    run = tmp_path / "nan-run"
+    run.mkdir()
+    runs.atomic_write_json(run / runs.CONFIG, {
+        "train": {"preset": "tiny"}, "model": config.to_dict(),
+        "data": {"root": str(knees), "layout": "akoa", "classes": ["left", "right"], "image_size": [16, 16],
+                 "channels": 3}})
+    runs.atomic_save_weights(model, run / runs.BEST_WEIGHTS)
+    proc = _cli("driver.py", knees, "--run", run, "--results-file", tmp_path / "r.json")
+    assert proc.returncode == 1, proc.stderr
+    assert "0 classified" in proc.stdout and "non-finite output" in proc.stdout
+    text = (tmp_path / "r.json").read_text()
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    saved = json.loads(text, parse_constant=refuse)
+    assert saved["summary"]["classified"] == 0 and saved["summary"]["failed"] == saved["summary"]["scans"] > 0
+    assert all(s["verdict"] == "failed" and s["probability"] is None for s in saved["scans"])
+
+
+# === Results are never lost ===
+def test_a_closed_pipe_loses_no_results_and_prints_no_traceback(knees, tmp_path):
+    out = tmp_path / "out.csv"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    command = f"{sys.executable} {os.path.join(REPO, 'driver.py')} {knees} --results-file {out} | head -1"
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=300)
+    assert proc.stdout.startswith("scan") and len(proc.stdout.splitlines()) == 1
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    images = len(dataset.discover(knees).records)
+    assert sum(r["level"] == "slice" for r in rows) == images  # every slice is in the file
+
+
+@pytest.mark.parametrize("option", ["results-folder", "results-is-dir", "explain-is-file"])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(knees, tmp_path, option):
+    (tmp_path / "a-file").write_text("keep me")
+    args = {"results-folder": ["--results-file", tmp_path / "missing" / "r.csv"],
+            "results-is-dir": ["--results-file", tmp_path],
+            "explain-is-file": ["--explain", tmp_path / "a-file"]}[option]
+    proc = _cli("driver.py", knees, *args, "--run", os.path.join(REPO, "no-such-run"))
+    # refused before the run is even loaded: the message is about the output, not the missing run folder
+    assert proc.returncode == 2 and _one_sentence(proc.stderr), proc.stderr
+    assert "no-such-run" not in proc.stderr and proc.stdout == ""
+    assert (tmp_path / "a-file").read_text() == "keep me"
+
+
+# === Manifests name images inside the data folder, nothing else ===
+def test_a_manifest_that_points_outside_the_data_folder_is_refused(knees, tmp_path):
+    secret = tmp_path / "secret_LEFT.nii.gz_0.png"
+    shutil.copy(next(knees.glob("*.png")), secret)
+    manifest = tmp_path / "split.csv"
+    found = dataset.discover(knees)
+    split = dataset.split_by_patient(found.records, seed=0)
+    dataset.write_manifest(manifest, found.records, split, root=knees)
+    rows = manifest.read_text().splitlines()
+    rows.append(f"../{secret.name},OAI0000001,left,train,OAI0000001_0_left,0,0")
+    manifest.write_text("\n".join(rows) + "\n")
+    with pytest.raises(dataset.DataError, match=r"lies outside the data folder"):
+        dataset.read_manifest(manifest, root=knees)
+    proc = _cli("train.py", "--data", knees, "--split-manifest", manifest, "--out", tmp_path / "run",
+                "--epochs", "1", "--quiet")
+    assert proc.returncode == 2 and "lies outside the data folder" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_manifest_write_that_fails_leaves_no_temporary_file(knees, tmp_path):
+    found = dataset.discover(knees)
+    split = dataset.split_by_patient(found.records, seed=0)
+    record = found.records[0]
+    bad = dataclasses.replace(record, path=str(knees / "bad\udcff_LEFT.nii.gz_0.png"))  # a byte that is not UTF-8
+    split[bad.path] = "train"
+    with pytest.raises(UnicodeEncodeError):
+        dataset.write_manifest(tmp_path / "split.csv", [bad], split, root=knees)
+    assert list(tmp_path.iterdir()) == []
+
+
+# === The image cache ===
+def _damage_cache(cache, how):
+    (npy,) = cache.glob("*.npy")
+    (index,) = cache.glob("*.json")
+    if how == "noise":  # the issue's case: pixels overwritten with noise, header, dtype and shape intact
+        header = len(npy.read_bytes()) - np.load(npy).nbytes
+        data = bytearray(npy.read_bytes())
+        data[header:] = np.random.default_rng(0).integers(0, 256, len(data) - header, dtype=np.uint8).tobytes()
+        npy.write_bytes(bytes(data))
+    elif how == "truncated":
+        npy.write_bytes(npy.read_bytes()[:-100])
+    elif how == "index-garbage":
+        index.write_text("{not json")
+    elif how == "index-list":
+        index.write_text("[]")
+    elif how == "pixels-missing":
+        npy.unlink()
+
+
+@pytest.mark.parametrize("how", ["noise", "truncated", "index-garbage", "index-list", "pixels-missing"])
+def test_a_damaged_cache_entry_is_decoded_again_with_a_warning_never_used(knees, tmp_path, capsys, how):
+    paths = sorted(r.path for r in dataset.discover(knees).records)
+    cache = tmp_path / "cache"
+    first = dataset.load_images(paths, size=(16, 16), cache_dir=cache, progress=False, workers=1)
+    assert not first.from_cache
+    capsys.readouterr()
+    _damage_cache(cache, how)
+    again = dataset.load_images(paths, size=(16, 16), cache_dir=cache, progress=False, workers=1)
+    err = capsys.readouterr().err
+    assert not again.from_cache and np.array_equal(again.images, first.images)
+    assert err.count("\n") == 1 and "are damaged" in err and "decoding them again" in err
+    healed = dataset.load_images(paths, size=(16, 16), cache_dir=cache, progress=False, workers=1)
+    assert healed.from_cache and np.array_equal(healed.images, first.images)  # the entry was replaced
+    assert capsys.readouterr().err == ""
+
+
+# === The generator never deletes what it did not write ===
+SMALL = dict(patients=2, slices=2, height=32, width=32, progress=False, workers=1)
+
+
+@pytest.mark.parametrize("name_clash", [False, True])
+def test_rerunning_the_generator_keeps_images_a_user_added(tmp_path, name_clash):
+    """A user's AKOA-named image in a phantom folder: a rerun with other settings would once have deleted it (or, with
+    a name the new plan uses, overwritten it). Now the rerun is refused and the file is kept byte for byte."""
+    first = phantom.generate(tmp_path, **SMALL)
+    if name_clash:  # a name the rerun's plan (3 patients) will write, and the first set (2 patients) did not
+        name = sorted({spec.filename(0) for spec in phantom.plan_population(3, 0)} - {p.name for p in first})[0]
+    else:
+        name = "OAI9999999_BaseLine_3_de3d1_SAG_3D_DESS_WE_LEFT.nii.gz_0.png"
+    mine = tmp_path / name
+    mine.write_bytes(b"a user's scan")
+    with pytest.raises(ValueError, match="did not write .*never deletes or overwrites"):
+        phantom.generate(tmp_path, **{**SMALL, "patients": 3})
+    assert mine.read_bytes() == b"a user's scan" and all(p.is_file() for p in first)
+    # the generator's own files are still its own: with the user's file moved away, the rerun replaces them
+    mine.rename(tmp_path.parent / f"{tmp_path.name}-{name}")
+    assert len(phantom.generate(tmp_path, **{**SMALL, "patients": 3})) > len(first)
+
+
+def test_an_interrupted_generator_run_is_finished_by_the_next(tmp_path):
+    """phantom.partial lists what the interrupted run may have written, so the next run may replace those files."""
+    first = phantom.generate(tmp_path, **SMALL)
+    (tmp_path / "phantom.json").unlink()  # as a run with 3 patients leaves the folder when it is killed
+    planned = [spec.filename(i) for spec in phantom.plan_population(3, 0) for i in range(2)]
+    listed = sorted({p.name for p in first} | set(planned))
+    (tmp_path / "phantom.partial").write_text("".join(f"{n}\n" for n in listed))
+    (tmp_path / planned[-1]).write_bytes(b"half written")
+    paths = phantom.generate(tmp_path, **{**SMALL, "patients": 3})
+    assert len(paths) == len(planned) and (tmp_path / planned[-1]).read_bytes()[:4] == b"\x89PNG"
+
+
+# === Volumes that declare more than they hold ===
+def test_volumes_that_declare_a_huge_size_are_refused_before_their_pixels_are_read(knees, tmp_path):
+    nibabel = pytest.importorskip("nibabel")
+    pytest.importorskip("pydicom")
+    import gzip
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    # a NIfTI header that says 1024^3 int16 (2 GiB) in a file of a few hundred bytes
+    image = nibabel.Nifti1Image(np.zeros((2, 2, 2), np.int16), np.eye(4))
+    image.header.set_data_shape((1024, 1024, 1024))
+    (tmp_path / "huge.nii.gz").write_bytes(gzip.compress(image.header.binaryblock + b"\0" * 4 + b"\0" * 64))
+    # a DICOM file that says 4096 frames of 8192 x 8192, with 16 bytes of pixels
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta, ds.SOPClassUID, ds.SOPInstanceUID = meta, MRImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.Rows = ds.Columns = 8192
+    ds.NumberOfFrames, ds.SamplesPerPixel, ds.PhotometricInterpretation = 4096, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = b"\0" * 16
+    ds.save_as(tmp_path / "huge.dcm", enforce_file_format=True)
+    for name in ("huge.nii.gz", "huge.dcm"):
+        with pytest.raises(volumes.VolumeError, match=r"voxels, over the limit of 134,217,728"):
+            (volumes.read_nifti if name.endswith(".gz") else volumes.read_dicom)(tmp_path / name)
+    good = next(knees.glob("*.png"))
+    shutil.copy(good, tmp_path / good.name)
+    proc = _cli("driver.py", tmp_path)
+    assert proc.returncode == 1 and "1 classified" in proc.stdout and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stdout.count("over the limit of 134,217,728") == 2
+
+
+# === Clear errors instead of tracebacks ===
+def _fake_run(folder, **train):
+    """A run folder with a resume state and the config.json train.py writes (its "train" settings)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = {"preset": "tiny", "epochs": 2, "lr": 0.001, "batch_size": 16, "seed": 0, **train}
+    runs.atomic_write_json(folder / runs.CONFIG, {"train": settings, "model": {}, "data": {}})
+    (folder / runs.STATE).write_bytes(b"PK not really")
+    return folder
+
+
+@pytest.mark.parametrize("case", ["out-is-file", "resume-no-config", "resume-other-lr", "resume-other-config"])
+def test_train_refuses_in_one_sentence(tmp_path, case):
+    out = tmp_path / "run"
+    extra = []
+    if case == "out-is-file":
+        out.write_text("my notes")
+        want = f"--out {out} is a file"
+    elif case == "resume-no-config":
+        _fake_run(out)
+        (out / runs.CONFIG).unlink()
+        extra, want = ["--resume"], f"has a {runs.STATE} but no {runs.CONFIG}"
+    elif case == "resume-other-lr":
+        _fake_run(out)
+        extra, want = ["--resume", "--lr", "0.01"], "--lr 0.01 (the run's: 0.001) differs"
+    else:
+        _fake_run(out)
+        (tmp_path / "c.json").write_text(json.dumps({"epochs": 5}))
+        extra, want = ["--resume", "--config", tmp_path / "c.json"], "--epochs 5 (the run's: 2) differs"
+    proc = _cli("train.py", "--out", out, *extra)
+    assert proc.returncode == 2 and _one_sentence(proc.stderr) and want in proc.stderr, proc.stderr
+    assert "--run" not in proc.stderr  # driver.py's option is not train.py's
+    if case == "out-is-file":
+        assert out.read_text() == "my notes"
+
+
+def test_resume_with_the_runs_own_flags_is_accepted(tmp_path):
+    out = _fake_run(tmp_path / "run")
+    args = train.parse_settings(["--out", str(out), "--resume", "--lr", "0.001", "--epochs", "2"])
+    assert train.prepare_run_folder(args) == out and args.lr == 0.001
+
+
+def test_a_truncated_resume_state_without_checksum_is_one_sentence(tmp_path):
+    import keras
+
+    config = PerceiverConfig.preset("tiny", input_shape=(16, 16, 3), num_classes=2)
+    model = build_model(config)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss="sparse_categorical_crossentropy")
+    path = tmp_path / runs.STATE
+    runs.save_state(path, model, 1, 0.5, 1)
+    runs.checksum_path(path).unlink()  # a run from before checksums
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(runs.RunError, match=r"the resume state .* cannot be used .*start a new run"):
+        runs.load_state(path, model)
+
+
+def test_a_manifest_whose_images_are_mostly_missing_names_the_manifest(knees, tmp_path):
+    found = dataset.discover(knees)
+    manifest = tmp_path / "split.csv"
+    dataset.write_manifest(manifest, found.records, dataset.split_by_patient(found.records, seed=0), root=knees)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(found.records[0].path, elsewhere)  # the right name in the wrong folder: the rest are missing
+    proc = _cli("train.py", "--data", elsewhere, "--split-manifest", manifest, "--out", tmp_path / "run", "--quiet")
+    assert proc.returncode == 2 and _one_sentence(proc.stderr), proc.stderr
+    assert f"images that the manifest {manifest} lists are missing under" in proc.stderr
+    assert "--split" not in proc.stderr.replace("--split-manifest", "")
+
+
+def test_a_symlink_loop_is_not_reported_as_missing(tmp_path):
+    loop = tmp_path / "loop"
+    os.symlink(loop, loop)
+    proc = _cli("driver.py", loop)
+    assert proc.returncode == 2 and "symbolic link that leads nowhere" in proc.stderr, proc.stderr
+    assert "does not exist" not in proc.stderr
+
+
+def test_dataset_summary_fails_alike_on_an_empty_folder_and_on_one_without_a_usable_image(tmp_path):
+    empty, junk = tmp_path / "empty", tmp_path / "junk"
+    empty.mkdir()
+    junk.mkdir()
+    (junk / "OAI9999999_BaseLine_3_de3d1_SAG_3D_DESS_WE_LEFT.nii.gz_0.png").write_bytes(b"not a png")
+    codes = [_cli("dataset.py", "summary", folder, "--no-cache").returncode for folder in (empty, junk)]
+    assert codes == [2, 2]
+    proc = _cli("dataset.py", "summary", junk, "--no-cache")
+    assert "no usable image" in proc.stderr and "OAI9999999" in proc.stdout  # the summary says which file, and why
