@@ -30,7 +30,7 @@ import dataset
 import metrics
 import plots
 import runs
-from errors import EXIT_USAGE, UsageError
+from errors import EXIT_USAGE, UsageError, console_safe
 
 DEFAULT_MIN_CONFIDENCE = 0.9  # below it a verdict is "uncertain" (driver.py --min-confidence overrides it)
 ECE_BINS = 15
@@ -186,6 +186,7 @@ def describe(section):
 
 
 def main(argv=None):
+    console_safe()
     p = argparse.ArgumentParser(prog="calibration.py", description="Fit a finished run's temperature on its "
                                 "validation split; report calibration on its test split.")
     p.add_argument("run", help="run folder written by train.py")

@@ -32,7 +32,9 @@ through pydicom; NIfTI (.nii, .nii.gz) through nibabel. A DICOM or NIfTI file wi
 each slice is classified and the volume is one scan (`--per-slice` shows each slice). Single-frame DICOM files of one
 folder that share a SeriesInstanceUID are one volume, sorted by position (inputs.group_dicom_series,
 volumes.read_dicom_series). A volume cut in another plane than sagittal (by its ImageOrientationPatient or NIfTI
-affine) is refused with one sentence naming the plane (inputs.check_plane); nothing is reoriented.
+affine) is refused with one sentence naming the plane (inputs.check_plane); nothing is reoriented. A blank input (one value
+throughout) or one under 32 pixels on a side shows no knee and is reported as unsuitable, never given a side
+(inputs.check_suitable).
 NIfTI slices are taken along the stored array's last axis, as stored (no reorientation): slice k is
 `data[:, :, k]` with array axis 0 as image rows. That is how AKOA's PNGs were cut from their .nii.gz volumes
 (`..._LEFT.nii.gz_17.png` is slice 17), so a volume gives the pictures the model was trained on; reorienting to
@@ -78,7 +80,7 @@ import dataset
 import metrics
 import runs
 import verdicts
-from errors import EXIT_USAGE, UsageError
+from errors import EXIT_USAGE, UsageError, console_safe
 from inputs import InputError, decode_chunk, display_image, find_inputs, test_split_inputs
 from plots import explain_figure
 from reports import SIDES, flag_label, format_summary, format_table, report_test_split, write_results
@@ -499,9 +501,10 @@ def confidence_threshold(given, loaded, num_classes):
     return float(threshold)
 
 
-def check_outputs(args):
+def check_outputs(args, inputs=()):
     """Checks every output path before any work, so that a typo costs no classification: the --results-file folder
-    exists and the path is not a folder; the --explain folder is a folder (it is created now).
+    exists, the path is not a folder, and it is none of the inputs and no file of the run (a results file written over
+    a scan or over model.weights.h5 would destroy it); the --explain folder is a folder (it is created now).
 
     Raises:
         UsageError: naming the option and the path.
@@ -515,8 +518,25 @@ def check_outputs(args):
             raise UsageError(f"the folder of --results-file {path} does not exist; create it or pass another path.")
         if not os.access(folder, os.W_OK):
             raise UsageError(f"cannot write --results-file {path}: its folder is not writable.")
+        _refuse_overwriting(path, inputs, pathlib.Path(args.run or DEFAULT_RUN))
     if args.explain is not None:
         make_explain_folder(args.explain)
+
+
+def _refuse_overwriting(path, inputs, run):
+    """Refuses a results file that is one of the inputs, the run's .keras file, or one of its run folder's files."""
+    if not path.exists():
+        return
+    target = path.resolve()
+    files = [f for item in inputs for f in (item.files or (item.path,))]
+    if any(pathlib.Path(f).resolve() == target for f in files):
+        raise UsageError(f"--results-file {path} is one of the inputs; writing the results there would destroy it, "
+                         "so pass another path.")
+    run = run.resolve()
+    own = {run / name for name in runs.RUN_FILES} | {run / (name + runs.CHECKSUM_SUFFIX) for name in runs.RUN_FILES}
+    if target == run or target in own:
+        raise UsageError(f"--results-file {path} is a file of the run {run}; writing the results there would destroy "
+                         "it, so pass another path.")
 
 
 def make_explain_folder(folder):
@@ -550,9 +570,8 @@ def run(args, out=sys.stdout):
         raise UsageError(f"--workers {args.workers} must be at least 1.")
     fmt = args.results_format or ("json" if str(args.results_file or "").lower().endswith(".json") else "csv")
     test_mode = not args.inputs
-    if not test_mode:
-        inputs, ignored = find_inputs(args.inputs)  # before loading: a typo fails at once
-    check_outputs(args)
+    inputs, ignored = find_inputs(args.inputs) if not test_mode else ([], 0)  # before loading: a typo fails at once
+    check_outputs(args, inputs)
     loaded = load(args.run, weights=args.weights, classes=classes)
     threshold = confidence_threshold(args.min_confidence, loaded, len(loaded.classes))
     if test_mode:
@@ -606,6 +625,7 @@ def _print_to_pipe(text, out):
 
 def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the table
+    console_safe()
     args = build_parser().parse_args(argv)
     try:
         return run(args)

@@ -7,6 +7,11 @@ or NIfTI input whose geometry says it is axial or coronal is refused, with one s
 orientation codes; it is never reoriented to make it fit. An input that records no geometry (PNG and other images, a
 DICOM file without ImageOrientationPatient, a NIfTI file whose qform and sform codes are 0) cannot be checked and is
 classified as it is; its plane is reported as unknown.
+
+Unsuitable inputs: the model gives every input some side, even a blank page. An image (or volume) smaller than
+MIN_SIDE pixels on a side, and one whose every pixel has the same value, shows no knee, so it is reported as
+unsuitable (a failure of that input), never given a side. (A volume with some blank slices among real ones, such as
+zero padding, is classified as a whole.)
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from volumes import (DICOM_EXTENSIONS, NIFTI_EXTENSIONS, VolumeError, dicom_seri
                      read_dicom_series, read_dicom_volume, read_nifti_volume)
 
 TRAINED_PLANE = "sagittal"
+MIN_SIDE = 32  # pixels: a smaller image cannot show a knee (AKOA's slices are 228 x 260, the model sees 64 x 64)
 
 
 class InputError(Exception):
@@ -225,17 +231,42 @@ def decode(item, size, channels):
     """
     if item.kind == "image":
         try:
-            return Decoded(dataset.load_image(item.path, size=size, channels=channels)[None])
+            images = dataset.load_image(item.path, size=size, channels=channels)[None]
+            with Image.open(item.path) as im:
+                width, height = im.size
         except dataset.DataError as e:
             text = str(e)
             prefix = f"cannot use image {item.path}: "
             raise InputError((text[len(prefix):] if text.startswith(prefix) else text).rstrip(".")) from None
+        except OSError as e:  # vanished between the two reads
+            raise InputError(f"cannot read it again ({e.strerror or e})") from None
+        check_suitable((height, width), images)
+        return Decoded(images)
     volume = read_volume(item)
     check_plane(volume)
     if not volume.frames:
         raise InputError("the volume has no slices")
     images = np.stack([_slice_to_uint8(s, size, channels) for s in volume.frames])
+    check_suitable(volume.frames[0].shape[:2], images)
     return Decoded(images, volume.side, volume.plane, volume.codes, volume.sources)
+
+
+def check_suitable(shape, images):
+    """Refuses an input that shows no knee (see the module docstring): `shape` (height, width) as stored, `images`
+    its decoded slices.
+
+    Raises:
+        InputError: saying why it is unsuitable.
+    """
+    height, width = (int(d) for d in shape)
+    if min(height, width) < MIN_SIDE:
+        raise InputError(f"unsuitable: it is {width} x {height} pixels, too small to show a knee (the model needs at "
+                         f"least {MIN_SIDE} x {MIN_SIDE}; it was trained on 228 x 260 slices)")
+    flat = images.reshape(len(images), -1)
+    if (flat.min(axis=1) == flat.max(axis=1)).all():
+        if len(images) > 1:
+            raise InputError("unsuitable: every slice is blank (one value throughout), so it shows no knee")
+        raise InputError(f"unsuitable: every pixel has the value {int(flat[0, 0])}, a blank image that shows no knee")
 
 
 def decode_chunk(items, size, channels):

@@ -1041,8 +1041,11 @@ def _check_scan(pixels):
 def _write_atomic(path, data):
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:  # a failed write (a full disk) leaves no temporary file behind
+        tmp.unlink(missing_ok=True)
 
 
 def write_dicom_series(folder, pixels, *, side, patient, seed, visit=0, plane="sagittal"):

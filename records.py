@@ -384,7 +384,8 @@ def write_manifest(path, records, split, *, root=None):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
+        # surrogateescape: a file name's byte that is not UTF-8 is written back as that byte, and read back the same
+        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
             writer = csv.DictWriter(f, fieldnames=_MANIFEST_COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
@@ -411,7 +412,7 @@ def read_manifest(path, *, root=None):
     """
     path = os.fspath(path)
     try:
-        f = open(path, newline="", encoding="utf-8")
+        f = open(path, newline="", encoding="utf-8", errors="surrogateescape")
     except OSError as e:
         raise DataError(f"cannot read manifest {path}: {e.strerror}.") from None
     with f:

@@ -25,6 +25,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import shlex
 import sys
 import zipfile
@@ -44,6 +45,7 @@ SPLIT = "split.csv"
 CALIBRATION = "calibration.json"  # the temperature fitted on the validation split, the default confidence threshold
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds")
 CHECKSUM_SUFFIX = ".sha256"
+RUN_FILES = (CONFIG, BEST_WEIGHTS, LAST_WEIGHTS, STATE, HISTORY, METRICS, SPLIT, CALIBRATION)  # what train.py keeps
 
 
 PROJECT = pathlib.Path(__file__).resolve().parent
@@ -85,11 +87,22 @@ def temporary_name(path):
     return path.with_name(f".tmp-{os.getpid()}-{path.name}")
 
 
+def is_leftover(name):
+    """Whether a file name is a temporary file of an atomic write here (`temporary_name`, records.write_manifest's
+    `split.csv.tmp<pid>`) that a killed process left behind: never a result, so it never makes a folder non-empty."""
+    return bool(re.match(r"\.tmp-\d+-", name) or re.search(r"\.tmp\d+$", name))
+
+
 def atomic_write_text(path, text):
-    """Writes text through a temporary file and `os.replace`, so a kill never leaves half a file in place."""
+    """Writes text (UTF-8; a file name's undecodable byte, held as a surrogate escape, is written back as that byte)
+    through a temporary file and `os.replace`, so a kill never leaves half a file in place and a failed write (a full
+    disk) leaves no temporary file behind."""
     tmp = temporary_name(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8", errors="surrogateescape")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_write_json(path, obj):

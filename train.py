@@ -35,7 +35,7 @@ import calibration
 import dataset
 import phantom
 import runs
-from errors import EXIT_USAGE, UsageError
+from errors import EXIT_USAGE, UsageError, console_safe
 from metrics import classification_metrics
 from plots import plot_roc, plot_run
 
@@ -119,6 +119,7 @@ def build_parser():
 
 
 _NOT_SETTINGS = {"config", "resume", "quiet"}  # how to run, not what to train
+_RUN_ONLY = {"workers", "cache_dir"}  # saved, but they change how fast, not what is trained: --resume may change them
 
 
 def parse_settings(argv=None):
@@ -341,10 +342,11 @@ def prepare_run_folder(args):
             raise UsageError(str(e)) from None
         _check_resume_flags(args, saved, run_dir)
         for key, value in saved.items():
-            setattr(args, key, value)
+            if key not in _RUN_ONLY or key not in args.given:
+                setattr(args, key, value)
         args.resume, args.out = True, str(run_dir)
         return run_dir
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.exists() and any(not runs.is_leftover(p.name) for p in run_dir.iterdir()):
         raise UsageError(f"run folder {run_dir} already exists and is not empty; choose another --out, or add "
                          "--resume to continue it.")
     return run_dir
@@ -352,9 +354,9 @@ def prepare_run_folder(args):
 
 def _check_resume_flags(args, saved, run_dir):
     """--resume continues a run with the settings it was started with; a flag (or --config value) that asks for
-    another value is refused, not silently ignored."""
+    another value is refused, not silently ignored (except _RUN_ONLY flags, which apply)."""
     differ = [(key, value, saved[key]) for key, value in getattr(args, "given", {}).items()
-              if key in saved and key not in _NOT_SETTINGS | {"out"} and value != saved[key]]
+              if key in saved and key not in _NOT_SETTINGS | _RUN_ONLY | {"out"} and value != saved[key]]
     if differ:
         said = ", ".join(f"--{k.replace('_', '-')} {v} (the run's: {w})" for k, v, w in differ)
         raise UsageError(f"--resume continues {run_dir} with the settings it was started with, and {said} "
@@ -570,6 +572,7 @@ def train(args):
 
 def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the log
+    console_safe()
     try:
         args = parse_settings(argv)
         return train(args)

@@ -178,15 +178,97 @@ def test_a_manifest_that_points_outside_the_data_folder_is_refused(knees, tmp_pa
     assert "Traceback" not in proc.stderr
 
 
-def test_a_manifest_write_that_fails_leaves_no_temporary_file(knees, tmp_path):
+def test_a_manifest_write_that_fails_leaves_no_temporary_file(knees, tmp_path, monkeypatch):
     found = dataset.discover(knees)
     split = dataset.split_by_patient(found.records, seed=0)
-    record = found.records[0]
-    bad = dataclasses.replace(record, path=str(knees / "bad\udcff_LEFT.nii.gz_0.png"))  # a byte that is not UTF-8
-    split[bad.path] = "train"
-    with pytest.raises(UnicodeEncodeError):
-        dataset.write_manifest(tmp_path / "split.csv", [bad], split, root=knees)
+
+    def disk_full(self, rows):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        dataset.write_manifest(tmp_path / "split.csv", found.records, split, root=knees)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_atomic_write_that_fails_leaves_no_temporary_file(tmp_path, monkeypatch):
+    (tmp_path / "r.csv").write_text("the old results")
+
+    def disk_full(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(OSError):
+        runs.atomic_write_text(tmp_path / "r.csv", "new results")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv"] and (tmp_path / "r.csv").read_text() == (
+        "the old results")
+
+
+def test_a_leftover_temporary_file_does_not_block_the_next_run(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / f".tmp-{os.getpid() + 1}-split.csv").write_text("half")  # a killed run's
+    (out / "split.csv.tmp12345").write_text("half")
+    assert train.prepare_run_folder(train.parse_settings(["--out", str(out)])) == out
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(train.UsageError, match="already exists and is not empty"):
+        train.prepare_run_folder(train.parse_settings(["--out", str(out)]))
+
+
+# === Names are data ===
+def _strict_env():
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONIOENCODING="utf-8:strict", LC_ALL="C.UTF-8")
+
+
+def test_a_name_that_is_not_utf8_survives_every_output(knees, tmp_path):
+    folder = os.path.join(os.fsencode(tmp_path), b"scans\xff")  # a folder name with a byte that is not UTF-8
+    os.mkdir(folder)
+    images = sorted(knees.glob("*.png"))[:2]
+    for image in images:
+        shutil.copy(image, os.path.join(folder, os.fsencode(image.name)))
+    driver_py = os.path.join(REPO, "driver.py")
+    for out in ("r.csv", "r.json"):
+        proc = subprocess.run([sys.executable, driver_py, os.fsdecode(folder), "--results-file", tmp_path / out],
+                              capture_output=True, env=_strict_env(), cwd=REPO, timeout=300)
+        assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr.decode(errors="replace")
+        assert b"scans\\udcff" in proc.stdout  # a visible escape on the terminal
+    with open(tmp_path / "r.csv", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        rows = [r for r in csv.DictReader(f) if r["level"] == "slice"]
+    wanted = sorted(os.path.join(folder, os.fsencode(i.name)) for i in images)
+    assert sorted(os.fsencode(r["file"]) for r in rows) == wanted  # the CSV holds the very bytes of the names
+    assert b"scans\xff" in (tmp_path / "r.csv").read_bytes()
+    saved = json.loads((tmp_path / "r.json").read_text())
+    files = [os.fsencode(x["file"]) for scan in saved["scans"] for x in scan["slices"]]
+    assert sorted(files) == wanted  # lossless
+
+
+def test_split_csv_keeps_a_name_that_is_not_utf8(knees, tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for image in sorted(knees.glob("*.png")):
+        shutil.copy(image, folder / image.name)
+    odd = os.path.join(os.fsencode(folder), b"extra\xff")
+    os.mkdir(odd)
+    found = dataset.discover(folder)
+    records = [dataclasses.replace(r, path=os.fsdecode(os.path.join(odd, os.fsencode(os.path.basename(r.path)))))
+               if i == 0 else r for i, r in enumerate(found.records)]
+    split = dataset.split_by_patient(records, seed=0)
+    dataset.write_manifest(tmp_path / "split.csv", records, split, root=folder)
+    back, back_split = dataset.read_manifest(tmp_path / "split.csv", root=folder)
+    assert [r.path for r in back] == [r.path for r in records] and back_split == split
+
+
+def test_dataset_summary_prints_a_name_that_is_not_utf8(knees, tmp_path):
+    folder = os.path.join(os.fsencode(tmp_path), b"data")
+    os.mkdir(folder)
+    for image in sorted(knees.glob("*.png")):
+        shutil.copy(image, os.path.join(folder, os.fsencode(image.name)))
+    with open(os.path.join(folder, b"OAI9999999_BaseLine_3_de3d1_SAG_3D_DESS_WE_LEFT\xff.nii.gz_0.png"), "wb") as f:
+        f.write(b"not a png")
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "dataset.py"), "summary", os.fsdecode(folder),
+                           "--no-cache"], capture_output=True, env=_strict_env(), cwd=REPO, timeout=300)
+    assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr.decode(errors="replace")
+    assert b"LEFT\\udcff.nii.gz_0.png" in proc.stdout
 
 
 # === The image cache ===
@@ -298,7 +380,7 @@ def test_volumes_that_declare_a_huge_size_are_refused_before_their_pixels_are_re
 def _fake_run(folder, **train):
     """A run folder with a resume state and the config.json train.py writes (its "train" settings)."""
     folder.mkdir(parents=True, exist_ok=True)
-    settings = {"preset": "tiny", "epochs": 2, "lr": 0.001, "batch_size": 16, "seed": 0, **train}
+    settings = {"preset": "tiny", "epochs": 2, "lr": 0.001, "batch_size": 16, "seed": 0, "workers": None, **train}
     runs.atomic_write_json(folder / runs.CONFIG, {"train": settings, "model": {}, "data": {}})
     (folder / runs.STATE).write_bytes(b"PK not really")
     return folder
@@ -331,8 +413,9 @@ def test_train_refuses_in_one_sentence(tmp_path, case):
 
 def test_resume_with_the_runs_own_flags_is_accepted(tmp_path):
     out = _fake_run(tmp_path / "run")
-    args = train.parse_settings(["--out", str(out), "--resume", "--lr", "0.001", "--epochs", "2"])
-    assert train.prepare_run_folder(args) == out and args.lr == 0.001
+    args = train.parse_settings(["--out", str(out), "--resume", "--lr", "0.001", "--epochs", "2", "--workers", "1"])
+    assert train.prepare_run_folder(args) == out and args.lr == 0.001 and args.epochs == 2
+    assert args.workers == 1  # how fast, not what: a resume may change it
 
 
 def test_a_truncated_resume_state_without_checksum_is_one_sentence(tmp_path):
@@ -379,3 +462,36 @@ def test_dataset_summary_fails_alike_on_an_empty_folder_and_on_one_without_a_usa
     assert codes == [2, 2]
     proc = _cli("dataset.py", "summary", junk, "--no-cache")
     assert "no usable image" in proc.stderr and "OAI9999999" in proc.stdout  # the summary says which file, and why
+
+
+# === Inputs that show no knee ===
+def test_blank_and_tiny_images_are_unsuitable_never_a_side(knees, tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((228, 260), np.uint8)).save(tmp_path / "black_LEFT.png")
+    Image.fromarray(np.full((228, 260), 200, np.uint8)).save(tmp_path / "white.png")
+    Image.fromarray(np.full((1, 1), 90, np.uint8)).save(tmp_path / "dot.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 300), dtype=np.uint8)).save(tmp_path / "strip.png")
+    good = next(knees.glob("*.png"))
+    shutil.copy(good, tmp_path / good.name)
+    proc = _cli("driver.py", tmp_path, "--results-file", tmp_path / "r.json")
+    assert proc.returncode == 1, proc.stderr
+    assert "5 scans (1 slice): 1 classified" in proc.stdout and "4 failed" in proc.stdout
+    saved = json.loads((tmp_path / "r.json").read_text())
+    reasons = {os.path.basename(s["scan"]): s["failed_files"][0]["error"] for s in saved["scans"] if s["failed_files"]}
+    assert reasons["black_LEFT.png"] == "unsuitable: every pixel has the value 0, a blank image that shows no knee"
+    assert reasons["white.png"].startswith("unsuitable: every pixel has the value 200")
+    assert reasons["dot.png"].startswith("unsuitable: it is 1 x 1 pixels, too small to show a knee")
+    assert reasons["strip.png"].startswith("unsuitable: it is 300 x 20 pixels")
+
+
+@pytest.mark.parametrize("target", ["an-input", "the-weights", "the-config"])
+def test_a_results_file_never_overwrites_an_input_or_the_run(knees, tmp_path, target):
+    run = tmp_path / "run"
+    shutil.copytree(GOLIATH, run, ignore=shutil.ignore_patterns("tensorboard"))
+    path = {"an-input": next(knees.glob("*.png")), "the-weights": run / runs.BEST_WEIGHTS,
+            "the-config": run / runs.CONFIG}[target]
+    before = path.read_bytes()
+    proc = _cli("driver.py", knees, "--run", run, "--results-file", path)
+    assert proc.returncode == 2 and _one_sentence(proc.stderr) and "would destroy it" in proc.stderr, proc.stderr
+    assert path.read_bytes() == before
