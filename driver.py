@@ -32,9 +32,9 @@ through pydicom; NIfTI (.nii, .nii.gz) through nibabel. A DICOM or NIfTI file wi
 each slice is classified and the volume is one scan (`--per-slice` shows each slice). Single-frame DICOM files of one
 folder that share a SeriesInstanceUID are one volume, sorted by position (inputs.group_dicom_series,
 volumes.read_dicom_series). A volume cut in another plane than sagittal (by its ImageOrientationPatient or NIfTI
-affine) is refused with one sentence naming the plane (inputs.check_plane); nothing is reoriented. A blank input (one value
-throughout) or one under 32 pixels on a side shows no knee and is reported as unsuitable, never given a side
-(inputs.check_suitable).
+affine) is refused with one sentence naming the plane (inputs.check_plane); nothing is reoriented. A blank input
+(one value throughout) or one under 32 pixels on a side shows no knee and is reported as unsuitable, never given a
+side (inputs.check_suitable).
 NIfTI slices are taken along the stored array's last axis, as stored (no reorientation): slice k is
 `data[:, :, k]` with array axis 0 as image rows. That is how AKOA's PNGs were cut from their .nii.gz volumes
 (`..._LEFT.nii.gz_17.png` is slice 17), so a volume gives the pictures the model was trained on; reorienting to
