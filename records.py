@@ -180,6 +180,9 @@ def discover(root, *, extensions=IMAGE_EXTENSIONS):
         DataError: if root is not a folder or holds no image with a readable label.
     """
     root = os.path.abspath(os.fspath(root))
+    if not os.path.exists(root) and os.path.lexists(root):
+        raise DataError(f"data folder {root} is a symbolic link that leads nowhere (broken, or a loop): pass the "
+                        "folder it should point to.")
     if not os.path.exists(root):
         raise DataError(f"data folder {root} does not exist: pass the folder that holds the images.")
     if not os.path.isdir(root):
