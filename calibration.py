@@ -26,6 +26,7 @@ import sys
 import numpy as np
 from scipy import optimize
 
+import classifier
 import dataset
 import metrics
 import plots
@@ -166,6 +167,7 @@ def calibrate_run(run_dir, *, min_confidence=DEFAULT_MIN_CONFIDENCE):
     val = split_logits(loaded, root, "val")
     test = split_logits(loaded, root, "test")
     section = calibrate(run_dir, val[0], val[1], *test, min_confidence=min_confidence)
+    classifier.write_run_model(run_dir, loaded.model, loaded.classes, section["temperature"], min_confidence)
     metrics_path = pathlib.Path(run_dir) / runs.METRICS
     if metrics_path.is_file():
         saved = json.loads(metrics_path.read_text())

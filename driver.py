@@ -8,6 +8,7 @@ model looked.
     python driver.py scans/ --results-file out.csv    # also write the table (csv, or json with .json / --results-format)
     python driver.py knee.png --explain explain/      # a PNG per input: the image beside each cross-attend's map
     python driver.py knee.png --run model.keras       # a whole saved model (loaded in safe mode)
+    python driver.py --export knee.onnx               # the model with its pre-processing as one file (classifier.py)
 
 With INPUTs, the slices are grouped into scans (verdicts.py) and the table has one row per scan (probability is the
 scan's calibrated probability of its most probable side; expected is what the file names or DICOM header say, or
@@ -55,8 +56,9 @@ unsure side being the more serious finding. Without --strict a flag is reported 
 
 Loading is strict and safe: a run folder's model is rebuilt from config.json and its weights loaded from the
 `.weights.h5` file (plain HDF5 arrays, nothing unpickled); weights of another shape or preset are refused in one
-sentence. A `.keras` file is loaded with `safe_mode=True` (no Python lambdas deserialised); its classes are
-`--classes`, or left,right when the model has two outputs.
+sentence. A `.keras` file is loaded with `safe_mode=True` (no Python lambdas deserialised), after its checksum when one
+is beside it. A run's `model.keras` (modules.PerceiverClassifier) carries its classes, temperature and threshold and
+gives the run folder's answers; another `.keras` model's classes are `--classes`, or left,right for two outputs.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ import numpy as np
 from tqdm import tqdm
 
 import calibration
+import classifier
 import dataset
 import metrics
 import runs
@@ -123,18 +126,16 @@ def load(run=None, *, weights="best", classes=None):
 
 
 def _load_keras_file(path, classes):
-    # Keras loads TensorFlow (seconds): imported when a model is loaded, so --help and usage errors stay quick
-    import keras
+    from modules import PerceiverClassifier  # Keras loads TensorFlow (seconds): imported only when a model is loaded
 
-    import modules  # noqa: F401  (registers Perceiver and its layers for deserialisation; imports Keras)
-
-    if not path.is_file():
-        raise UsageError(f"model file {path} does not exist; pass a .keras file or a run folder with --run.")
-    try:
-        model = keras.saving.load_model(path, safe_mode=True, compile=False)
-    except Exception as e:  # a damaged zip, an unknown layer, a lambda refused by safe mode, ...
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UsageError(f"cannot load {path} in safe mode: {first}") from None
+    model = classifier.read_keras(path)
+    if isinstance(model, PerceiverClassifier):  # train.py's model.keras: classes and calibration inside
+        if classes is not None and list(classes) != model.class_names:
+            raise UsageError(f"{path} names its classes ({','.join(model.class_names)}); leave out --classes.")
+        c = model.perceiver.config
+        return runs.LoadedRun(run_dir=path.parent, config={}, model=model.perceiver, classes=list(model.class_names),
+                              image_size=tuple(c.input_shape[:2]), channels=int(c.input_shape[2]), weights_path=path,
+                              temperature=model.temperature, min_confidence=model.min_confidence)
     config = getattr(model, "config", None)  # a Perceiver knows its shapes; another model may declare them
     try:
         shape = tuple(config.input_shape) if config is not None else tuple(model.input_shape[1:])
@@ -484,6 +485,13 @@ def build_parser():
                    help="write a PNG per input: the image beside each cross-attend's attention map (default: none)")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
+    g = p.add_argument_group("export (no INPUT)")
+    g.add_argument("--export", default=None, metavar="OUT",
+                   help="write the --run model with its pre-processing, classes and calibration to OUT and exit "
+                        "(classifier.py; never overwrites)")
+    g.add_argument("--format", default=None, choices=classifier.FORMATS,
+                   help="format of --export (default: from OUT: .keras, .onnx, .tflite, else a TensorFlow "
+                        "SavedModel folder)")
     g = p.add_argument_group("speed")
     g.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help=f"images per prediction batch "
                                                                          f"(default: {DEFAULT_BATCH})")
@@ -568,6 +576,8 @@ def run(args, out=sys.stdout):
         raise UsageError(f"--batch-size {args.batch_size} must be at least 1.")
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers {args.workers} must be at least 1.")
+    if args.export is not None or args.format is not None:
+        return export(args, out)
     fmt = args.results_format or ("json" if str(args.results_file or "").lower().endswith(".json") else "csv")
     test_mode = not args.inputs
     inputs, ignored = find_inputs(args.inputs) if not test_mode else ([], 0)  # before loading: a typo fails at once
@@ -609,6 +619,21 @@ def run(args, out=sys.stdout):
     if args.strict == "uncertain" and counts["uncertain"]:
         return EXIT_UNCERTAIN
     return EXIT_FAILED if counts["failed"] or counts["failed_files"] else EXIT_OK
+
+
+def export(args, out=sys.stdout):
+    """--export: the run's model as one self-describing file (classifier.export); nothing is classified."""
+    if args.export is None:
+        raise UsageError("--format applies only with --export OUT.")
+    fmt = classifier.format_of(args.export, args.format)
+    if args.inputs:
+        raise UsageError("--export writes the model and classifies nothing; leave out the INPUTs, or run twice.")
+    classifier.check_output(args.export, fmt)  # before the model loads (seconds)
+    if args.classes is not None:
+        raise UsageError("--export needs a run folder or a model.keras that names its classes; leave out --classes.")
+    written = classifier.export(classifier.load(args.run or DEFAULT_RUN, weights=args.weights), args.export, fmt)
+    _print_to_pipe(f"wrote {fmt}: {', '.join(written)}\n", out)
+    return EXIT_OK
 
 
 def _print_to_pipe(text, out):

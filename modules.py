@@ -806,6 +806,150 @@ class Perceiver(keras.Model):
         return cls(**config)
 
 
+# === The model that leaves the project: pre-processing, classes and calibration inside ===
+_LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, Pillow's RGB -> L weights (they sum to 1: grey input passes unchanged)
+
+
+def resize_weights(in_size, out_size):
+    """`(out_size, in_size)` float32 weights of Pillow's antialiased bilinear resize along one axis.
+
+    Each output pixel `i` is a triangle-weighted mean of the input pixels `j` around its centre `(i + 0.5) * scale`,
+    the triangle widened by `scale = in / out` when shrinking (that is the antialiasing), clipped to the image and
+    normalised; equal sizes give the identity. Written with `keras.ops` on a size known only when the model runs
+    (a tensor under a traced export), so that the resize is two matrix products that every backend and exporter
+    supports. It matches `PIL.Image.resize(..., BILINEAR)` up to Pillow's 8-bit rounding between its two passes.
+    """
+    scale = ops.cast(in_size, "float32") / float(out_size)
+    support = ops.maximum(scale, 1.0)
+    centres = (ops.arange(out_size, dtype="float32") + 0.5) * scale
+    j = ops.arange(in_size, dtype="float32") + 0.5
+    w = ops.maximum(1.0 - ops.abs(j[None, :] - centres[:, None]) / support, 0.0)
+    return w / ops.sum(w, axis=1, keepdims=True)
+
+
+def _to_8bit(x):
+    """Rounds half up and clips to 0..255, as Pillow stores each pass of an 8-bit resize or conversion."""
+    return ops.clip(ops.floor(x + 0.5), 0.0, 255.0)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Preprocess(layers.Layer):
+    """Raw 8-bit images of any size to the model's input: `images.load_image` + `dataset.normalize` as layer ops.
+
+    Casts to float32, turns grey into RGB (a 1-channel image repeated) or RGB into grey (Pillow's luma weights), as
+    `channels` asks, resizes to `image_size` with Pillow's antialiased bilinear filter (`resize_weights`; not kept
+    to aspect, as in training) and scales `x / 127.5 - 1`.
+
+    Args:
+        image_size: (height, width). The size the model was trained on.
+        channels: int. 1 or 3, the model's input channels.
+
+    Call arguments:
+        images: `(batch, height, width, 1 or 3)` values 0..255 (uint8 or float).
+    """
+
+    def __init__(self, image_size, channels=3, **kwargs):
+        super().__init__(**kwargs)
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        self.image_size = tuple(int(v) for v in image_size)
+        self.channels = int(channels)
+
+    def call(self, images):
+        x = ops.cast(images, "float32")
+        if self.channels == 3:
+            x = x * ops.ones((3,), "float32")  # (.., 1) broadcasts to 3 equal channels; (.., 3) is unchanged
+        else:
+            x = _to_8bit(ops.sum(x * ops.convert_to_tensor(_LUMA, "float32"), axis=-1, keepdims=True))
+        (height, width), (h, w) = ops.shape(x)[1:3], self.image_size
+        rows, cols = resize_weights(height, h), resize_weights(width, w)
+        # Pillow's two passes, each rounded to 8 bits: horizontal first, unless the height shrinks by more than twice
+        # what the width does (Pillow 11+ then goes vertical first; both orders are computed, one is kept)
+        across = _to_8bit(ops.einsum("oh,bhpc->bopc", rows, _to_8bit(ops.einsum("pw,bhwc->bhpc", cols, x))))
+        down = _to_8bit(ops.einsum("pw,bowc->bopc", cols, _to_8bit(ops.einsum("oh,bhwc->bowc", rows, x))))
+        shrink_h, shrink_w = ops.cast(height, "int32") - h, ops.cast(width, "int32") - w
+        vertical_first = ops.logical_and(shrink_h > 0, shrink_h > 2 * shrink_w)
+        return ops.where(vertical_first, down, across) / 127.5 - 1.0
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], *self.image_size, self.channels)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(image_size=list(self.image_size), channels=self.channels)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class PerceiverClassifier(keras.Model):
+    """A trained Perceiver with everything needed to use it: raw 8-bit images in, calibrated probabilities out.
+
+    It carries its pre-processing (`Preprocess`: the resize to the trained size, grey to RGB, `x / 127.5 - 1`), its
+    class names, and its calibration (probabilities are `softmax(logits / temperature)`, the temperature fitted on
+    the validation split, calibration.py; `min_confidence` is the run's threshold below which a verdict is
+    "uncertain"). Saved as one `.keras` file (train.py writes `model.keras` in every run) it loads in safe mode with
+    Keras and this file alone:
+
+        >>> import keras, modules
+        >>> model = keras.saving.load_model("goliath/model.keras")   # doctest: +SKIP
+        >>> model.class_names, model.predict(images_uint8)           # doctest: +SKIP
+
+    Args:
+        perceiver_config: dict or PerceiverConfig of the Perceiver inside.
+        class_names: list[str]. Name of each output, in order.
+        temperature: float. Calibration temperature. Defaults to 1 (the raw softmax).
+        min_confidence: float | None. The run's "uncertain" threshold, or None. Defaults to None.
+
+    Call arguments:
+        images: `(batch, height, width, 1 or 3)` 8-bit values, any height and width.
+    """
+
+    def __init__(self, perceiver_config, class_names, temperature=1.0, min_confidence=None, **kwargs):
+        super().__init__(**kwargs)
+        config = perceiver_config
+        if isinstance(config, dict):
+            config = PerceiverConfig.from_dict(config)
+        if len(class_names) != config.num_classes:
+            raise ValueError(f"{len(class_names)} class names for a model of {config.num_classes} outputs")
+        if not (temperature > 0 and math.isfinite(temperature)):
+            raise ValueError(f"temperature must be a positive number, got {temperature}")
+        self.class_names = [str(c) for c in class_names]
+        self.temperature = float(temperature)
+        self.min_confidence = None if min_confidence is None else float(min_confidence)
+        self.preprocess = Preprocess(config.input_shape[:2], config.input_shape[2], name="preprocess")
+        self.perceiver = Perceiver(config, dtype=self.dtype_policy, name="perceiver")
+
+    @classmethod
+    def wrap(cls, perceiver, class_names, temperature=1.0, min_confidence=None):
+        """A built PerceiverClassifier holding a copy of a trained Perceiver's weights."""
+        model = cls(perceiver.config, class_names, temperature, min_confidence, dtype=perceiver.dtype_policy,
+                    name="perceiver_classifier")
+        model.build((None, None, None, perceiver.config.input_shape[2]))
+        model.perceiver.set_weights(perceiver.get_weights())
+        return model
+
+    def build(self, input_shape):
+        self.perceiver.build((None, *self.perceiver.config.input_shape))
+        self.built = True
+
+    def call(self, images):
+        logits = self.perceiver(self.preprocess(images))
+        return ops.softmax(ops.cast(logits, "float32") / self.temperature, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], len(self.class_names))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(perceiver_config=self.perceiver.config.to_dict(), class_names=list(self.class_names),
+                      temperature=self.temperature, min_confidence=self.min_confidence)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
 def build_model(config, dtype=None):
     """A built Perceiver for `config` (a PerceiverConfig, a dict or a preset name). `dtype` is a Keras dtype policy."""
     if isinstance(config, str):

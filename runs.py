@@ -1,13 +1,14 @@
 """Run folders: the one home of their format, which `train.py` writes and `driver.py` and bench/ read.
 
 A run folder holds `config.json` (every setting, the classes, the image size, versions, the command; `run_config`),
-`split.csv`, the best and the last weights (`model.weights.h5`, `last.weights.h5`), `history.csv` (one row per epoch,
-`HISTORY_COLUMNS`), `metrics.json`, `calibration.json` (calibration.py), the plots, a TensorBoard log and, while
+`split.csv`, the best and the last weights (`model.weights.h5`, `last.weights.h5`), `model.keras` (the best weights as
+one self-describing model file: pre-processing, classes and calibration inside; classifier.py), `history.csv` (one
+row per epoch, `HISTORY_COLUMNS`), `metrics.json`, `calibration.json` (calibration.py), the plots, a TensorBoard log and, while
 training, `resume_state.npz` (`save_state`).
 Inference rebuilds the model from `config.json` plus weights and never imports the training script; nothing is
 unpickled (Keras `.weights.h5` files are plain HDF5 arrays, the resume state a plain `.npz`).
 
-Checksums. Every weights file and the resume state get a SHA-256 beside them when they are written, in
+Checksums. Every weights file, model.keras and the resume state get a SHA-256 beside them when they are written, in
 `<file>.sha256` (the format of `sha256sum`, so `cd RUN && sha256sum -c *.sha256` checks a whole folder by hand), and
 loading verifies it: one flipped bit in a weights file otherwise turns a left knee into a confident right one. A file
 that does not match is refused with one sentence naming it; a file with no checksum (a run from before they were
@@ -45,7 +46,9 @@ SPLIT = "split.csv"
 CALIBRATION = "calibration.json"  # the temperature fitted on the validation split, the default confidence threshold
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds")
 CHECKSUM_SUFFIX = ".sha256"
-RUN_FILES = (CONFIG, BEST_WEIGHTS, LAST_WEIGHTS, STATE, HISTORY, METRICS, SPLIT, CALIBRATION)  # what train.py keeps
+MODEL_FILE = "model.keras"  # the best weights with pre-processing, classes and calibration inside (classifier.py)
+RUN_FILES = (CONFIG, BEST_WEIGHTS, LAST_WEIGHTS, STATE, HISTORY, METRICS, SPLIT, CALIBRATION,
+             MODEL_FILE)  # what train.py keeps
 
 
 PROJECT = pathlib.Path(__file__).resolve().parent
@@ -115,7 +118,7 @@ def atomic_save_weights(model, path):
     tmp = temporary_name(path)
     try:
         model.save_weights(tmp)
-        _replace_with_checksum(tmp, path)
+        replace_with_checksum(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -142,7 +145,7 @@ def write_checksum(path, digest=None):
     atomic_write_text(checksum_path(path), f"{digest or sha256_file(path)}  {path.name}\n")
 
 
-def _replace_with_checksum(tmp, path):
+def replace_with_checksum(tmp, path):
     """Renames the written temporary file `tmp` over `path`, then records its checksum."""
     digest = sha256_file(tmp)
     os.replace(tmp, path)
@@ -226,7 +229,7 @@ def save_state(path, model, epoch, best_val_loss, best_epoch):
     try:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
-        _replace_with_checksum(tmp, pathlib.Path(path))
+        replace_with_checksum(tmp, pathlib.Path(path))
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -32,6 +32,7 @@ import time
 import numpy as np
 
 import calibration
+import classifier
 import dataset
 import phantom
 import runs
@@ -520,6 +521,7 @@ def evaluate(args, run_dir, mconfig, data, record):
     metrics.update(best_epoch=record.best_epoch, best_val_loss=record.best_val, epochs_run=len(record.history),
                    stopped_by_nan=record.stopped_by_nan, stopped_early=record.stopped_early, calibration=fitted)
     runs.atomic_write_json(run_dir / runs.METRICS, metrics)
+    classifier.write_run_model(run_dir, model, data.classes, fitted["temperature"], fitted["min_confidence"])
     plot_run(run_dir, record.history, metrics)
     plot_roc(run_dir, logits, data.labels["test"], data.classes)
     return metrics

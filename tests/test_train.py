@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import classifier
 import phantom
 import plots
 import runs
@@ -50,7 +51,8 @@ def _history(run_dir):
 def test_smoke_run_writes_every_artifact(smoke_run):
     run_dir, proc = smoke_run
     for name in ("config.json", "split.csv", "model.weights.h5", "last.weights.h5", "history.csv", "metrics.json",
-                 "calibration.json", "acc.png", "loss.png", "confusion.png", "roc.png", "reliability.png"):
+                 "calibration.json", "model.keras", "model.keras.sha256", "acc.png", "loss.png", "confusion.png",
+                 "roc.png", "reliability.png"):
         assert (run_dir / name).is_file(), name
     for split in ("train", "validation"):  # one fit for the whole run: one event file per split, not per epoch
         assert len(list((run_dir / "tensorboard" / split).glob("events.out.tfevents.*"))) == 1, split
@@ -115,6 +117,23 @@ def test_the_run_is_calibrated_on_its_validation_split(smoke_run):
     # refitting from the saved run gives the same temperature (the same weights, the same validation images)
     again = calibration.calibrate_run(run_dir)
     assert again["temperature"] == pytest.approx(saved["temperature"], rel=1e-3)
+    assert classifier.load(run_dir / "model.keras").temperature == again["temperature"]  # refit reaches model.keras
+
+
+def test_model_keras_is_the_best_weights_with_their_calibration(smoke_run, knees):
+    """model.keras gives the run folder's calibrated probabilities on training-size images, carries its classes and
+    threshold, and its checksum verifies."""
+    import dataset
+    import driver
+
+    run_dir, _ = smoke_run
+    assert runs.verify_checksum(run_dir / "model.keras")
+    model = classifier.load(run_dir / "model.keras")
+    loaded = driver.load(run_dir)
+    assert model.class_names == loaded.classes and model.min_confidence == loaded.min_confidence
+    x = np.stack([dataset.load_image(str(p), (16, 16), 3) for p in sorted(knees.rglob("*.png"))[:8]])
+    np.testing.assert_allclose(np.asarray(model.predict(x, verbose=0)), driver.Predictor(loaded).probabilities(x),
+                               atol=1e-5)
 
 
 def test_test_loss_is_the_mean_over_test_examples(smoke_run):

@@ -1,0 +1,281 @@
+"""The model as one file that leaves the project: load it in one line, save it as `.keras`, export it.
+
+    import classifier
+    model = classifier.load("goliath")              # a run folder, or a .keras file such as goliath/model.keras
+    model.class_names, model.predict(images)        # uint8 (n, h, w, 1 or 3), any size -> calibrated probabilities
+
+    python classifier.py goliath --format onnx --out knee.onnx        # same as driver.py --export knee.onnx
+    python classifier.py goliath --format savedmodel --out knee_savedmodel
+
+The model is `modules.PerceiverClassifier`: the trained Perceiver with its pre-processing (the resize to the trained
+size with Pillow's antialiased bilinear filter, grey to RGB, `x / 127.5 - 1`), its class names and its calibration
+temperature inside, so raw 8-bit images give calibrated probabilities. Its resize is the training one up to one grey
+level (Pillow rounds to 8 bits between its two passes); images already at the trained size go through unchanged, and
+then it gives driver.py's probabilities exactly (`tests/test_classifier.py`).
+
+Formats:
+- `keras`: one `.keras` file (train.py writes `model.keras` in every run). Loads in safe mode with Keras and
+  modules.py: `keras.saving.load_model(path)` after `import modules`, or `classifier.load(path)`.
+- `savedmodel`: a TensorFlow SavedModel folder; `tf.saved_model.load(path).serve(images)` with uint8 images
+  `(n, h, w, c)`. Needs TensorFlow only (no Keras, no modules.py). Its class names and calibration are in
+  `perceiver_classifier.json` inside the folder.
+- `onnx`: one `.onnx` file, for onnxruntime and other ONNX runtimes; input `images`, uint8 `(n, h, w, c)`, output
+  the probabilities; the class names and calibration are in the file's metadata (`custom_metadata_map`). Needs the
+  optional packages tf2onnx and onnx (`pip install tf2onnx onnx`), under the TensorFlow backend.
+- `litert`: one `.tflite` file for LiteRT (TensorFlow Lite), whose converter needs fixed shapes: it takes images at
+  the trained size, `(1, 64, 64, 3)` for the reference run; metadata in a `<file>.json` beside it.
+Every format is checked against Keras on the same images (max difference of probabilities under 1e-5) by
+tests/test_classifier.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import sys
+import warnings
+
+import runs
+from errors import EXIT_USAGE, UsageError, console_safe
+
+FORMATS = ("keras", "savedmodel", "onnx", "litert")
+METADATA = "perceiver_classifier.json"  # a SavedModel folder's (and a .tflite file's sidecar) class names etc.
+
+
+def load(path="goliath", *, weights="best"):
+    """The classifier of a run folder or `.keras` file: raw uint8 images in, calibrated probabilities out.
+
+    Args:
+        path: str | Path. A run folder written by train.py, or a `.keras` file of a PerceiverClassifier. Defaults
+            to the reference run `goliath/` (relative to the current folder).
+        weights: str. "best" or "last" weights of a run folder. Defaults to "best".
+
+    Returns:
+        modules.PerceiverClassifier (a keras.Model), with `class_names`, `temperature` and `min_confidence`.
+
+    Raises:
+        UsageError: one sentence when the path holds no usable model.
+    """
+    from modules import PerceiverClassifier
+
+    path = pathlib.Path(path)
+    if path.suffix == ".keras":
+        model = read_keras(path)
+        if not isinstance(model, PerceiverClassifier):
+            raise UsageError(f"{path} holds a {type(model).__name__}, not a classifier with its classes and "
+                             "pre-processing; classify with driver.py --run and --classes, or export a run folder.")
+        return model
+    try:
+        loaded = runs.load_run(path, weights=weights)
+    except runs.RunError as e:
+        raise UsageError(str(e).rstrip(".") + ".") from None
+    return PerceiverClassifier.wrap(loaded.model, loaded.classes, loaded.temperature, loaded.min_confidence)
+
+
+def read_keras(path):
+    """Loads a `.keras` file in safe mode (no Python lambdas deserialised), after checking its SHA-256 when one is
+    recorded beside it (a run's model.keras; a file shared alone has none and its zip CRC still catches damage).
+
+    Raises:
+        UsageError: one sentence naming the file.
+    """
+    import keras
+
+    import modules  # noqa: F401  (registers the Perceiver's layers for deserialisation)
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise UsageError(f"model file {path} does not exist; pass a .keras file or a run folder.")
+    try:
+        runs.verify_checksum(path, warn=False)
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except runs.RunError as e:
+        raise UsageError(str(e)) from None
+    except Exception as e:  # a damaged zip, an unknown layer, a lambda refused by safe mode, ...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UsageError(f"cannot load {path} in safe mode: {first}") from None
+
+
+def metadata(model):
+    """What a person without Keras needs beside the exported graph: classes, calibration, input."""
+    c = model.perceiver.config
+    return {
+        "class_names": list(model.class_names),
+        "temperature": model.temperature,
+        "min_confidence": model.min_confidence,
+        "input": "uint8 images (batch, height, width, 1 or 3), any height and width; resized inside to "
+                 f"{c.input_shape[0]} x {c.input_shape[1]}",
+        "output": "calibrated probabilities (batch, classes), softmax(logits / temperature), in class_names order",
+        "trained_image_size": list(c.input_shape[:2]),
+    }
+
+
+def format_of(out, given=None):
+    """The export format: `given`, else from the file name (.keras, .onnx, .tflite; a folder is a SavedModel)."""
+    if given:
+        return given
+    suffix = pathlib.Path(out).suffix.lower()
+    return {".keras": "keras", ".onnx": "onnx", ".tflite": "litert"}.get(suffix, "savedmodel")
+
+
+def _input_spec(model, fmt):
+    import keras
+
+    if fmt == "litert":  # the LiteRT converter wants static shapes: one image at the trained size
+        return [keras.InputSpec(shape=(1, *model.perceiver.config.input_shape), dtype="uint8", name="images")]
+    return [keras.InputSpec(shape=(None, None, None, None), dtype="uint8", name="images")]
+
+
+def check_output(out, fmt):
+    """Refuses an export path that exists (never overwritten) or whose folder is missing, before any work."""
+    out = pathlib.Path(out)
+    if fmt not in FORMATS:
+        raise UsageError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}.")
+    if os.path.lexists(out):
+        raise UsageError(f"{out} already exists; pass a new path (an export never overwrites).")
+    folder = out.parent if str(out.parent) else pathlib.Path(".")
+    if not folder.is_dir():
+        raise UsageError(f"the folder of {out} does not exist; create it or pass another path.")
+    if fmt == "keras" and out.suffix != ".keras":
+        raise UsageError(f"a keras export must end in .keras, not {out.name!r}.")
+    if fmt == "onnx" and out.suffix != ".onnx":
+        raise UsageError(f"an onnx export must end in .onnx, not {out.name!r}.")
+    if fmt == "litert" and out.suffix != ".tflite":
+        raise UsageError(f"a litert export must end in .tflite, not {out.name!r}.")
+
+
+def save_keras(model, path):
+    """Saves `model` as a `.keras` file atomically, with its SHA-256 beside it (`<path>.sha256`); replaces `path`.
+
+    train.py writes every run's model.keras this way (and calibration.py again when it refits the temperature)."""
+    path = pathlib.Path(path)
+    tmp = runs.temporary_name(path)  # keeps the ".keras" ending that Keras requires
+    try:
+        model.save(tmp)
+        runs.replace_with_checksum(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return [str(path), str(runs.checksum_path(path))]
+
+
+def write_run_model(run_dir, perceiver, classes, temperature, min_confidence):
+    """Writes a run's `model.keras` (runs.MODEL_FILE) from its trained Perceiver and calibration."""
+    from modules import PerceiverClassifier
+
+    model = PerceiverClassifier.wrap(perceiver, classes, temperature, min_confidence)
+    return save_keras(model, pathlib.Path(run_dir) / runs.MODEL_FILE)
+
+
+def export(model, out, fmt=None):
+    """Writes `model` (a PerceiverClassifier) to `out` in `fmt` (see the module docstring), atomically.
+
+    Returns:
+        list[str]: the paths written.
+
+    Raises:
+        UsageError: for a path that exists, a missing folder, a format this backend or install cannot write.
+    """
+    import keras
+
+    out = pathlib.Path(out)
+    fmt = format_of(out, fmt)
+    check_output(out, fmt)
+    if fmt != "keras" and keras.backend.backend() != "tensorflow":
+        raise UsageError(f"exporting {fmt} needs the TensorFlow backend; run with KERAS_BACKEND=tensorflow.")
+    if fmt == "onnx":
+        try:
+            import onnx
+            import tf2onnx  # noqa: F401  (Keras converts through it)
+        except ImportError:
+            raise UsageError("exporting onnx needs the packages tf2onnx and onnx: pip install tf2onnx onnx") from None
+    if fmt == "keras":
+        return save_keras(model, out)
+    tmp = runs.temporary_name(out)
+    written = [out]
+    try:
+        if fmt == "onnx":
+            _teach_tf2onnx_erfc()
+            with warnings.catch_warnings():  # Keras' own numpy 2 patch of tf2onnx warns about np.object
+                warnings.simplefilter("ignore", FutureWarning)
+                model.export(tmp, format="onnx", input_signature=_input_spec(model, fmt), verbose=False)
+            graph = onnx.load(tmp)
+            for key, value in metadata(model).items():
+                graph.metadata_props.add(key=key, value=json.dumps(value))
+            onnx.save(graph, tmp)
+        else:
+            model.export(tmp, format="tf_saved_model" if fmt == "savedmodel" else "litert",
+                         input_signature=_input_spec(model, fmt), verbose=False)
+            if fmt == "savedmodel":
+                (tmp / METADATA).write_text(json.dumps(metadata(model), indent=2) + "\n")
+        os.replace(tmp, out)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+    if fmt == "litert":
+        sidecar = out.with_name(out.name + ".json")
+        runs.atomic_write_json(sidecar, metadata(model))
+        written.append(sidecar)
+    return [str(p) for p in written]
+
+
+_ERFC_TAUGHT = False
+
+
+def _teach_tf2onnx_erfc():
+    """tf2onnx has no converter for TensorFlow's Erfc, which TensorFlow's exact GELU uses (`0.5 x erfc(-x / sqrt 2)`);
+    ONNX has Erf (opset 9). This registers `erfc(x) = 1 - erf(x)` once per process. The two agree to float32
+    rounding for the arguments a GELU sees (checked by tests/test_classifier.py against Keras)."""
+    global _ERFC_TAUGHT
+    if _ERFC_TAUGHT:
+        return
+    import numpy as np
+    from tf2onnx import utils
+    from tf2onnx.handler import tf_op
+
+    @tf_op("Erfc")
+    class Erfc:  # noqa: F841  (registered by the decorator)
+        @classmethod
+        def version_9(cls, ctx, node, **kwargs):
+            dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.output[0]))
+            one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1, dtype=dtype))
+            node.type = "Erf"
+            ctx.insert_new_node_on_output("Sub", node.output[0], name=utils.make_name(f"{node.name}_erfc"),
+                                          inputs=[one.output[0], node.output[0]])
+
+    _ERFC_TAUGHT = True
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="classifier.py", description="Export a trained run as one self-describing model "
+                                "file: keras, savedmodel, onnx or litert.")
+    p.add_argument("run", nargs="?", default="goliath", help="run folder or .keras file (default: goliath)")
+    p.add_argument("--out", required=True, help="file or folder to write (never overwritten)")
+    p.add_argument("--format", default=None, choices=FORMATS,
+                   help="export format (default: from --out: .keras, .onnx, .tflite, else savedmodel)")
+    p.add_argument("--weights", default="best", choices=("best", "last"),
+                   help="which weights of a run folder (default: best)")
+    return p
+
+
+def main(argv=None):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    console_safe()
+    args = build_parser().parse_args(argv)
+    try:
+        fmt = format_of(args.out, args.format)
+        check_output(args.out, fmt)  # before the model loads (seconds)
+        written = export(load(args.run, weights=args.weights), args.out, fmt)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"wrote {fmt}: {', '.join(written)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
