@@ -15,7 +15,9 @@ from modules import (
     MLP,
     LatentTransformer,
     Perceiver,
+    PerceiverClassifier,
     PerceiverConfig,
+    Preprocess,
     SelfAttentionBlock,
     build_model,
     fourier_features,
@@ -328,6 +330,27 @@ def test_serialisation_round_trips(tmp_path):
     assert not np.allclose(ops.convert_to_numpy(fresh(x)), expected)
     fresh.load_weights(tmp_path / "m.weights.h5")
     np.testing.assert_allclose(ops.convert_to_numpy(fresh(x)), expected, atol=1e-6)
+
+
+def test_classifier_pre_processing_and_calibration_on_every_backend(tmp_path):
+    """PerceiverClassifier under this backend: raw 8-bit images of any size, grey or RGB, give calibrated
+    probabilities equal to the Perceiver on the training scaling, and survive a safe-mode round trip."""
+    keras.utils.set_random_seed(0)
+    perceiver = build_model(TINY)
+    model = PerceiverClassifier.wrap(perceiver, ["a", "b"], temperature=3.0)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (3, 16, 16, 3)).astype("uint8")  # the trained size: nothing to resize
+    logits = ops.convert_to_numpy(perceiver(x.astype("float32") / 127.5 - 1.0)).astype("float64") / 3.0
+    want = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(ops.convert_to_numpy(model(x)), want / want.sum(1, keepdims=True), atol=1e-6)
+    flat = np.full((2, 37, 23, 1), 77, "uint8")  # a constant grey image stays that constant at any size
+    np.testing.assert_allclose(ops.convert_to_numpy(Preprocess((16, 16), 3)(flat)), 77 / 127.5 - 1.0, atol=1e-6)
+    tall = rng.integers(0, 256, (1, 90, 20, 1)).astype("uint8")  # the height shrinks more: the other pass order
+    assert ops.convert_to_numpy(Preprocess((16, 16), 1)(tall)).shape == (1, 16, 16, 1)
+    model.save(tmp_path / "c.keras")
+    again = keras.saving.load_model(tmp_path / "c.keras", safe_mode=True)
+    assert isinstance(again, PerceiverClassifier) and again.class_names == ["a", "b"] and again.temperature == 3.0
+    np.testing.assert_allclose(ops.convert_to_numpy(again(flat)), ops.convert_to_numpy(model(flat)), atol=1e-6)
 
 
 def test_mismatched_weights_are_refused(tmp_path):
