@@ -133,9 +133,16 @@ def _load_keras_file(path, classes):
         if classes is not None and list(classes) != model.class_names:
             raise UsageError(f"{path} names its classes ({','.join(model.class_names)}); leave out --classes.")
         c = model.perceiver.config
-        return runs.LoadedRun(run_dir=path.parent, config={}, model=model.perceiver, classes=list(model.class_names),
-                              image_size=tuple(c.input_shape[:2]), channels=int(c.input_shape[2]), weights_path=path,
-                              temperature=model.temperature, min_confidence=model.min_confidence)
+        config = {}  # a run's own model.keras beside its config.json: its test split can be classified too
+        if path.name == runs.MODEL_FILE and (path.parent / runs.CONFIG).is_file():
+            try:
+                config = runs.read_config(path.parent)
+            except runs.RunError:
+                config = {}
+        return runs.LoadedRun(run_dir=path.parent, config=config, model=model.perceiver,
+                              classes=list(model.class_names), image_size=tuple(c.input_shape[:2]),
+                              channels=int(c.input_shape[2]), weights_path=path, temperature=model.temperature,
+                              min_confidence=model.min_confidence)
     config = getattr(model, "config", None)  # a Perceiver knows its shapes; another model may declare them
     try:
         shape = tuple(config.input_shape) if config is not None else tuple(model.input_shape[1:])

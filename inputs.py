@@ -286,7 +286,10 @@ def decode_chunk(items, size, channels):
 def test_split_inputs(loaded, data_root=None):
     """The test images recorded in the run folder's split.csv, with their labels as the expected class."""
     split_path = loaded.run_dir / runs.SPLIT
-    if not loaded.config or not split_path.is_file():
+    if not loaded.config:
+        raise UsageError(f"{loaded.weights_path} comes without its run folder's {runs.CONFIG}, so there is no test "
+                         "split to classify; pass images to classify.")
+    if not split_path.is_file():
         raise UsageError(f"{loaded.run_dir} has no {runs.SPLIT} to take test images from; pass images to classify.")
     root = data_root or str(runs.data_root(loaded.config))
     try:

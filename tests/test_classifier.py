@@ -233,3 +233,11 @@ def test_every_export_gives_the_keras_probabilities(tmp_path):
     np.testing.assert_array_equal(np.asarray(classifier.load(out).predict(grey, verbose=0)), keras_out["grey"])
     assert driver.main(["--export", str(out)]) == 2  # never overwritten
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_a_lone_model_file_without_its_run_folder_asks_for_images(tmp_path, capsys):
+    lone = tmp_path / "model.keras"
+    lone.write_bytes(open(os.path.join(GOLIATH, runs.MODEL_FILE), "rb").read())
+    assert driver.main(["--run", str(lone)]) == 2  # no INPUT: the test split, which only a run folder names
+    err = capsys.readouterr().err
+    assert "comes without its run folder's config.json" in err and err.count("\n") == 1, err
