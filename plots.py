@@ -1,5 +1,6 @@
 """Every figure the project draws: a training run's curves, confusion matrix, ROC and reliability diagram (train.py,
-calibration.py), and the attention overlay of an explained input (driver.py --explain).
+calibration.py), and the attention overlays of an explained input (driver.py --explain) and of the HTML report's
+cards (`attention_overlay`, on the same colour scale).
 
 Figures are matplotlib `Figure` objects on the Agg canvas (`_figure`), never pyplot: no global backend switch, no GUI,
 nothing to close. The drawing functions return their figures, so tests can look at what was drawn.
@@ -180,15 +181,10 @@ def explain_figure(out_path, gray, maps, *, title, subtitle, flagged=False):
     Returns:
         Figure: the figure written.
     """
-    import matplotlib  # lazy, like _figure's imports
-    from matplotlib import cm, colors
-
     n = len(maps)
     h, w = gray.shape
     relative = maps * (maps.shape[1] * maps.shape[2])  # x uniform
-    vmax = max(float(np.percentile(relative, 99.9)), 1.5)
-    norm = colors.Normalize(vmin=1.0, vmax=vmax)  # at or below uniform: no heat
-    scale = cm.ScalarMappable(norm=norm, cmap=matplotlib.colormaps["inferno"])
+    scale = _heat_scale(relative)
     panel_w = 3.1
     fig_h = panel_w * h / w + 1.35
     fig = _figure(figsize=(panel_w * (n + 1) + 0.9, fig_h), facecolor=BACKGROUND)
@@ -211,15 +207,44 @@ def explain_figure(out_path, gray, maps, *, title, subtitle, flagged=False):
     return fig
 
 
-def _overlay_panel(ax, gray, m, relative, scale, *, title):
-    """One cross-attend's map `m` (summing to 1; `relative`: the same in x uniform) as heat over the dimmed input."""
-    h, w = gray.shape
-    up = _upsample(relative, (h, w))
+def attention_overlay(gray, maps):
+    """The input with the mean of its cross-attends' maps as heat on top, as explain_figure draws each one (the
+    HTML report's small picture).
+
+    Args:
+        gray: np.ndarray. uint8 (h, w) image at display resolution.
+        maps: np.ndarray. (num_cross_attends, gh, gw) attention on the model's grid, each summing to 1.
+
+    Returns:
+        np.ndarray: uint8 (h, w, 3) RGB.
+    """
+    mean = np.asarray(maps, np.float32).mean(axis=0)
+    relative = mean * mean.size  # x uniform
+    return np.round(_heat_rgb(gray, relative, _heat_scale(relative)) * 255).astype(np.uint8)
+
+
+def _heat_scale(relative):
+    """The colour scale of maps in x uniform: none at or below uniform, full at the 99.9th percentile (at least 1.5)."""
+    import matplotlib  # lazy, like _figure's imports
+    from matplotlib import cm, colors
+
+    vmax = max(float(np.percentile(relative, 99.9)), 1.5)
+    return cm.ScalarMappable(norm=colors.Normalize(vmin=1.0, vmax=vmax), cmap=matplotlib.colormaps["inferno"])
+
+
+def _heat_rgb(gray, relative, scale):
+    """Float RGB in [0, 1] (h, w, 3): the dimmed image, the map (x uniform, on the grid) upsampled over it as heat."""
+    up = _upsample(relative, gray.shape)
     rgba = scale.cmap(scale.norm(up))
     strength = np.clip(scale.norm(up), 0, 1) ** 0.75
     dim = (0.35 + 0.65 * gray.astype(np.float32) / 255.0)[..., None] * 0.75  # the anatomy stays visible under heat
-    rgb = dim * (1 - strength[..., None] * 0.85) + rgba[..., :3] * strength[..., None] * 0.85
-    ax.imshow(np.clip(rgb, 0, 1), interpolation="bilinear")
+    return np.clip(dim * (1 - strength[..., None] * 0.85) + rgba[..., :3] * strength[..., None] * 0.85, 0, 1)
+
+
+def _overlay_panel(ax, gray, m, relative, scale, *, title):
+    """One cross-attend's map `m` (summing to 1; `relative`: the same in x uniform) as heat over the dimmed input."""
+    h, w = gray.shape
+    ax.imshow(_heat_rgb(gray, relative, scale), interpolation="bilinear")
     level, area = _mass_threshold(m)
     ax.contour(_upsample(m, (h, w)), levels=[level], colors=["#c9d1d9"], linewidths=0.7, linestyles="--", alpha=0.8)
     ax.set_title(title, color=FOREGROUND, fontsize=10)
