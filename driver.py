@@ -7,6 +7,7 @@ model looked.
     python driver.py scans/ --expect left             # every input should be a left knee: flag the others
     python driver.py scans/ --results-file out.csv    # also write the table (csv, or json with .json / --results-format)
     python driver.py knee.png --explain explain/      # a PNG per input: the image beside each cross-attend's map
+    python driver.py scans/ --report report.html      # one HTML file: counts, a card per scan, a sortable table
     python driver.py knee.png --run model.keras       # a whole saved model (loaded in safe mode)
     python driver.py --export knee.onnx               # the model with its pre-processing as one file (classifier.py)
 
@@ -66,6 +67,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import functools
 import io
 import math
 import os
@@ -80,6 +82,7 @@ from tqdm import tqdm
 import calibration
 import classifier
 import dataset
+import htmlreport
 import metrics
 import runs
 import verdicts
@@ -488,6 +491,9 @@ def build_parser():
                    help="format of --results-file (default: json for a .json file, else csv)")
     g.add_argument("--per-slice", action="store_true",
                    help="list every slice of a volume, and explain every slice (default: off, volumes only)")
+    g.add_argument("--report", default=None, metavar="FILE",
+                   help="also write a self-contained HTML report: the counts, a card per scan with its slices and "
+                        "attention, a table that sorts and filters (default: none)")
     g.add_argument("--explain", default=None, metavar="OUTDIR",
                    help="write a PNG per input: the image beside each cross-attend's attention map (default: none)")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -517,41 +523,47 @@ def confidence_threshold(given, loaded, num_classes):
 
 
 def check_outputs(args, inputs=()):
-    """Checks every output path before any work, so that a typo costs no classification: the --results-file folder
-    exists, the path is not a folder, and it is none of the inputs and no file of the run (a results file written over
-    a scan or over model.weights.h5 would destroy it); the --explain folder is a folder (it is created now).
+    """Checks every output path before any work, so that a typo costs no classification: the folder of
+    --results-file and --report exists, the path is not a folder, and it is none of the inputs, no file of the run (a
+    results file written over a scan or over model.weights.h5 would destroy it) and not the other output; the
+    --explain folder is a folder (it is created now).
 
     Raises:
         UsageError: naming the option and the path.
     """
-    if args.results_file:
-        path = pathlib.Path(args.results_file)
-        folder = path.parent if str(path.parent) else pathlib.Path(".")
-        if path.is_dir():
-            raise UsageError(f"--results-file {path} is a folder; pass a file name such as {path / 'results.csv'}.")
-        if not folder.is_dir():
-            raise UsageError(f"the folder of --results-file {path} does not exist; create it or pass another path.")
-        if not os.access(folder, os.W_OK):
-            raise UsageError(f"cannot write --results-file {path}: its folder is not writable.")
-        _refuse_overwriting(path, inputs, pathlib.Path(args.run or DEFAULT_RUN))
+    files = (("--results-file", args.results_file, "results.csv"), ("--report", args.report, "report.html"))
+    for option, value, example in files:
+        if value:
+            path = pathlib.Path(value)
+            folder = path.parent if str(path.parent) else pathlib.Path(".")
+            if path.is_dir():
+                raise UsageError(f"{option} {path} is a folder; pass a file name such as {path / example}.")
+            if not folder.is_dir():
+                raise UsageError(f"the folder of {option} {path} does not exist; create it or pass another path.")
+            if not os.access(folder, os.W_OK):
+                raise UsageError(f"cannot write {option} {path}: its folder is not writable.")
+            _refuse_overwriting(path, inputs, pathlib.Path(args.run or DEFAULT_RUN), option)
+    if args.results_file and args.report and (pathlib.Path(args.results_file).resolve()
+                                              == pathlib.Path(args.report).resolve()):
+        raise UsageError(f"--results-file and --report are both {args.report}; pass two different files.")
     if args.explain is not None:
         make_explain_folder(args.explain)
 
 
-def _refuse_overwriting(path, inputs, run):
-    """Refuses a results file that is one of the inputs, the run's .keras file, or one of its run folder's files."""
+def _refuse_overwriting(path, inputs, run, option="--results-file"):
+    """Refuses an output file that is one of the inputs, the run's .keras file, or one of its run folder's files."""
     if not path.exists():
         return
     target = path.resolve()
     files = [f for item in inputs for f in (item.files or (item.path,))]
     if any(pathlib.Path(f).resolve() == target for f in files):
-        raise UsageError(f"--results-file {path} is one of the inputs; writing the results there would destroy it, "
-                         "so pass another path.")
+        raise UsageError(f"{option} {path} is one of the inputs; writing there would destroy it, so pass another "
+                         "path.")
     run = run.resolve()
     own = {run / name for name in runs.RUN_FILES} | {run / (name + runs.CHECKSUM_SUFFIX) for name in runs.RUN_FILES}
     if target == run or target in own:
-        raise UsageError(f"--results-file {path} is a file of the run {run}; writing the results there would destroy "
-                         "it, so pass another path.")
+        raise UsageError(f"{option} {path} is a file of the run {run}; writing there would destroy it, so pass "
+                         "another path.")
 
 
 def make_explain_folder(folder):
@@ -573,9 +585,9 @@ def make_explain_folder(folder):
 def run(args, out=sys.stdout):
     """Runs the command line; returns the exit status. Raises UsageError for mistakes the user can fix.
 
-    The results file and the explanations are written before the table is printed, so a reader that closes the pipe
-    early (`driver.py scans/ --results-file r.csv | head`) loses nothing; the rest of the table is then dropped
-    quietly."""
+    The results file, the report and the explanations are written before the table is printed, so a reader that
+    closes the pipe early (`driver.py scans/ --results-file r.csv | head`) loses nothing; the rest of the table is
+    then dropped quietly."""
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     if classes is not None and (len(set(classes)) != len(classes) or not all(classes)):
         raise UsageError(f"--classes {args.classes!r} must be distinct, non-empty names separated by commas.")
@@ -596,9 +608,10 @@ def run(args, out=sys.stdout):
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     predictor = Predictor(loaded, args.batch_size)
     t0 = time.perf_counter()
+    keep_images = args.explain is not None or args.report is not None
     classified = classify(predictor, inputs, expect=args.expect, workers=args.workers, progress=progress,
-                          keep_images=args.explain is not None)
-    results, images = classified if args.explain is not None else (classified, None)
+                          keep_images=keep_images)
+    results, images = classified if keep_images else (classified, None)
     seconds = time.perf_counter() - t0
     scans = verdicts.group(results, loaded.classes, threshold)
     counts = verdicts.counts(scans, ignored)
@@ -612,9 +625,14 @@ def run(args, out=sys.stdout):
     if progress:
         print(f"{counts['slices']:,} images in {seconds:.2f} s ({counts['slices'] / max(seconds, 1e-9):,.0f} "
               "images/s)", file=sys.stderr)
+    settings = {"temperature": loaded.temperature, "min_confidence": threshold, "scan_rule": metrics.SCAN_RULE}
     if args.results_file:
-        settings = {"temperature": loaded.temperature, "min_confidence": threshold, "scan_rule": metrics.SCAN_RULE}
         write_results(args.results_file, scans, loaded.classes, fmt=fmt, run=where, counts=counts, settings=settings)
+    if args.report:
+        attention = (functools.partial(_attention_maps, loaded.model, images)
+                     if hasattr(loaded.model, "attention_heatmaps") else None)  # a .keras file may hold another model
+        htmlreport.scan_report(args.report, scans, inputs=inputs, results=results, images=images, counts=counts,
+                               classes=loaded.classes, run=str(where), settings=settings, attention=attention)
     if args.explain is not None:
         written = explain(loaded, inputs, results, images, args.explain, per_slice=args.per_slice,
                           progress=progress)

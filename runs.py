@@ -3,8 +3,8 @@
 A run folder holds `config.json` (every setting, the classes, the image size, versions, the command; `run_config`),
 `split.csv`, the best and the last weights (`model.weights.h5`, `last.weights.h5`), `model.keras` (the best weights as
 one self-describing model file: pre-processing, classes and calibration inside; classifier.py), `history.csv` (one
-row per epoch, `HISTORY_COLUMNS`), `metrics.json`, `calibration.json` (calibration.py), the plots, a TensorBoard log and, while
-training, `resume_state.npz` (`save_state`).
+row per epoch, `HISTORY_COLUMNS`), `metrics.json`, `calibration.json` (calibration.py), the plots, `report.html`
+(htmlreport.py), a TensorBoard log and, while training, `resume_state.npz` (`save_state`).
 Inference rebuilds the model from `config.json` plus weights and never imports the training script; nothing is
 unpickled (Keras `.weights.h5` files are plain HDF5 arrays, the resume state a plain `.npz`).
 
@@ -44,11 +44,12 @@ HISTORY = "history.csv"
 METRICS = "metrics.json"
 SPLIT = "split.csv"
 CALIBRATION = "calibration.json"  # the temperature fitted on the validation split, the default confidence threshold
+REPORT = "report.html"  # the run's HTML report (htmlreport.py), written after metrics.json and the plots
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds")
 CHECKSUM_SUFFIX = ".sha256"
 MODEL_FILE = "model.keras"  # the best weights with pre-processing, classes and calibration inside (classifier.py)
 RUN_FILES = (CONFIG, BEST_WEIGHTS, LAST_WEIGHTS, STATE, HISTORY, METRICS, SPLIT, CALIBRATION,
-             MODEL_FILE)  # what train.py keeps
+             MODEL_FILE, REPORT)  # what train.py keeps
 
 
 PROJECT = pathlib.Path(__file__).resolve().parent

@@ -146,12 +146,17 @@ def test_a_closed_pipe_loses_no_results_and_prints_no_traceback(knees, tmp_path)
     assert sum(r["level"] == "slice" for r in rows) == images  # every slice is in the file
 
 
-@pytest.mark.parametrize("option", ["results-folder", "results-is-dir", "explain-is-file"])
+@pytest.mark.parametrize("option", ["results-folder", "results-is-dir", "explain-is-file", "report-folder",
+                                    "report-is-dir", "report-is-the-results-file"])
 def test_an_output_that_cannot_be_written_is_refused_before_any_work(knees, tmp_path, option):
     (tmp_path / "a-file").write_text("keep me")
     args = {"results-folder": ["--results-file", tmp_path / "missing" / "r.csv"],
             "results-is-dir": ["--results-file", tmp_path],
-            "explain-is-file": ["--explain", tmp_path / "a-file"]}[option]
+            "explain-is-file": ["--explain", tmp_path / "a-file"],
+            "report-folder": ["--report", tmp_path / "missing" / "r.html"],
+            "report-is-dir": ["--report", tmp_path],
+            "report-is-the-results-file": ["--report", tmp_path / "a-file", "--results-file", tmp_path / "a-file"],
+            }[option]
     proc = _cli("driver.py", knees, *args, "--run", os.path.join(REPO, "no-such-run"))
     # refused before the run is even loaded: the message is about the output, not the missing run folder
     assert proc.returncode == 2 and _one_sentence(proc.stderr), proc.stderr
@@ -486,13 +491,14 @@ def test_blank_and_tiny_images_are_unsuitable_never_a_side(knees, tmp_path):
     assert reasons["strip.png"].startswith("unsuitable: it is 300 x 20 pixels")
 
 
-@pytest.mark.parametrize("target", ["an-input", "the-weights", "the-config"])
-def test_a_results_file_never_overwrites_an_input_or_the_run(knees, tmp_path, target):
+@pytest.mark.parametrize("option", ["--results-file", "--report"])
+@pytest.mark.parametrize("target", ["an-input", "the-weights", "the-config", "the-run-report"])
+def test_a_results_file_or_report_never_overwrites_an_input_or_the_run(knees, tmp_path, target, option):
     run = tmp_path / "run"
     shutil.copytree(GOLIATH, run, ignore=shutil.ignore_patterns("tensorboard"))
     path = {"an-input": next(knees.glob("*.png")), "the-weights": run / runs.BEST_WEIGHTS,
-            "the-config": run / runs.CONFIG}[target]
+            "the-config": run / runs.CONFIG, "the-run-report": run / runs.REPORT}[target]
     before = path.read_bytes()
-    proc = _cli("driver.py", knees, "--run", run, "--results-file", path)
+    proc = _cli("driver.py", knees, "--run", run, option, path)
     assert proc.returncode == 2 and _one_sentence(proc.stderr) and "would destroy it" in proc.stderr, proc.stderr
     assert path.read_bytes() == before
