@@ -2,7 +2,7 @@
 calibration error, Brier score), and the one rule that turns slice probabilities into a scan's verdict.
 
     python calibration.py goliath        # (re)fit a finished run's temperature; updates calibration.json,
-                                         # metrics.json["calibration"] and reliability.png
+                                         # metrics.json["calibration"], reliability.png and report.html
 
 train.py calls `calibrate` at the end of every run; driver.py reads the temperature and the default confidence
 threshold from the run's calibration.json (`runs.CALIBRATION`).
@@ -28,6 +28,7 @@ from scipy import optimize
 
 import classifier
 import dataset
+import htmlreport
 import metrics
 import plots
 import runs
@@ -158,7 +159,8 @@ def split_logits(loaded, data_root, split):
 
 
 def calibrate_run(run_dir, *, min_confidence=DEFAULT_MIN_CONFIDENCE):
-    """`calibrate` for a finished run folder: predicts its validation and test splits with the best weights."""
+    """`calibrate` for a finished run folder: predicts its validation and test splits with the best weights; when the
+    run has a metrics.json, updates it and writes report.html again."""
     try:
         loaded = runs.load_run(run_dir)
     except runs.RunError as e:
@@ -174,6 +176,7 @@ def calibrate_run(run_dir, *, min_confidence=DEFAULT_MIN_CONFIDENCE):
         saved["calibration"] = section
         saved["per_scan"] = metrics.per_scan(test[2], test[1], test[0], section["temperature"])
         runs.atomic_write_json(metrics_path, saved)
+        htmlreport.run_report(run_dir)  # it shows the calibration: written again, never left stale
     return section
 
 

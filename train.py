@@ -9,7 +9,8 @@ With no arguments the embedded synthetic set is made (or reused) under data/, th
 the test patients' accuracy is printed at the end: `test: accuracy A (correct/total images) ...` (the README gives
 the measured figures and the command behind each; a seed's run is deterministic). The run folder
 (default runs/<preset>-<time>) holds config.json, split.csv, model.weights.h5 (best on validation loss),
-last.weights.h5, history.csv, metrics.json, acc.png, loss.png, confusion.png, roc.png and tensorboard/.
+last.weights.h5, history.csv, metrics.json, acc.png, loss.png, confusion.png, roc.png, report.html (every figure and
+metric on one page; `python htmlreport.py RUN` writes it again) and tensorboard/.
 
 Several devices: `--distribute mirrored` (TensorFlow, every local GPU), `--distribute multi-worker` (TensorFlow, one
 process per machine, each with TF_CONFIG set), `--distribute data-parallel` (JAX, every local device).
@@ -34,6 +35,7 @@ import numpy as np
 import calibration
 import classifier
 import dataset
+import htmlreport
 import phantom
 import runs
 from errors import EXIT_USAGE, UsageError, console_safe
@@ -499,7 +501,8 @@ def fit(args, run_dir, model, mconfig, data, steps, start, progress):
 
 
 def evaluate(args, run_dir, mconfig, data, record):
-    """Test metrics of the best weights, as driver.py will load them; writes metrics.json and the plots."""
+    """Test metrics of the best weights, as driver.py will load them; writes metrics.json, the plots and report.html
+    (from those files, as `python htmlreport.py RUN` does)."""
     from modules import build_model
 
     model = build_model(mconfig)
@@ -524,6 +527,7 @@ def evaluate(args, run_dir, mconfig, data, record):
     classifier.write_run_model(run_dir, model, data.classes, fitted["temperature"], fitted["min_confidence"])
     plot_run(run_dir, record.history, metrics)
     plot_roc(run_dir, logits, data.labels["test"], data.classes)
+    htmlreport.run_report(run_dir)
     return metrics
 
 

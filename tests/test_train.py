@@ -52,7 +52,7 @@ def test_smoke_run_writes_every_artifact(smoke_run):
     run_dir, proc = smoke_run
     for name in ("config.json", "split.csv", "model.weights.h5", "last.weights.h5", "history.csv", "metrics.json",
                  "calibration.json", "model.keras", "model.keras.sha256", "acc.png", "loss.png", "confusion.png",
-                 "roc.png", "reliability.png"):
+                 "roc.png", "reliability.png", "report.html"):
         assert (run_dir / name).is_file(), name
     for split in ("train", "validation"):  # one fit for the whole run: one event file per split, not per epoch
         assert len(list((run_dir / "tensorboard" / split).glob("events.out.tfevents.*"))) == 1, split
