@@ -268,7 +268,7 @@ def _gray(image):
 
 def _strip(pictures):
     """The thumbnails in rows of up to STRIP_COLUMNS, 2 black pixels apart, each THUMB_HEIGHT high (aspect kept);
-    grey when they all are (a grey JPEG is about half the size of the same picture in colour)."""
+    one grey channel when they all are grey."""
     mode = "L" if all(p.ndim == 2 for p in pictures) else "RGB"
     tiles = []
     for p in pictures:
@@ -281,7 +281,7 @@ def _strip(pictures):
     width = max(sum(t.width for t in tiles[r * columns:(r + 1) * columns]) + 2 * (columns - 1) for r in range(rows))
     strip = Image.new(mode, (width, rows * THUMB_HEIGHT + 2 * (rows - 1)))
     for j, tile in enumerate(tiles):
-        row, column = divmod(j, columns)
+        row = j // columns
         x = sum(t.width + 2 for t in tiles[row * columns:j])
         strip.paste(tile, (x, row * (THUMB_HEIGHT + 2)))
     return np.asarray(strip)
@@ -297,7 +297,7 @@ def _overlay_picture(item, k, fallback, maps):
     (inputs.display_image), or on the decoded image if the file cannot be read again."""
     try:
         gray = display_image(item, k)
-    except (InputError, records.DataError, OSError, ValueError):
+    except (InputError, OSError, ValueError):  # the file changed or went away since it was classified
         gray = fallback if fallback.ndim == 2 else fallback.mean(axis=-1).astype(np.uint8)
     h, w = gray.shape
     scale = OVERLAY_SIZE / max(h, w)

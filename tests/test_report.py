@@ -27,8 +27,10 @@ from PIL import Image
 import dataset
 import driver
 import htmlreport
+import inputs
 import phantom
 import runs
+import verdicts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLIATH = os.path.join(REPO, "goliath")
@@ -360,3 +362,27 @@ def test_htmlreport_py_refuses_a_folder_that_is_not_a_finished_run(tmp_path, cap
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "half" / runs.REPORT).exists()
+
+
+# === Pieces of the scan report ===
+def test_a_scans_slices_are_in_slice_order_and_thumbnails_spread_evenly():
+    """AKOA slice files are ordered by their number (10 after 2, not before), whatever the input order."""
+    name = "OAI9000001_BaseLine_3_de3d1_SAG_3D_DESS_WE_LEFT.nii.gz_{}.png"
+    members = [driver.Result(name.format(k), "image", slice_probabilities=np.array([[0.5, 0.5]])) for k in (10, 2, 0)]
+    scan = verdicts.Scan("scan", members)
+    index_of = {id(r): i for i, r in enumerate(members)}
+    assert [i for i, _, _ in htmlreport._slices(scan, index_of)] == [2, 1, 0]
+    assert htmlreport._evenly(40) == [0, 3, 5, 8, 10, 13, 16, 18, 21, 23, 26, 29, 31, 34, 36, 39]
+    assert htmlreport._evenly(6) == [0, 1, 2, 3, 4, 5] and htmlreport._evenly(0) == []
+    strip = htmlreport._strip([np.zeros((64, 64), np.uint8)] * 16)
+    assert strip.shape == (2 * 64 + 2, 8 * 64 + 7 * 2)  # two rows of eight
+
+
+def test_an_attention_picture_falls_back_to_the_decoded_image_when_the_file_is_gone(tmp_path):
+    item = inputs.Input(str(tmp_path / "gone.png"), "image")
+    fallback = np.full((64, 48, 3), 100, np.uint8)
+    maps = np.zeros((2, 4, 4), np.float32)
+    maps[:, 0, 0] = 1.0  # all the attention in one corner
+    picture = htmlreport._overlay_picture(item, None, fallback, maps)
+    assert picture.shape == (htmlreport.OVERLAY_SIZE, round(48 * htmlreport.OVERLAY_SIZE / 64), 3)
+    assert picture[0, 0, 0] > picture[-1, -1, 0] + 60  # heat in that corner, none in the other
