@@ -11,7 +11,9 @@ The model is `modules.PerceiverClassifier`: the trained Perceiver with its pre-p
 size with Pillow's antialiased bilinear filter, grey to RGB, `x / 127.5 - 1`), its class names and its calibration
 temperature inside, so raw 8-bit images give calibrated probabilities. Its resize is the training one up to one grey
 level (Pillow rounds to 8 bits between its two passes); images already at the trained size go through unchanged, and
-then it gives driver.py's probabilities exactly (`tests/test_classifier.py`).
+then it gives driver.py's probabilities exactly (`tests/test_classifier.py`). It does not carry driver.py's input
+checks: a blank image or an axial slice gets probabilities like any other (driver.py calls them unsuitable or refuses
+them: inputs.check_suitable, inputs.check_plane).
 
 Formats:
 - `keras`: one `.keras` file (train.py writes `model.keras` in every run). Loads in safe mode with Keras and
