@@ -101,15 +101,18 @@ def read_keras(path):
         raise UsageError(f"cannot load {path} in safe mode: {first}") from None
 
 
-def metadata(model):
+def metadata(model, fmt=None):
     """What a person without Keras needs beside the exported graph: classes, calibration, input."""
     c = model.perceiver.config
+    given = ("uint8 images (batch, height, width, 1 or 3), any height and width; resized inside to "
+             f"{c.input_shape[0]} x {c.input_shape[1]}")
+    if fmt == "litert":
+        given = f"one uint8 image (1, {c.input_shape[0]}, {c.input_shape[1]}, {c.input_shape[2]}): the trained size"
     return {
         "class_names": list(model.class_names),
         "temperature": model.temperature,
         "min_confidence": model.min_confidence,
-        "input": "uint8 images (batch, height, width, 1 or 3), any height and width; resized inside to "
-                 f"{c.input_shape[0]} x {c.input_shape[1]}",
+        "input": given,
         "output": "calibrated probabilities (batch, classes), softmax(logits / temperature), in class_names order",
         "trained_image_size": list(c.input_shape[:2]),
     }
@@ -220,7 +223,7 @@ def export(model, out, fmt=None):
             tmp.unlink()
     if fmt == "litert":
         sidecar = out.with_name(out.name + ".json")
-        runs.atomic_write_json(sidecar, metadata(model))
+        runs.atomic_write_json(sidecar, metadata(model, fmt))
         written.append(sidecar)
     return [str(p) for p in written]
 

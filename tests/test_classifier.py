@@ -226,7 +226,8 @@ def test_every_export_gives_the_keras_probabilities(tmp_path):
         interpreter.set_tensor(given["index"], x[None])
         interpreter.invoke()
         np.testing.assert_allclose(interpreter.get_tensor(taken["index"])[0], keras_out["rgb"][i], atol=1e-5)
-    assert json.loads((tmp_path / "m.tflite.json").read_text())["class_names"] == ["left", "right"]
+    meta = json.loads((tmp_path / "m.tflite.json").read_text())
+    assert meta["class_names"] == ["left", "right"] and meta["input"].startswith("one uint8 image (1, 64, 64, 3)")
 
     out = tmp_path / "copy.keras"
     assert driver.main(["--export", str(out)]) == 0
