@@ -117,7 +117,7 @@ def uncertain_report(probs, labels, threshold):
     kept = int(sure.sum())
     correct = int((probs.argmax(axis=1)[sure] == labels[sure]).sum())
     return {"total": int(len(labels)), "uncertain": int(len(labels) - kept), "classified": kept,
-            "accuracy_of_classified": correct / kept if kept else float("nan"), "correct": correct}
+            "accuracy_of_classified": correct / kept if kept else None, "correct": correct}  # None: none left (JSON has no NaN)
 
 
 # === A run ===
@@ -186,8 +186,12 @@ def describe(section):
     return (f"calibration: temperature {section['temperature']:.3f} (fitted on the {section['fitted_on']}); test ECE "
             f"{b['ece']:.4f} -> {a['ece']:.4f}, Brier {b['brier']:.4f} -> {a['brier']:.4f}; at confidence "
             f">= {section['min_confidence']:g}: {s['uncertain']}/{s['total']} slices and {c['uncertain']}/{c['total']} "
-            f"scans uncertain, accuracy on the rest {s['accuracy_of_classified']:.4f} (slices), "
-            f"{c['accuracy_of_classified']:.4f} (scans)")
+            f"scans uncertain, accuracy on the rest {_rest(s)} (slices), {_rest(c)} (scans)")
+
+
+def _rest(level):
+    """The accuracy of the predictions above the threshold, or "none left" when every one is uncertain."""
+    return "none left" if level["accuracy_of_classified"] is None else f"{level['accuracy_of_classified']:.4f}"
 
 
 def main(argv=None):

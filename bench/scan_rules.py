@@ -45,8 +45,9 @@ def markdown(rows, threshold):
     lines = [f"| rule | scans correct | uncertain at p < {threshold:g} | accuracy of the confident | Brier | median "
              "confidence |", "|---|---|---|---|---|---|"]
     for r in rows:
+        confident = "none left" if r["accuracy_of_confident"] is None else f"{r['accuracy_of_confident']:.4f}"
         lines.append(f"| {r['rule']} | {r['correct']}/{r['scans']} | {r['uncertain']} | "
-                     f"{r['accuracy_of_confident']:.4f} | {r['brier']:.4f} | {r['median_confidence']:.4f} |")
+                     f"{confident} | {r['brier']:.4f} | {r['median_confidence']:.4f} |")
     return "\n".join(lines)
 
 

@@ -1,5 +1,6 @@
 """Tests of calibration.py and the scan rule in metrics.py, against values worked out by hand or by construction."""
 
+import json
 import math
 
 import numpy as np
@@ -63,3 +64,16 @@ def test_uncertain_report_counts_below_the_threshold():
     r = calibration.uncertain_report(probs, labels, 0.9)
     assert r == {"total": 4, "uncertain": 2, "classified": 2, "accuracy_of_classified": 1.0, "correct": 2}
     assert calibration.uncertain_report(probs, labels, 0.5)["accuracy_of_classified"] == 0.5
+
+
+def test_a_threshold_above_every_probability_leaves_none_and_writes_valid_json():
+    probs, labels = np.array([[0.95, 0.05], [0.2, 0.8]]), np.array([0, 1])
+    r = calibration.uncertain_report(probs, labels, 0.99)
+    assert (r["classified"], r["uncertain"], r["accuracy_of_classified"]) == (0, 2, None)
+    json.dumps(r, allow_nan=False)  # metrics.json stays strict JSON: no NaN
+    scans = calibration.uncertain_report(probs[:1], labels[:1], 0.9)
+    stats = {"ece": 0.1, "brier": 0.2}
+    section = {"temperature": 1.0, "fitted_on": "validation split", "test_before": stats, "test_after": stats,
+               "min_confidence": 0.99, "uncertain_at_min_confidence": {"slices": r, "scans": scans}}
+    text = calibration.describe(section)
+    assert "accuracy on the rest none left (slices), 1.0000 (scans)" in text
