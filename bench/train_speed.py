@@ -8,14 +8,16 @@
 
 Each row (implementation, backend, precision) runs in its own child process (`--worker`), so Keras backends do not
 interfere and peak memory is per row. A row builds the model, runs `--warmup` training steps (compilation included),
-then `--steps` timed steps on random in-memory data; images/s is batch size over the median step time. With
+then `--steps` timed steps on random in-memory data; images/s is batch size over the median step time. The warm-up
+is never timed with the steps; what it took beyond as many ordinary steps is the "compile s" column. With
 `--rounds N` every row runs N times, the rows alternating, and images/s is the median of the rounds' medians. Rows:
 
 - `ours`: `modules.build_model` compiled with AdamW and sparse cross-entropy on logits, stepped with
   `model.train_on_batch`, under `tensorflow` (XLA `jit_compile=True`, plus a row with it off), `jax` (always jitted)
   and `torch` (eager: Keras's `jit_compile` for torch is `torch.compile`; `--torch-compile` adds that row).
 - `perceiver-pytorch` and `transformers` (Hugging Face's Fourier image Perceiver): built at the same sizes by
-  `bench/peers.py` (which documents how each maps onto ours), trained with AdamW and cross-entropy in eager PyTorch.
+  `bench/peers.py` (which documents how each maps onto ours), trained with AdamW and cross-entropy in eager PyTorch
+  (with `--torch-compile` each also gets a `torch.compile` row beside its eager one).
   They are optional benchmark requirements (`pip install -r bench/requirements.txt`); when absent their rows say so.
 
 Configurations (64 x 64 x 3 inputs, 2 cross-attends, 2 classes):
@@ -124,10 +126,17 @@ def _device_name_and_memory(backend):
     return None, None
 
 
-def _time_steps(step, warmup, steps):
-    """Seconds of each timed step; `step()` must block until the step's results exist on the host."""
+def _time_steps(step, warmup, steps, warmup_times=None):
+    """Seconds of each timed step; `step()` must block until the step's results exist on the host.
+
+    The warm-up steps (tracing and compilation happen in the first) are never timed with the rest; their seconds are
+    appended to `warmup_times` when a list is given.
+    """
     for _ in range(warmup):
+        t = time.perf_counter()
         step()
+        if warmup_times is not None:
+            warmup_times.append(time.perf_counter() - t)
     times = []
     for _ in range(steps):
         t = time.perf_counter()
@@ -159,8 +168,10 @@ def _worker_ours(args, size):
     rng = np.random.default_rng(0)
     x = keras.ops.convert_to_tensor(rng.random((size["batch"],) + tuple(size["image"]), dtype=np.float32))
     y = keras.ops.convert_to_tensor(rng.integers(0, size["num_classes"], size["batch"]).astype("int32"))
-    times = _time_steps(lambda: model.train_on_batch(x, y), args.warmup, args.steps)  # returns numpy: synchronises
-    return dict(times=times, params=model.count_params(), forward_flops=modules.forward_flops(config))
+    warmup = []
+    times = _time_steps(lambda: model.train_on_batch(x, y), args.warmup, args.steps, warmup)  # numpy: synchronises
+    return dict(times=times, warmup_times=warmup, params=model.count_params(),
+                forward_flops=modules.forward_flops(config))
 
 
 def _worker_peer(args, size):
@@ -195,8 +206,9 @@ def _worker_peer(args, size):
         opt.step()
         return loss.item()  # synchronises
 
-    times = _time_steps(step, args.warmup, args.steps)
-    return dict(times=times, params=sum(p.numel() for p in model.parameters()),
+    warmup = []
+    times = _time_steps(step, args.warmup, args.steps, warmup)
+    return dict(times=times, warmup_times=warmup, params=sum(p.numel() for p in model.parameters()),
                 forward_flops=peers.FLOPS[args.impl](size))
 
 
@@ -247,9 +259,10 @@ def plan_rows(args):
                 for jit in jits:
                     rows.append(dict(impl="ours", backend=backend, precision=precision, jit=jit, skip=skip))
         for name in peers.PEERS:
-            if name in args.only:
-                rows.append(dict(impl=name, backend="torch", precision=precision, jit=args.torch_compile,
-                                 skip=peers.missing(name)))
+            if name in args.only:  # eager always; with --torch-compile also compiled, so the faster one is the bar
+                for jit in [False] + ([True] if args.torch_compile else []):
+                    rows.append(dict(impl=name, backend="torch", precision=precision, jit=jit,
+                                     skip=peers.missing(name)))
     return rows
 
 
@@ -259,7 +272,7 @@ def run_row(row, args):
            "--config", args.config, "--precision", row["precision"], "--warmup", str(args.warmup),
            "--steps", str(args.steps)]
     cmd += ["--jit"] if row["jit"] else ["--no-jit"]
-    if row["impl"] != "ours" and args.torch_compile:
+    if row["impl"] != "ours" and row["jit"]:
         cmd.append("--torch-compile")
     env = dict(os.environ, KERAS_BACKEND=row["backend"], TF_CPP_MIN_LOG_LEVEL="2")
     t = time.perf_counter()
@@ -276,6 +289,7 @@ def run_row(row, args):
         return row
     result = json.loads(lines[-1][len(_MARK):])
     row.setdefault("round_times", []).append(result.pop("times"))
+    row.setdefault("round_warmup_times", []).append(result.pop("warmup_times"))
     row["peak_bytes"] = max(result.pop("peak_bytes"), row.get("peak_bytes", 0))
     row.update(result)
     return row
@@ -301,6 +315,11 @@ def summarise(rows, args):
         row["images_per_s"] = batch / row["step_s"]
         # the fastest step: less hit by a busy shared machine
         row["best_images_per_s"] = batch / min(min(times) for times in row["round_times"])
+        # compilation: what the warm-up steps took beyond as many timed steps (tracing, XLA, torch.compile's
+        # Inductor, including a recompile on the second step), the median over rounds
+        extra = [sum(w) - len(w) * row["step_s"] for w in row.get("round_warmup_times", []) if w]
+        if extra:
+            row["compile_s"] = max(0.0, statistics.median(extra))
         row["train_gflops_per_image"] = 3 * row["forward_flops"] / 1e9
         peak = _peak_tflops(row.get("device"), row["precision"], args.peak_tflops)
         if row.get("device") and peak:
@@ -327,8 +346,9 @@ def _label(row):
 
 def table(rows, markdown=False):
     rounds = max((len(r.get("round_images_per_s", [])) for r in rows), default=0)
-    head = ["implementation", "backend", "mode", "precision", "images/s", "best step img/s", "step ms", "peak MiB",
-            "params", "train GFLOP/img", "MFU", "vs best peer, same precision", "vs fastest peer"]
+    head = ["implementation", "backend", "mode", "precision", "images/s", "best step img/s", "step ms",
+            "compile s", "peak MiB", "params", "train GFLOP/img", "MFU", "vs best peer, same precision",
+            "vs fastest peer"]
     if rounds > 1:
         head.insert(5, "images/s per round")
     body = []
@@ -341,7 +361,8 @@ def table(rows, markdown=False):
         cells = [
             r["impl"], r["backend"], _label(r), r["precision"], f"{r['images_per_s']:,.1f}",
             f"{r['best_images_per_s']:,.1f}",
-            f"{r['step_s'] * 1e3:,.1f}", mem, f"{r['params'] / 1e6:.2f} M", f"{r['train_gflops_per_image']:.2f}",
+            f"{r['step_s'] * 1e3:,.1f}", f"{r['compile_s']:,.1f}" if "compile_s" in r else "-", mem,
+            f"{r['params'] / 1e6:.2f} M", f"{r['train_gflops_per_image']:.2f}",
             f"{100 * r['mfu']:.1f}%" if "mfu" in r else "-",
             f"{r['vs_best_peer']:.2f}x" if "vs_best_peer" in r else "-",
             f"{r['vs_fastest_peer']:.2f}x" if "vs_fastest_peer" in r else "-",
@@ -410,7 +431,8 @@ def main(argv=None):
     g.add_argument("--backends", default=",".join(BACKENDS),
                    help=f"Keras backends for ours (default: {','.join(BACKENDS)})")
     g.add_argument("--torch-compile", action="store_true",
-                   help="torch.compile the peers and add a torch.compile row for ours (default: off)")
+                   help="add torch.compile rows: ours under Keras's torch backend with jit_compile=True, and each "
+                        "peer compiled beside its eager row (default: off)")
     g = parser.add_argument_group("timing")
     g.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 3 cpu, 5 gpu)")
     g.add_argument("--steps", type=int, default=None, help="timed steps (default: 10 cpu, 30 gpu)")

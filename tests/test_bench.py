@@ -42,6 +42,7 @@ def test_rounds_reduce_to_the_median_of_round_medians_and_ratios_pick_the_right_
     assert ours16["vs_best_peer"] == pytest.approx(1.6 / 0.4) == ours16["vs_fastest_peer"]
     assert hf32["vs_fastest_peer"] == pytest.approx(1.6 / 2.0)
     assert "mfu" not in ours32  # no GPU named: no peak to divide by
+    assert "compile_s" not in ours32  # no warm-up recorded: no compile time made up
     text = train_speed.table(rows)
     assert "images/s per round" in text and "32.0 / 64.0 / 40.0" in text
 
@@ -58,6 +59,35 @@ def test_a_failed_or_skipped_row_is_listed_with_its_reason_and_not_ranked():
     assert "vs_best_peer" not in rows[0]  # the only peer that ran failed: nothing to compare with
     text = train_speed.table(rows)
     assert "transformers not installed" in text and "exit 1: RuntimeError: out of memory" in text
+
+
+def test_compile_time_is_the_warm_up_beyond_ordinary_steps_and_stays_out_of_the_timed_steps():
+    args = argparse.Namespace(config="cpu", peak_tflops=None)
+    row = _row("ours", "float32", [[0.5, 0.5, 0.5], [0.6, 0.6, 0.6]], jit=True)
+    row["round_warmup_times"] = [[30.5, 4.5, 0.5], [20.6, 2.6, 0.6]]  # compile in step 1, a recompile in step 2
+    train_speed.summarise([row], args)
+    assert row["step_s"] == pytest.approx(0.55)  # the warm-up's 30 s never reach the step time
+    # Round 1: 35.5 - 3 x 0.55 = 33.85; round 2: 23.8 - 1.65 = 22.15; the median of the two.
+    assert row["compile_s"] == pytest.approx((33.85 + 22.15) / 2)
+    assert "28.0" in train_speed.table([row])
+    warmup, calls = [], []
+    times = train_speed._time_steps(lambda: calls.append(1), 2, 3, warmup)
+    assert (len(warmup), len(times), len(calls)) == (2, 3, 5)
+
+
+def test_torch_compile_gives_each_peer_an_eager_and_a_compiled_row(monkeypatch):
+    monkeypatch.setattr(train_speed, "_installed", lambda module: True)
+    args = argparse.Namespace(precisions=["float32"], only=["ours", "transformers"], backends=["torch"],
+                              torch_compile=True)
+    rows = [(r["impl"], r["jit"]) for r in train_speed.plan_rows(args)]
+    assert rows == [("ours", False), ("ours", True), ("transformers", False), ("transformers", True)]
+    cmd = []
+    monkeypatch.setattr(train_speed.subprocess, "run", lambda c, **kw: cmd.append(c) or argparse.Namespace(
+        returncode=1, stdout="", stderr="stop"))
+    run_args = argparse.Namespace(config="cpu", warmup=1, steps=1, row_timeout=5)
+    for jit in (False, True):
+        train_speed.run_row(dict(impl="transformers", backend="torch", precision="float32", jit=jit), run_args)
+    assert ["--torch-compile" in c for c in cmd] == [False, True]
 
 
 def test_plan_rows_follows_precisions_backends_and_only(monkeypatch):
