@@ -77,11 +77,17 @@ def flops_perceiver_pytorch(size):
 
 def build_transformers(size):
     """Hugging Face's Fourier image Perceiver with our bands and sizes: 1 cross-attend, `num_cross_attends` repeats
-    of the (shared) self-attention block, no dropout."""
+    of the (shared) self-attention block, no dropout.
+
+    With `size["preprocessor"] == "conv"` (our `akoa-conv` preset) its input goes through Hugging Face's own
+    Perceiver IO conv stem instead of raw pixels (`prep_type="conv"`: 7x7 stride-2 convolution to
+    `size["conv_channels"]`, batch norm, ReLU, 3x3 stride-2 max-pool, the stem of its
+    `PerceiverForImageClassificationConvProcessing`), with Fourier features for a grid of a quarter of the image side
+    as that class uses (its pool has no padding, so a 64-pixel side gives 15 x 15 tokens where ours has 16 x 16)."""
     from transformers import PerceiverConfig, PerceiverModel
     from transformers.models.perceiver import modeling_perceiver as hf
 
-    d = size["latent_dim"]
+    d, conv = size["latent_dim"], size.get("preprocessor", "pixels") == "conv"
     config = PerceiverConfig(
         num_latents=size["num_latents"],
         d_latents=d,
@@ -105,12 +111,13 @@ def build_transformers(size):
                 config,
                 input_preprocessor=hf.PerceiverImagePreprocessor(
                     config,
-                    prep_type="pixels",
-                    spatial_downsample=1,
+                    prep_type="conv" if conv else "pixels",
+                    spatial_downsample=4 if conv else 1,
                     in_channels=size["image"][-1],
+                    out_channels=size.get("conv_channels", 64),
                     fourier_position_encoding_kwargs={
                         "concat_pos": True,
-                        "max_resolution": tuple(size["image"][:-1]),
+                        "max_resolution": tuple(side // 4 if conv else side for side in size["image"][:-1]),
                         "num_bands": size["num_bands"],
                         "sine_only": False,
                     },
@@ -128,14 +135,20 @@ def build_transformers(size):
 
 
 def flops_transformers(size):
-    """Forward FLOPs per example of `build_transformers(size)`, decoder included."""
-    m = math.prod(size["image"][:-1])
-    cin, d, n = _input_channels(size), size["latent_dim"], size["num_latents"]
+    """Forward FLOPs per example of `build_transformers(size)`, decoder (and conv stem, with one) included."""
+    m, cin, stem = math.prod(size["image"][:-1]), _input_channels(size), 0
+    if size.get("preprocessor", "pixels") == "conv":
+        half = [math.ceil(side / 2) for side in size["image"][:-1]]  # the stride-2 "same" convolution
+        channels = size.get("conv_channels", 64)
+        stem = math.prod(half) * 49 * size["image"][-1] * channels
+        m = math.prod((side - 3) // 2 + 1 for side in half)  # the unpadded 3x3 stride-2 pool
+        cin = channels + len(half) * (2 * size["num_bands"] + 1)
+    d, n = size["latent_dim"], size["num_latents"]
     qk = v = cin  # cross_attention_shape_for_attention="kv": query/key and value width = input width
     cross = n * d * qk + m * cin * (qk + v) + n * m * (qk + v) + n * v * d + 2 * n * d * d
     block = n * d * 3 * d + 2 * n * n * d + n * d * d + 2 * n * d * d
     decoder = d * d + n * d * 2 * d + 2 * n * d + d * d + 2 * d * d + d * size["num_classes"]  # one query
-    macs = cross + size["num_cross_attends"] * size["num_self_attends_per_block"] * block + decoder
+    macs = stem + cross + size["num_cross_attends"] * size["num_self_attends_per_block"] * block + decoder
     return 2 * macs
 
 

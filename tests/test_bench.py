@@ -172,3 +172,43 @@ def test_seeds_refuses_bad_flags_in_one_sentence(argv, message, tmp_path, capsys
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()  # refused before anything was made
+
+
+def test_time_to_accuracy_counts_training_seconds_to_the_first_epoch_at_the_target():
+    tta = _load_bench("time_to_accuracy")
+    row = dict(impl="ours", params=364_246, epochs=[dict(epoch=1, seconds=30.0, test_accuracy=0.80),
+                                                    dict(epoch=2, seconds=20.0, test_accuracy=0.951),
+                                                    dict(epoch=3, seconds=20.0, test_accuracy=0.94),
+                                                    dict(epoch=4, seconds=20.0, test_accuracy=0.97)])
+    tta.summarise(row, 0.95)
+    assert (row["epochs_to_target"], row["seconds_to_target"]) == (2, 50.0)  # the first, not the best, epoch
+    assert row["best"] == {"epoch": 4, "test_accuracy": 0.97} and row["seconds_per_epoch"] == 22.5
+    slow = tta.summarise(dict(impl="transformers", params=1, epochs=[dict(epoch=1, seconds=9.0, test_accuracy=0.9)]),
+                         0.95)
+    assert slow["seconds_to_target"] is None
+    table = tta.markdown([row, slow, dict(impl="transformers", skip="not installed (torch)")], 0.95, 4).splitlines()
+    assert table[2] == "| ours | 2 | 50 | 22.5 | 0.9700 | 0.9700 (4) | 364,246 |"
+    assert table[3].startswith("| transformers | not in 1 | - | 9.0 | 0.9000 |")
+    assert "not installed (torch)" in table[4]
+
+
+def test_time_to_accuracy_gives_the_peer_the_learning_rate_schedule_keras_gives_ours():
+    import recipe
+
+    tta = _load_bench("time_to_accuracy")
+    steps, epochs = 10, 3
+    opt = recipe.make_optimizer(optimizer="adamw", lr=2e-3, weight_decay=1e-4, warmup_epochs=1.0, epochs=epochs,
+                                steps_per_epoch=steps)
+    schedule = opt._learning_rate  # the CosineDecay object; opt.learning_rate is its value at the current step
+    for step in (0, 1, 5, 9, 10, 11, 20, 29):
+        keras_lr = float(schedule(step))
+        assert tta.lr_at(step, lr=2e-3, warmup=10, total=30) == pytest.approx(keras_lr, rel=1e-5, abs=1e-9)
+
+
+@pytest.mark.parametrize("argv, words", [(["--only", "ours,nope"], "nope"), (["--target", "1.5"], "--target"),
+                                         (["--epochs", "0"], "--epochs")])
+def test_time_to_accuracy_refuses_bad_flags(argv, words, capsys):
+    tta = _load_bench("time_to_accuracy")
+    with pytest.raises(SystemExit):
+        tta.main(argv)
+    assert words in capsys.readouterr().err
