@@ -212,3 +212,12 @@ def test_time_to_accuracy_refuses_bad_flags(argv, words, capsys):
     with pytest.raises(SystemExit):
         tta.main(argv)
     assert words in capsys.readouterr().err
+
+
+def test_step_cost_reads_named_json_variants_and_refuses_others(capsys):
+    step_cost = _load_bench("step_cost")
+    assert step_cost._variant('wide={"latent_dim": 256}') == ("wide", {"latent_dim": 256})
+    for bad in ('wide={"latent_dim": 256', "wide=[1]", '={"latent_dim": 256}'):
+        with pytest.raises(SystemExit):
+            step_cost.main(["--variant", bad])
+        assert "--variant" in capsys.readouterr().err

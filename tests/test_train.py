@@ -261,6 +261,22 @@ def test_config_file_and_flag_precedence(tmp_path, knees):
     assert not (tmp_path / "r3").exists()
 
 
+def test_the_readme_reference_command_asks_for_what_goliath_was_trained_with():
+    """goliath/ was trained by flags and a model file (its config.json's command); the README gives
+    `python train.py --config recipes/goliath.json --out goliath`. Every setting and the model must be the same."""
+    import train
+
+    with open(os.path.join(ROOT, "goliath", runs.CONFIG)) as f:
+        shipped = json.load(f)
+    args = train.parse_settings(["--config", os.path.join(ROOT, "recipes", "goliath.json"), "--out", "goliath"])
+    train.check_settings(args)
+    train.resolve_xla(args)  # automatic: off on a CPU, as goliath was trained
+    settings = train.settings_dict(args)
+    assert {k: v for k, v in settings.items() if k != "out"} == {
+        k: v for k, v in shipped["train"].items() if k != "out"}
+    assert train.model_config(args, 2, args.channels).to_dict() == shipped["model"]
+
+
 def test_early_stop_stops_after_n_epochs_without_a_better_validation_loss(knees, tmp_path):
     out = tmp_path / "r"
     # A high learning rate without warm-up makes the validation loss bounce, so patience 1 ends the run early.
