@@ -3,6 +3,7 @@ this project's Perceiver (train.py's recipe) and Hugging Face's Perceiver, on th
 
     python bench/time_to_accuracy.py                          # default synthetic set and split, target 0.95, 12 epochs
     python bench/time_to_accuracy.py --only ours --target 0.9
+    python bench/time_to_accuracy.py --only transformers --peer-lr 5e-4   # the peer at its own learning rate
     python bench/time_to_accuracy.py --json bench/results/time_to_accuracy.json
 
 Images per second (bench/train_speed.py) is not what a user waits for: a model that steps faster but needs more
@@ -21,7 +22,8 @@ epochs, until the first epoch whose test accuracy reaches `--target`; the data a
   .make_dataset`'s numpy path, whose order and augmentation for each (seed, epoch) equal the tf.data path's), the
   next batch prepared on a thread while a step runs, with torch's AdamW at the same learning rate, schedule, epsilon
   (Keras's 1e-7) and weight decay (biases, norms and latents excluded, as `recipe.NO_WEIGHT_DECAY` does for ours),
-  and the same cross-entropy and label smoothing.
+  and the same cross-entropy and label smoothing. train.py's learning rate was tuned for ours, so `--peer-lr` gives
+  the peer its own (bench/RESULTS.md lists the ones tried).
 
 Needs the benchmark requirements for the peer (`pip install -r bench/requirements.txt`); without them its row says
 so. Timings depend on the machine and its load: the load average before and after is printed with the table.
@@ -93,7 +95,7 @@ def _worker_ours(args):
             epochs.append(dict(epoch=epoch + 1, seconds=seconds, test_accuracy=_accuracy(logits, test_y)))
 
     model.fit(train_ds, epochs=settings.epochs, steps_per_epoch=steps, shuffle=False, verbose=0, callbacks=[Clock()])
-    return dict(epochs=epochs, params=int(model.count_params()), train_images=len(data.paths["train"]),
+    return dict(epochs=epochs, params=int(model.count_params()), lr=settings.lr, train_images=len(data.paths["train"]),
                 test_images=len(test_y), framework=f"keras {keras.__version__} / {keras.backend.backend()}")
 
 
@@ -141,8 +143,9 @@ def _worker_transformers(args):
         plain = p.ndim < 2 or any(word in name for word in ("bias", "norm", "latents"))
         (keep if plain else decay).append(p)
     # the learning rate is set before every step from the schedule; eps as Keras's AdamW
+    lr = args.peer_lr or settings.lr
     opt = torch.optim.AdamW([dict(params=decay, weight_decay=settings.weight_decay),
-                             dict(params=keep, weight_decay=0.0)], lr=settings.lr, eps=1e-7)
+                             dict(params=keep, weight_decay=0.0)], lr=lr, eps=1e-7)
     total, warmup = settings.epochs * steps, min(settings.epochs * steps - 1,
                                                  int(round(settings.warmup_epochs * steps)))
     augment = dataset.Augment(flip_swap=settings.flip_swap) if settings.augment else None
@@ -162,7 +165,7 @@ def _worker_transformers(args):
                 if i + 1 < len(batches):
                     pending = pool.submit(batches.__getitem__, i + 1)
                 for group in opt.param_groups:
-                    group["lr"] = lr_at(step, lr=settings.lr, warmup=warmup, total=total)
+                    group["lr"] = lr_at(step, lr=lr, warmup=warmup, total=total)
                 opt.zero_grad(set_to_none=True)
                 logits = model(inputs=torch.from_numpy(x).permute(0, 3, 1, 2)).logits
                 loss = F.cross_entropy(logits, torch.from_numpy(np.asarray(y, np.int64)),
@@ -176,7 +179,7 @@ def _worker_transformers(args):
             with torch.no_grad():
                 logits = torch.cat([model(inputs=test_x[i:i + 256]).logits for i in range(0, len(test_x), 256)])
             epochs.append(dict(epoch=epoch + 1, seconds=seconds, test_accuracy=_accuracy(logits.numpy(), test_y)))
-    return dict(epochs=epochs, params=sum(p.numel() for p in model.parameters()),
+    return dict(epochs=epochs, params=sum(p.numel() for p in model.parameters()), lr=lr,
                 train_images=len(data.paths["train"]), test_images=len(test_y), framework=f"torch {torch.__version__}")
 
 
@@ -202,16 +205,17 @@ def summarise(row, target):
 
 
 def markdown(rows, target, epochs):
-    lines = [f"| implementation | epochs to {target:g} | training time to {target:g} (s) | s per epoch | test "
-             f"accuracy after epoch {epochs} | best test accuracy (epoch) | parameters |", "|---|---|---|---|---|---|---|"]
+    lines = [f"| implementation | peak lr | epochs to {target:g} | training time to {target:g} (s) | s per epoch | test "
+             f"accuracy after epoch {epochs} | best test accuracy (epoch) | parameters |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("error") or r.get("skip"):
-            lines.append(f"| {r['impl']} | {r.get('skip') or r['error']} | | | | | |")
+            lines.append(f"| {r['impl']} | | {r.get('skip') or r['error']} | | | | | |")
             continue
         reached = r["epochs_to_target"] is not None
         to_target = (f"{r['epochs_to_target']} | {r['seconds_to_target']:.0f}" if reached
                      else f"not in {len(r['epochs'])} | -")
-        lines.append(f"| {r['impl']} | {to_target} | {r['seconds_per_epoch']:.1f} | "
+        lines.append(f"| {r['impl']} | {r['lr']:g} | {to_target} | {r['seconds_per_epoch']:.1f} | "
                      f"{r['epochs'][-1]['test_accuracy']:.4f} | {r['best']['test_accuracy']:.4f} "
                      f"({r['best']['epoch']}) | {r['params']:,} |")
     return "\n".join(lines)
@@ -228,7 +232,7 @@ def run_row(impl, args):
             return row
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--impl", impl, "--seed", str(args.seed),
            "--epochs", str(args.epochs), "--phantom-patients", str(args.phantom_patients),
-           "--phantom-slices", str(args.phantom_slices)]
+           "--phantom-slices", str(args.phantom_slices)] + (["--peer-lr", str(args.peer_lr)] if args.peer_lr else [])
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow" if impl == "ours" else "torch")
     print(f"{impl}: training {args.epochs} epochs ...", file=sys.stderr, flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -250,6 +254,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="train.py's --seed: split, weights, batches (default: 0)")
     p.add_argument("--phantom-patients", type=int, default=None, help="train.py's default set unless given")
     p.add_argument("--phantom-slices", type=int, default=None, help="train.py's default set unless given")
+    p.add_argument("--peer-lr", type=float, default=None,
+                   help="the peer's own peak learning rate (default: train.py's, which was tuned for ours)")
     p.add_argument("--json", default=None, help="also write the rows, per-epoch accuracies included, here")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--impl", default="ours", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
@@ -262,6 +268,8 @@ def main(argv=None):
         p.error(f"--target {args.target} must be in (0, 1]")
     if args.epochs < 1:
         p.error(f"--epochs {args.epochs} must be at least 1")
+    if args.peer_lr is not None and not args.peer_lr > 0:
+        p.error(f"--peer-lr {args.peer_lr} must be positive")
     sys.path.insert(0, REPO)
     import phantom
 

@@ -176,19 +176,19 @@ def test_seeds_refuses_bad_flags_in_one_sentence(argv, message, tmp_path, capsys
 
 def test_time_to_accuracy_counts_training_seconds_to_the_first_epoch_at_the_target():
     tta = _load_bench("time_to_accuracy")
-    row = dict(impl="ours", params=364_246, epochs=[dict(epoch=1, seconds=30.0, test_accuracy=0.80),
+    row = dict(impl="ours", params=364_246, lr=2e-3, epochs=[dict(epoch=1, seconds=30.0, test_accuracy=0.80),
                                                     dict(epoch=2, seconds=20.0, test_accuracy=0.951),
                                                     dict(epoch=3, seconds=20.0, test_accuracy=0.94),
                                                     dict(epoch=4, seconds=20.0, test_accuracy=0.97)])
     tta.summarise(row, 0.95)
     assert (row["epochs_to_target"], row["seconds_to_target"]) == (2, 50.0)  # the first, not the best, epoch
     assert row["best"] == {"epoch": 4, "test_accuracy": 0.97} and row["seconds_per_epoch"] == 22.5
-    slow = tta.summarise(dict(impl="transformers", params=1, epochs=[dict(epoch=1, seconds=9.0, test_accuracy=0.9)]),
+    slow = tta.summarise(dict(impl="transformers", params=1, lr=5e-4, epochs=[dict(epoch=1, seconds=9.0, test_accuracy=0.9)]),
                          0.95)
     assert slow["seconds_to_target"] is None
     table = tta.markdown([row, slow, dict(impl="transformers", skip="not installed (torch)")], 0.95, 4).splitlines()
-    assert table[2] == "| ours | 2 | 50 | 22.5 | 0.9700 | 0.9700 (4) | 364,246 |"
-    assert table[3].startswith("| transformers | not in 1 | - | 9.0 | 0.9000 |")
+    assert table[2] == "| ours | 0.002 | 2 | 50 | 22.5 | 0.9700 | 0.9700 (4) | 364,246 |"
+    assert table[3].startswith("| transformers | 0.0005 | not in 1 | - | 9.0 | 0.9000 |")
     assert "not installed (torch)" in table[4]
 
 
@@ -206,7 +206,7 @@ def test_time_to_accuracy_gives_the_peer_the_learning_rate_schedule_keras_gives_
 
 
 @pytest.mark.parametrize("argv, words", [(["--only", "ours,nope"], "nope"), (["--target", "1.5"], "--target"),
-                                         (["--epochs", "0"], "--epochs")])
+                                         (["--epochs", "0"], "--epochs"), (["--peer-lr", "0"], "--peer-lr")])
 def test_time_to_accuracy_refuses_bad_flags(argv, words, capsys):
     tta = _load_bench("time_to_accuracy")
     with pytest.raises(SystemExit):
