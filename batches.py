@@ -66,6 +66,26 @@ class Augment:
     contrast: float = 0.15
     flip_swap: bool = False
 
+    # train.py's flag (and config.json's setting) for each strength: `--aug-rotation` sets rotation_deg, and so on
+    SETTINGS = {"aug_rotation": "rotation_deg", "aug_shift": "shift", "aug_scale": "scale",
+                "aug_brightness": "brightness", "aug_contrast": "contrast"}
+
+    @classmethod
+    def from_settings(cls, settings):
+        """The augmentation a run's settings ask for (train.py's args as a dict, or config.json's "train"), or None
+        when `augment` is off. A setting a run folder's config.json lacks (written before it existed) takes the
+        default, which is what that run was trained with."""
+        if not settings.get("augment", True):
+            return None
+        strengths = {field: settings[key] for key, field in cls.SETTINGS.items() if settings.get(key) is not None}
+        return cls(flip_swap=bool(settings.get("flip_swap", False)), **strengths)
+
+    def describe(self):
+        """One phrase for reports: "rotation +-10 deg, shift +-0.08, scale +-0.1, brightness +-0.1, contrast +-0.15"."""
+        text = (f"rotation +-{self.rotation_deg:g} deg, shift +-{self.shift:g}, scale +-{self.scale:g}, "
+                f"brightness +-{self.brightness:g}, contrast +-{self.contrast:g}")
+        return text + (", flip-swap" if self.flip_swap else "")
+
     def __post_init__(self):
         limits = {"rotation_deg": 180.0, "shift": 1.0, "scale": 1.0, "brightness": 1.0, "contrast": 1.0}
         for name, limit in limits.items():

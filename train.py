@@ -83,6 +83,17 @@ def build_parser():
     g.add_argument("--flip-swap", action="store_true", default=False,
                    help="also flip images left-right AND swap their left/right labels (off: a mirrored knee is not "
                         "a real one)")
+    defaults = dataset.Augment()
+    g.add_argument("--aug-rotation", type=float, default=defaults.rotation_deg, metavar="DEG",
+                   help="augmentation: rotation drawn from +-DEG degrees")
+    g.add_argument("--aug-shift", type=float, default=defaults.shift, metavar="F",
+                   help="augmentation: shift drawn from +-F of the width and of the height")
+    g.add_argument("--aug-scale", type=float, default=defaults.scale, metavar="F",
+                   help="augmentation: zoom drawn from 1 +- F")
+    g.add_argument("--aug-brightness", type=float, default=defaults.brightness, metavar="F",
+                   help="augmentation: intensity offset drawn from +-F of the pixel range")
+    g.add_argument("--aug-contrast", type=float, default=defaults.contrast, metavar="F",
+                   help="augmentation: contrast about each image's mean scaled by 1 +- F")
 
     g = p.add_argument_group("model")
     g.add_argument("--preset", default="akoa-conv", choices=PRESET_NAMES,
@@ -191,6 +202,12 @@ def check_settings(args):
             raise UsageError(message + ".")
     if args.preset not in PRESET_NAMES:  # a config file's preset skips argparse's choices
         raise UsageError(f"--preset {args.preset!r} is not one of {', '.join(PRESET_NAMES)}.")
+    try:
+        dataset.Augment.from_settings({**vars(args), "augment": True})
+    except ValueError as e:
+        flag = next((f for f, field in dataset.Augment.SETTINGS.items() if f"Augment {field}=" in str(e)), None)
+        raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)!r} is out of range: {e}" if flag
+                         else str(e)) from None
     try:
         args.ratios = dataset._parse_floats(args.split, 3, "--split")
     except dataset.DataError as e:
@@ -486,7 +503,7 @@ def fit(args, run_dir, model, mconfig, data, steps, start, progress):
         record.stopped_early = bool(stopped_early)
         return record  # a resume of a run that had finished training (killed while it was being evaluated)
     classes = data.classes
-    augment = dataset.Augment(flip_swap=args.flip_swap) if args.augment else None
+    augment = dataset.Augment.from_settings(vars(args))
     train_ds = dataset.make_dataset(data.images["train"], data.labels["train"], batch_size=args.batch_size,
                                     training=True, seed=args.seed, epoch=start, epochs=args.epochs,
                                     augment=augment, class_names=classes)

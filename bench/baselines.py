@@ -379,12 +379,18 @@ def build_cnn(input_shape, num_classes, widths=CNN_WIDTHS, *, convs=CNN_CONVS, d
     return keras.Model(inputs, logits, name="cnn_baseline")
 
 
+def _augmentation(settings):
+    augment = dataset.Augment.from_settings(settings)
+    return f"on ({augment.describe()})" if augment else "off"
+
+
 def cnn_recipe(settings, cnn_lr):
     """The settings of train.py's recipe that the CNN is trained with, from the Perceiver's config.json."""
     cnn_settings = {k: settings[k] for k in RECIPE_KEYS}
     cnn_settings.update(flip_swap=bool(settings.get("flip_swap", False)),
-                   mixed_precision=settings.get("mixed_precision", "off"), xla=settings.get("xla"),
-                   perceiver_lr=settings["lr"], cnn_lr=settings["lr"] if cnn_lr is None else cnn_lr)
+                        **{key: settings.get(key) for key in dataset.Augment.SETTINGS},
+                        mixed_precision=settings.get("mixed_precision", "off"), xla=settings.get("xla"),
+                        perceiver_lr=settings["lr"], cnn_lr=settings["lr"] if cnn_lr is None else cnn_lr)
     return cnn_settings
 
 
@@ -411,7 +417,7 @@ def train_cnn(data, cnn_settings, *, seed):
     )
     _log(f"cnn: {model.count_params():,} parameters; {epochs} epochs of {steps} steps, batch {batch}, "
          f"{cnn_settings['optimizer']} lr {cnn_settings['cnn_lr']:g}")
-    augment = dataset.Augment(flip_swap=cnn_settings["flip_swap"]) if cnn_settings["augment"] else None
+    augment = dataset.Augment.from_settings(cnn_settings)
     val_ds = dataset.make_dataset(data.images["val"], data.labels["val"], batch_size=batch, training=False,
                                   class_names=classes)
     best_val, best_epoch, best_weights, seconds = math.inf, -1, None, []
@@ -502,7 +508,7 @@ def markdown_report(report):
             f"- recipe of the CNN and the Perceiver (recipe.py): {r['optimizer']}, peak lr {r['perceiver_lr']:g} "
             f"(CNN {r['cnn_lr']:g}), weight decay {r['weight_decay']:g}, warm-up {r['warmup_epochs']:g} epoch(s) "
             f"then cosine, label smoothing {r['label_smoothing']:g}, {r['epochs']} epochs, batch {r['batch_size']}, "
-            f"augmentation {'on' if r['augment'] else 'off'}; weights of the lowest validation loss scored")
+            f"augmentation {_augmentation(r)}; weights of the lowest validation loss scored")
     lines += [f"- {report['date']}, Keras {report['versions']['keras']} ({report['versions']['backend']}), "
               f"scikit-learn {report['versions']['sklearn']}; command: {shlex.join(report['command'])}", "",
               markdown_table(report["rows"]), ""]

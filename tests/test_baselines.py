@@ -132,7 +132,7 @@ def test_a_failing_train_py_exits_1_with_its_code_and_stderr(tmp_path, knees, ca
 def test_three_rows_on_the_perceivers_split(tmp_path, knees, capsys):
     out = tmp_path / "out"
     code = baselines.main(["--data", str(knees), "--image-size", "16", "--epochs", "1", "--perceiver-args",
-                           "--preset tiny", "--out-dir", str(out)])
+                           "--preset tiny --aug-rotation 3", "--out-dir", str(out)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     report = _strict_json(out / "baselines.json")
@@ -161,6 +161,8 @@ def test_three_rows_on_the_perceivers_split(tmp_path, knees, capsys):
     for key in ("optimizer", "lr", "weight_decay", "warmup_epochs", "label_smoothing", "epochs", "batch_size"):
         assert report["recipe"][key] == settings[key], key
     assert report["recipe"]["cnn_lr"] == settings["lr"] and rows["cnn"]["details"]["epochs_run"] == 1
+    assert settings["aug_rotation"] == report["recipe"]["aug_rotation"] == 3  # the augmentation's strengths too
+    assert report["recipe"]["aug_shift"] == settings["aug_shift"] > 0
     assert report["data"]["split_source"] == str(run_dir / "split.csv")
     assert report["data"]["images"]["test"] == len(test)
     assert report["versions"]["sklearn"] and report["command"][1:3] == ["bench/baselines.py", "--data"]
@@ -169,4 +171,5 @@ def test_three_rows_on_the_perceivers_split(tmp_path, knees, capsys):
     table = _table_rows(markdown)
     assert [r[0] for r in table] == [rows[k]["model"] for k in ("lr", "cnn", "perceiver")]
     assert table[1][4] == f"{rows['cnn']['parameters']:,}"
+    assert "augmentation on (rotation +-3 deg, shift +-0.08," in markdown
     assert HEADER in captured.out  # the table is printed too

@@ -504,6 +504,21 @@ def test_dataset_augmentation_flips_only_with_the_label_swapped(backend):
                              class_names=["a", "b"], backend=backend)
 
 
+def test_augment_from_settings_takes_every_strength_and_defaults_what_an_old_config_lacks():
+    settings = {"augment": True, "flip_swap": True, "aug_rotation": 0, "aug_shift": 0.0, "aug_scale": 0.0,
+                "aug_brightness": 0.0, "aug_contrast": 0.0}
+    still = Augment.from_settings(settings)
+    assert still == Augment(rotation_deg=0, shift=0, scale=0, brightness=0, contrast=0, flip_swap=True)
+    images = np.random.default_rng(0).uniform(-1, 1, (6, 8, 8, 1)).astype(np.float32)
+    out, _ = dataset.augment_batch(images, np.zeros(6, np.int32), np.random.default_rng(1),
+                                   Augment.from_settings({**settings, "flip_swap": False}), ["left", "right"])
+    assert np.array_equal(out, images)  # every strength 0: nothing moves
+    assert Augment.from_settings({"augment": True}) == Augment()  # a config.json written before the flags
+    assert Augment.from_settings({**settings, "augment": False}) is None
+    with pytest.raises(ValueError, match="rotation_deg"):
+        Augment.from_settings({"aug_rotation": 200})
+
+
 # === Summary and CLI ===
 def test_summary_json_counts_splits_and_skips(tmp_path, capsys):
     data = tmp_path / "data"
