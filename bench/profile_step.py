@@ -1,13 +1,20 @@
-"""Benchmark: where a TensorFlow training step of our Perceiver spends its time, summed by op type.
+"""Benchmark: where a training step of our Perceiver spends its time, summed by op type.
 
-    python bench/profile_step.py                            # cpu configuration, no XLA, float32
+    python bench/profile_step.py                            # TensorFlow, cpu configuration, no XLA, float32
     python bench/profile_step.py --precision bfloat16 --top 40
     python bench/profile_step.py --xla                      # one opaque XLA cluster per step: little to read
+    python bench/profile_step.py --backend torch            # Keras's PyTorch backend, eager (torch.profiler)
 
 Builds the model at the `cpu` configuration of bench/train_speed.py, warms up, records `--steps` `train_on_batch`
 steps with the TensorFlow profiler, and sums the time of every op event over all threads by op type, separating the
 backward pass (ops under `gradient_tape/`). Times are thread time per step: oneDNN kernels run on both cores and
-independent ops overlap, so the column adds up to more than the wall time of a step. Expected output (first lines):
+independent ops overlap, so the column adds up to more than the wall time of a step.
+
+With `--backend torch` the step is Keras's own `train_on_batch` under its PyTorch backend, recorded by
+`torch.profiler`; each ATen op's self CPU time is summed by op name, the backward's ops (run by the autograd engine's
+thread) marked "(backward)", and the step's wall time not spent inside any op is printed as "outside ATen ops"
+(Python: Keras's layers, the optimizer's loop over variables, autograd's bookkeeping). Expected output (TensorFlow,
+first lines):
 
     wall time per step (median of 3): 560 ms; op time summed over threads: 715 ms/step
       ms/step  calls/step  op type
@@ -54,10 +61,58 @@ def op_times(xplane_path, steps):
     return {k: (t / steps / 1e9, calls[k] / steps) for k, t in total.items()}
 
 
+def torch_op_times(events, steps):
+    """{op name: (ms per step, calls per step)} from torch.profiler's events: self CPU time, by name, with the ops
+    that ran under the autograd engine (the backward) marked "(backward)"."""
+    total, calls = collections.Counter(), collections.Counter()
+    for event in events:
+        parent, backward = event.cpu_parent, False
+        while parent is not None and not backward:
+            backward = parent.name.startswith("autograd::engine::evaluate_function")
+            parent = parent.cpu_parent
+        key = event.name + (" (backward)" if backward else "")
+        total[key] += event.self_cpu_time_total  # microseconds
+        calls[key] += 1
+    return {k: (t / steps / 1e3, calls[k] / steps) for k, t in total.items()}
+
+
+def _profile_torch(model, x, y, steps):
+    """Wall seconds of each profiled step and {op: (ms, calls) per step} under torch.profiler."""
+    import torch
+
+    walls = []
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            t = time.perf_counter()
+            model.train_on_batch(x, y)
+            walls.append(time.perf_counter() - t)
+    return walls, torch_op_times(prof.events(), steps)
+
+
+def _profile_tensorflow(model, x, y, steps):
+    """Wall seconds of each profiled step and {op type: (ms, calls) per step} under the TensorFlow profiler."""
+    import tensorflow as tf
+
+    walls = []
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        for _ in range(steps):
+            t = time.perf_counter()
+            model.train_on_batch(x, y)
+            walls.append(time.perf_counter() - t)
+        tf.profiler.experimental.stop()
+        files = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
+        if not files:
+            raise SystemExit("error: the TensorFlow profiler wrote no .xplane.pb trace, so there is nothing to "
+                             "sum; check that this TensorFlow build includes the profiler.")
+        return walls, op_times(files[0], steps)
+
+
 def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ["KERAS_BACKEND"] = "tensorflow"
-    p = argparse.ArgumentParser(description="Op-type profile of one TensorFlow training step of our Perceiver.")
+    p = argparse.ArgumentParser(description="Op-type profile of one training step of our Perceiver.")
+    p.add_argument("--backend", default="tensorflow", choices=("tensorflow", "torch"),
+                   help="Keras backend: TensorFlow's profiler or torch.profiler (default: tensorflow)")
     p.add_argument("--xla", action="store_true", help="compile the step with XLA (default: off)")
     p.add_argument("--precision", default="float32", choices=("float32", "bfloat16"), help="(default: float32)")
     p.add_argument("--steps", type=int, default=3, help="profiled steps (default: 3)")
@@ -65,10 +120,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.steps < 1 or args.top < 1:
         p.error("--steps and --top must be at least 1.")
+    os.environ["KERAS_BACKEND"] = args.backend
 
     import keras
     import numpy as np
-    import tensorflow as tf
 
     sys.path.insert(0, REPO)
     sys.path.insert(0, BENCH)
@@ -84,22 +139,16 @@ def main(argv=None):
     y = rng.integers(0, size["num_classes"], size["batch"]).astype("int32")
     for _ in range(3):
         model.train_on_batch(x, y)
-    walls = []
-    with tempfile.TemporaryDirectory() as logdir:
-        tf.profiler.experimental.start(logdir)
-        for _ in range(args.steps):
-            t = time.perf_counter()
-            model.train_on_batch(x, y)
-            walls.append(time.perf_counter() - t)
-        tf.profiler.experimental.stop()
-        files = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
-        if not files:
-            raise SystemExit("error: the TensorFlow profiler wrote no .xplane.pb trace, so there is nothing to "
-                             "sum; check that this TensorFlow build includes the profiler.")
-        times = op_times(files[0], args.steps)
-    print(f"wall time per step (median of {args.steps}, profiler on): {statistics.median(walls) * 1e3:.0f} ms; "
-          f"op time summed over threads: {sum(t for t, _ in times.values()):.0f} ms/step "
-          f"({'XLA' if args.xla else 'no XLA'}, {args.precision}, batch {size['batch']})")
+    profile = _profile_torch if args.backend == "torch" else _profile_tensorflow
+    walls, times = profile(model, x, y, args.steps)
+    inside = sum(t for t, _ in times.values())
+    wall = statistics.median(walls) * 1e3
+    print(f"wall time per step (median of {args.steps}, profiler on): {wall:.0f} ms; "
+          f"op time summed over threads: {inside:.0f} ms/step "
+          f"({args.backend}, {'XLA' if args.xla else 'no XLA'}, {args.precision}, batch {size['batch']})")
+    if args.backend == "torch":  # one thread records the ops (kernels' own threads are inside them)
+        print(f"outside ATen ops (Python, Keras, autograd bookkeeping): {sum(walls) / args.steps * 1e3 - inside:.0f}"
+              " ms/step")
     print(f"{'ms/step':>9}  {'calls/step':>10}  op type")
     for key, (ms, n) in sorted(times.items(), key=lambda kv: -kv[1][0])[: args.top]:
         print(f"{ms:9.1f}  {n:10.0f}  {key}")

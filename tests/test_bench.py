@@ -141,6 +141,25 @@ def test_profile_sums_ops_by_type_over_threads_and_skips_the_executor_wrapper(tm
     assert times == {"_MklMatMul": pytest.approx((8.0, 1.0)), "_MklMatMul (backward)": pytest.approx((17.0, 1.0))}
 
 
+def test_torch_profile_marks_what_ran_under_the_autograd_engine_as_backward():
+    profile_step = _load_bench("profile_step")
+
+    class Event:  # the three attributes of torch.profiler's FunctionEvent that are read
+        def __init__(self, name, self_us, parent=None):
+            self.name, self.self_cpu_time_total, self.cpu_parent = name, self_us, parent
+
+    linear = Event("aten::linear", 5)
+    engine = Event("autograd::engine::evaluate_function: MmBackward0", 2)
+    wrapper = Event("MmBackward0", 1, parent=engine)
+    events = [linear, Event("aten::mm", 300, parent=linear), engine, wrapper, Event("aten::mm", 500, parent=wrapper),
+              Event("aten::mm", 100, parent=Event("aten::matmul", 0))]
+    times = profile_step.torch_op_times(events, steps=2)
+    assert times["aten::mm"] == pytest.approx((0.2, 1.0))  # 400 us over 2 steps, forward only
+    assert times["aten::mm (backward)"] == pytest.approx((0.25, 0.5))  # two levels under the engine's event
+    assert times["MmBackward0 (backward)"] == pytest.approx((0.0005, 0.5))
+    assert "aten::mm (backward)" not in {k for k, _ in profile_step.torch_op_times(events[:2], 1).items()}
+
+
 def test_ab_step_refuses_a_missing_file(tmp_path, capsys):
     ab_step = _load_bench("ab_step")
     with pytest.raises(SystemExit):
