@@ -205,9 +205,10 @@ def check_settings(args):
     try:
         dataset.Augment.from_settings({**vars(args), "augment": True})
     except ValueError as e:
-        flag = next((f for f, field in dataset.Augment.SETTINGS.items() if f"Augment {field}=" in str(e)), None)
-        raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)!r} is out of range: {e}" if flag
-                         else str(e)) from None
+        message = str(e)  # "Augment shift=1.5 must be a number in [0, 1)." -> "--aug-shift 1.5 must be ..."
+        for flag, field in dataset.Augment.SETTINGS.items():
+            message = message.replace(f"Augment {field}=", f"--{flag.replace('_', '-')} ")
+        raise UsageError(message) from None
     try:
         args.ratios = dataset._parse_floats(args.split, 3, "--split")
     except dataset.DataError as e:

@@ -217,7 +217,7 @@ def test_killed_run_resumes_to_the_same_result(knees, tmp_path):
         (["--preset", "huge"], "argument --preset: invalid choice: 'huge'"),
         (["--split", "0.6,0.2"], "--split"),
         (["--lr", "-1"], "--lr -1.0 must be positive"),
-        (["--aug-shift", "1.5"], "--aug-shift 1.5 is out of range"),
+        (["--aug-shift", "1.5"], "--aug-shift 1.5 must be a number in [0, 1)."),
     ],
 )
 def test_bad_flags_fail_in_one_sentence(args, message, tmp_path, knees):
