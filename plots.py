@@ -2,17 +2,34 @@
 calibration.py), and the attention overlays of an explained input (driver.py --explain) and of the HTML report's
 cards (`attention_overlay`, on the same colour scale).
 
+    python plots.py goliath     # draws a run's acc.png, loss.png, confusion.png and reliability.png again from its
+                                # history.csv and metrics.json (no model loaded; roc.png needs the model's logits)
+
 Figures are matplotlib `Figure` objects on the Agg canvas (`_figure`), never pyplot: no global backend switch, no GUI,
-nothing to close. The drawing functions return their figures, so tests can look at what was drawn.
+nothing to close. The drawing functions return their figures, so tests can look at what was drawn. A run's figures
+are written only when their bytes change (`write_if_changed`; the PNGs carry no matplotlib version), so drawing the
+same numbers again leaves a committed run folder as it was.
 """
 
 from __future__ import annotations
 
+import argparse
+import io
+import json
+import os
+import pathlib
+import sys
+
 import numpy as np
 from PIL import Image
 
-CURVES = (("accuracy", "acc.png", "Accuracy"), ("loss", "loss.png", "Loss (mean cross-entropy)"))
+import runs
+from errors import EXIT_USAGE, UsageError, console_safe
+
+CURVES = (("accuracy", "acc.png", "accuracy"), ("loss", "loss.png", "loss"))  # (history key, file, what is plotted)
 TEST_COLOUR = "#d62728"
+PNG_METADATA = {"Software": None}  # no matplotlib version in the file: the same figure is the same bytes
+RELIABILITY_COLUMNS = ("lower", "upper", "confidence", "accuracy", "count")  # calibration.reliability's rows
 
 
 def _figure(**kwargs):
@@ -26,43 +43,78 @@ def _figure(**kwargs):
     return fig
 
 
+def write_if_changed(path, data):
+    """Writes `data` (bytes, or str as UTF-8) to `path` atomically, unless the file already holds exactly those bytes.
+
+    Returns:
+        bool: whether the file was written.
+    """
+    path = pathlib.Path(path)
+    data = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else bytes(data)
+    try:
+        if path.read_bytes() == data:
+            return False
+    except OSError:  # missing or unreadable: written
+        pass
+    tmp = runs.temporary_name(path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
+
+
+def save_png(fig, path, **kwargs):
+    """Writes `fig` as a PNG at `path` when its bytes differ from the file's (see `write_if_changed`)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata=PNG_METADATA, **kwargs)
+    return write_if_changed(path, buf.getvalue())
+
+
 # === A training run ===
 def plot_run(run_dir, history, metrics):
-    """Writes acc.png and loss.png (train and validation per epoch, the test value at the best epoch) and
+    """Writes acc.png and loss.png (training and validation per epoch, the test value at the kept epoch) and
     confusion.png into run_dir.
 
     Args:
         run_dir: pathlib.Path. The run folder.
         history: list[dict]. One row per epoch: "epoch", "accuracy", "val_accuracy", "loss", "val_loss".
         metrics: dict. Test metrics as in metrics.json: "accuracy", "loss", "images", "confusion_matrix", and
-            "best_epoch", the epoch whose weights were tested.
+            "best_epoch", the epoch whose weights were tested and kept.
 
     Returns:
         dict[str, Figure]: file name to the figure written.
     """
-    figures = {name: _curve_figure(history, metrics, key, title) for key, name, title in CURVES}
+    figures = {name: _curve_figure(history, metrics, key, what) for key, name, what in CURVES}
     figures["confusion.png"] = _confusion_figure(metrics)
     for name, fig in figures.items():
-        fig.savefig(run_dir / name)
+        save_png(fig, pathlib.Path(run_dir) / name)
     return figures
 
 
-def _curve_figure(history, metrics, key, title):
+def _curve_figure(history, metrics, key, what):
+    """Training and validation `key` per epoch, and the test value of the kept epoch's weights as a star."""
+    from matplotlib.ticker import MaxNLocator
+
     epochs = [int(r["epoch"]) for r in history]
-    best = int(metrics["best_epoch"])  # the test value belongs to the best weights, not to the last epoch's
+    best = int(metrics["best_epoch"])  # the test value belongs to the kept weights, not to the last epoch's
     fig = _figure(figsize=(6.4, 4.2), dpi=110)
     ax = fig.subplots()
-    ax.plot(epochs, [float(r[key]) for r in history], "o-", label="train", color="#1f77b4")
-    ax.plot(epochs, [float(r[f"val_{key}"]) for r in history], "s-", label="validation", color="#ff7f0e")
+    ax.plot(epochs, [float(r[key]) for r in history], "o-", label=f"training {what}", color="#1f77b4")
+    ax.plot(epochs, [float(r[f"val_{key}"]) for r in history], "s-", label=f"validation {what}", color="#ff7f0e")
     test_value = metrics[key]
     ax.plot([best], [test_value], "*", markersize=16, color=TEST_COLOUR,
-            label=f"test (best weights, epoch {best}) {test_value:.3f}")
+            label=f"test {what} at the kept epoch {best}: {test_value:.4f} ({metrics['images']} images, "
+                  "held-out patients)")
     ax.axhline(test_value, color=TEST_COLOUR, linestyle=":", linewidth=1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 2.5
+    ax.set_xlim(min(epochs + [best]) - 0.5, max(epochs + [best]) + 0.5)
     ax.set_xlabel("epoch")
-    ax.set_ylabel(key)
-    ax.set_title(f"{title}: {metrics['images']} test images, held-out patients")
+    ax.set_ylabel(what if key != "loss" else "loss (mean cross-entropy)")
+    ax.set_title(f"Training and validation {what} per epoch")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -109,36 +161,70 @@ def plot_roc(run_dir, logits, labels, classes):
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(run_dir / "roc.png")
+    save_png(fig, pathlib.Path(run_dir) / "roc.png")
     return fig
 
 
 def plot_reliability(run_dir, before, after, temperature):
     """Writes reliability.png into run_dir: accuracy against confidence on the test split, before and after
-    temperature scaling (rows of `calibration.reliability`: lower, upper, confidence, accuracy, count).
+    temperature scaling, one marker per bin of the top-class probability (no lines: a bin of a few images is a noisy
+    point, not a trend), and below it the images in each bin.
+
+    Args:
+        run_dir: pathlib.Path. The run folder.
+        before: list. Rows of `calibration.reliability` (lower, upper, confidence, accuracy, count) of the raw softmax.
+        after: list. The same after temperature scaling.
+        temperature: float. The fitted temperature.
 
     Returns:
         Figure: the figure written.
     """
-    fig = _figure(figsize=(5.2, 4.6), dpi=110)
-    ax = fig.subplots()
-    ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="perfectly calibrated")
-    for rows, label, colour, marker in ((before, "raw softmax", "#1f77b4", "o"),
-                                        (after, f"temperature {temperature:.2f}", TEST_COLOUR, "s")):
-        conf = [r[2] for r in rows]
-        acc = [r[3] for r in rows]
-        sizes = [20 + 180 * r[4] / max(1, max(q[4] for q in rows)) for r in rows]
-        ax.plot(conf, acc, "-", color=colour, linewidth=1.2, alpha=0.7)
-        ax.scatter(conf, acc, s=sizes, color=colour, marker=marker, label=label, zorder=3)
-    ax.set_xlim(0.45, 1.01)
-    ax.set_ylim(0.0, 1.02)
-    ax.set_xlabel("confidence (top-class probability, bin mean)")
+    fig = reliability_figure(before, after, temperature)
+    save_png(fig, pathlib.Path(run_dir) / "reliability.png")
+    return fig
+
+
+def reliability_figure(before, after, temperature):
+    """The figure of `plot_reliability`: the reliability panel over a panel of counts per bin, the legend below both."""
+    series = ((before, "raw softmax", "#1f77b4", "o", -1), (after, f"temperature {temperature:.2f}", TEST_COLOUR, "s",
+                                                               1))
+    rows_all = [r for rows, *_ in series for r in rows]
+    most = max([1] + [r[4] for r in rows_all])
+    lo = min([0.45] + [r[0] for r in rows_all])
+    fig = _figure(figsize=(6.4, 6.6), dpi=110)
+    grid = fig.add_gridspec(2, 1, height_ratios=(3.0, 1.3), hspace=0.06, left=0.11, right=0.97, top=0.945,
+                            bottom=0.21)
+    ax, counts = fig.add_subplot(grid[0]), fig.add_subplot(grid[1])
+    ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="perfectly calibrated (accuracy = confidence)")
+    for rows, label, colour, marker, side in series:
+        n = sum(r[4] for r in rows)
+        ece = sum(r[4] / n * abs(r[3] - r[2]) for r in rows) if n else 0.0
+        ax.scatter([r[2] for r in rows], [r[3] for r in rows], s=[16 + 184 * r[4] / most for r in rows],
+                   color=colour, marker=marker, alpha=0.85, edgecolors="white", linewidths=0.5, zorder=3,
+                   clip_on=False, label=f"{label}: ECE {ece:.4f}")
+        width = min(r[1] - r[0] for r in rows) * 0.4 if rows else 0.02
+        centres = [(r[0] + r[1]) / 2 + side * width / 2 for r in rows]
+        bars = counts.bar(centres, [r[4] for r in rows], width=width, color=colour, alpha=0.85)
+        counts.bar_label(bars, labels=[str(r[4]) for r in rows], fontsize=6, padding=1, color=colour)
+    ax.set_xlim(lo, 1.015)
+    ax.set_ylim(0.0, 1.05)
+    ax.tick_params(labelbottom=False)
     ax.set_ylabel("accuracy in the bin")
     ax.set_title(f"Reliability on the test split ({sum(r[4] for r in after)} images)")
-    ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(run_dir / "reliability.png")
+    counts.set_xlim(lo, 1.015)
+    counts.set_yscale("log")
+    counts.set_ylim(0.7, most * 6)  # room for the count above the tallest bar
+    counts.set_xlabel("confidence (top-class probability; markers at the bin mean)")
+    counts.set_ylabel("images in the bin")
+    counts.grid(alpha=0.3, axis="x")
+    handles, labels = ax.get_legend_handles_labels()
+    legend = fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.0), fontsize=8, frameon=False,
+                        title="colour: before or after temperature scaling; marker area: images in the bin (counts "
+                              "above the bars)", title_fontsize=7)
+    for handle in legend.legend_handles:  # the legend's markers at one size: their area means nothing there
+        if hasattr(handle, "set_sizes"):
+            handle.set_sizes([40])
     return fig
 
 
@@ -259,3 +345,49 @@ def _colour_bar(fig, scale, fig_h):
     bar.set_label("attention (x uniform)", color=FOREGROUND, fontsize=8)
     bar.ax.tick_params(colors=FOREGROUND, labelsize=7)
     bar.outline.set_edgecolor(EDGE)
+
+
+# === A run's figures again, from its files ===
+def redraw_run(run_dir):
+    """Draws a finished run's acc.png, loss.png and confusion.png (history.csv, metrics.json) and reliability.png
+    (metrics.json's calibration section, when it holds the bins) again; roc.png needs the model's test logits and is
+    left as it is. Each file is written only when its bytes change.
+
+    Returns:
+        list[str]: the names of the figures drawn.
+
+    Raises:
+        UsageError: when the folder has no history.csv or no readable metrics.json.
+    """
+    run_dir = pathlib.Path(run_dir)
+    history = runs.read_history(run_dir / runs.HISTORY)
+    if not history:
+        raise UsageError(f"{run_dir} has no {runs.HISTORY}: pass a run folder written by train.py.")
+    try:
+        metrics = json.loads((run_dir / runs.METRICS).read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{run_dir / runs.METRICS} cannot be read ({e}); pass a finished run folder.") from None
+    drawn = list(plot_run(run_dir, history, metrics))
+    c = metrics.get("calibration") or {}
+    if "reliability" in c:
+        plot_reliability(run_dir, c["reliability"]["before"], c["reliability"]["after"], c["temperature"])
+        drawn.append("reliability.png")
+    return drawn
+
+
+def main(argv=None):
+    console_safe()
+    p = argparse.ArgumentParser(prog="plots.py", description="Draw a finished run's figures again from its "
+                                "history.csv and metrics.json (no model loaded).")
+    p.add_argument("run", help="run folder written by train.py")
+    args = p.parse_args(argv)
+    try:
+        print(f"drew {', '.join(redraw_run(args.run))} in {args.run}")
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
