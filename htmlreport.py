@@ -6,18 +6,21 @@ Content-Security-Policy in the page forbids it).
     python htmlreport.py runs/akoa --out akoa.html    # the same report written elsewhere
     python driver.py scans/ --report report.html      # the scan report (driver.py calls scan_report)
 
-The scan report: the run used (folder, classes, temperature, confidence threshold, scan rule), the summary counts
-(`verdicts.counts`, the dict the results file holds), one card per scan (flagged first, then uncertain, then the
-rest in input order) with a strip of its slices as the model saw them (at most MAX_THUMBNAILS, evenly spaced), its
-verdict, calibrated probability, expected side and where that came from, and the attention of its most confident
-slice (the mean of the cross-attends' maps over the image, as `driver.py --explain` draws each one); a table with one
-row per scan that sorts on a click on a column header and filters by verdict; every input that failed, with its
-reason.
+The scan report: a one-line notice under the title when the caller gives one (`settings["data_note"]`, e.g. that
+the model was trained on synthetic data only), the run used (folder, classes, temperature, confidence threshold, scan
+rule), the summary counts (`verdicts.counts`, the dict the results file holds), one card per scan (flagged first,
+then uncertain, then the rest in input order) with a strip of its slices as the model saw them (at most
+MAX_THUMBNAILS, evenly spaced), its verdict, calibrated probability, expected side and where that came from, and the
+attention on its central slice (the middle one of its slices in order, `len // 2`: the middle of the knee, where an
+edge slice may show little bone; the mean of the cross-attends' maps over the image, as `driver.py --explain` draws
+each one); a table with one row per scan that sorts on a click on a column header and filters by verdict; every
+input that failed, with its reason. Scan and file names wrap only at their separators (/ _ . -; `_breakable`).
 
 The run report (train.py writes it at the end of every run; this command writes it again from the folder alone, no
-model loaded): the settings (config.json's train, model and data sections), the split (patients, scans and images
+model loaded): the notice that the run was trained on synthetic data only when its config.json says so
+(`data_note`), the settings (config.json's train, model and data sections), the split (patients, scans and images
 per split and label, from split.csv), the curves, history.csv, the confusion matrix, ROC, reliability diagram and
-the test metrics of metrics.json, each with a one-line definition.
+the test metrics of metrics.json, each with a one-line definition. A report is written only when its bytes change.
 
 Hooks for tests and scripts, in the page: every count as `<dd id="count-NAME" data-count="N">` (scans, slices,
 classified, uncertain, flagged, failed, failed_files, ignored); every metric as `id="metric-NAME"` with the exact
@@ -38,6 +41,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import sys
 
 import numpy as np
@@ -47,7 +51,7 @@ import records
 import runs
 from errors import EXIT_USAGE, UsageError, console_safe
 from inputs import InputError, display_image
-from plots import CURVES, attention_overlay
+from plots import CURVES, attention_overlay, write_if_changed
 from reports import display_path, flag_label, format_summary
 from verdicts import UNCERTAIN
 
@@ -65,6 +69,15 @@ STATUS_ORDER = {"flagged": 0, UNCERTAIN: 1, "classified": 2, "failed": 3}
 def _text(value):
     """HTML-escaped text; a file name's undecodable byte (a surrogate escape) shows as a visible `\\udcff`."""
     return html.escape(str(value).encode("utf-8", "backslashreplace").decode("utf-8"))
+
+
+_SEPARATOR = re.compile(r"(?<=[/\\_.\-])")  # just after each slash, backslash, _, . or - of a name: where it may wrap
+
+
+def _breakable(value):
+    """A path or scan name as HTML that wraps only at its separators: escaped piece by piece (`_text`), with a <wbr>
+    after each / \\ _ . - (a line still breaks inside a piece longer than the line, by the CSS, as a last resort)."""
+    return "<wbr>".join(_text(piece) for piece in _SEPARATOR.split(str(value)) if piece)
 
 
 def _data_uri(data, mime):
@@ -168,8 +181,11 @@ body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, 
        margin: 0 auto; max-width: 1240px; padding: 16px 24px 48px; }
 h1 { font-size: 22px; margin: 4px 0 2px; }
 h2 { font-size: 17px; margin: 28px 0 10px; border-bottom: 1px solid var(--line); padding-bottom: 4px; }
-h3 { font-size: 14px; margin: 0; word-break: break-all; }
+h3 { font-size: 14px; margin: 0; overflow-wrap: anywhere; }
 .sub, .note, figcaption { color: var(--muted); } .note { font-size: 13px; }
+.data-note { border: 1px solid #d4a72c; border-left: 6px solid #bf8700; background: #fff8c5; border-radius: 6px;
+             padding: 6px 12px; margin: 10px 0 0; font-weight: 600; }
+.name { overflow-wrap: anywhere; }
 nav a { margin-right: 14px; } code { font: 12.5px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
 dl.kv { display: grid; grid-template-columns: max-content 1fr; gap: 3px 16px; margin: 0; }
 dl.kv dt { color: var(--muted); } dl.kv dd { margin: 0; word-break: break-word; }
@@ -219,6 +235,28 @@ def _page(title, body):
             f"<style>{_STYLE}</style>\n</head>\n<body>\n{body}\n<script>{_TABLE_SCRIPT}</script>\n</body>\n</html>\n")
 
 
+def data_note(config):
+    """The one-line notice about a run's training data: "trained on synthetic data only" when its config.json says the
+    data was the embedded synthetic set, else "" (a --data folder, real or not, is not marked).
+
+    The rule: `config["data"]["phantom"]` is set (train.py records the generator's settings there, patients, slices
+    and seed, when it made the data itself, and null with --data). A pure function of the config, for both reports.
+    """
+    data = (config or {}).get("data")
+    params = data.get("phantom") if isinstance(data, dict) else None
+    if not params:
+        return ""
+    size = ""
+    if isinstance(params, dict) and {"patients", "slices", "seed"} <= params.keys():
+        size = f" ({params['patients']} patients, {params['slices']} slices a scan, seed {params['seed']})"
+    return f"Trained on synthetic data only: knee MRI drawn by phantom.py{size}, no real scans."
+
+
+def _data_note_html(note):
+    """The notice as one prominent line under the page's title; nothing when there is none."""
+    return f"<p id='data-note' class='data-note' role='note'>{_text(note)}</p>" if note else ""
+
+
 def _kv(pairs, attrs=None):
     """A <dl class="kv"> of (label, html value) pairs; attrs: {label: extra attributes of its <dd>}."""
     attrs = attrs or {}
@@ -226,8 +264,9 @@ def _kv(pairs, attrs=None):
 
 
 def _write(path, text, option):
+    """Writes a page atomically, unless the file already holds it (a committed report stays untouched)."""
     try:
-        runs.atomic_write_text(path, text)
+        write_if_changed(path, text)
     except OSError as e:
         raise UsageError(f"cannot write {option} {path}: {e.strerror or e}.") from None
 
@@ -337,12 +376,12 @@ def _card(scan, classes, pictures, overlay):
     if overlay is not None:
         picture, where, p = overlay
         figure = (f'<figure><img class="overlay" alt="attention over {_text(where)}" src="{picture}">'
-                  f"<figcaption>attention on its most confident slice ({_text(where)}: {_text(scan.predicted)} "
+                  f"<figcaption>attention on the central slice ({_text(where)}: {_text(scan.predicted)} "
                   f"{p:.3f}), the mean of the cross-attends' maps</figcaption></figure>")
     badge = status if status != "classified" else ""
     return (f'<article class="card" data-scan="{_text(scan.name)}" data-verdict="{_text(scan.verdict)}" '
             f'data-status="{status}" data-probability="{scan.probability!r}">'
-            f'<h3 title="{_text(scan.name)}">{_text(display_path(scan.name))}</h3>'
+            f'<h3 title="{_text(scan.name)}">{_breakable(display_path(scan.name))}</h3>'
             f'<img class="strip" alt="{len(shown)} of {n} slices" src="{strip}">'
             f'<div class="note">{len(shown)} of {n} slice{"s" if n != 1 else ""}, as the model saw them '
             f"({h} x {w})</div>"
@@ -360,20 +399,19 @@ def _cards(scans, classes, inputs, results, images, attention):
     index_of = {id(r): i for i, r in enumerate(results)}
     shown = sorted((s for s in scans if s.verdict != "failed"), key=lambda s: STATUS_ORDER[_status(s)])  # stable
     slices = [_slices(s, index_of) for s in shown]
-    best = []  # (input index, slice index or None, probability of the predicted class): each overlay's slice
+    central = []  # (input index, slice index or None, probability of the predicted class): each overlay's slice
     for s, own in zip(shown, slices):
-        c = classes.index(s.predicted)
-        i, k, q = max(own, key=lambda t: t[2][c])
-        best.append((i, k, float(q[c])))
+        i, k, q = own[len(own) // 2]  # the middle of the scan, whatever the model thought of it
+        central.append((i, k, float(q[classes.index(s.predicted)])))
     drawn = [n for n, s in enumerate(shown) if n < MAX_OVERLAYS or _status(s) != "classified"]
-    maps = attention([best[n][:2] for n in drawn]) if attention is not None and drawn else []
+    maps = attention([central[n][:2] for n in drawn]) if attention is not None and drawn else []
     maps = dict(zip(drawn, maps))
     cards = []
     for n, s in enumerate(shown):
         pictures = [images[i][0 if k is None else k] for i, k, _ in slices[n]]
         overlay = None
         if n in maps:
-            i, k, p = best[n]
+            i, k, p = central[n]
             picture = _overlay_picture(inputs[i], k, _gray(images[i][0 if k is None else k]), maps[n])
             overlay = (_image_uri(picture), _slice_label(inputs[i], k, len(pictures)), p)
         cards.append(_card(s, classes, pictures, overlay))
@@ -402,7 +440,7 @@ def _table(scans, classes):
         p = "" if scan.probability is None else f"{scan.probability:.4f}"
         rows.append(f'<tr data-scan="{_text(scan.name)}" data-verdict="{_text(scan.verdict)}" data-status="{status}" '
                     f'data-probability="{"" if scan.probability is None else repr(scan.probability)}">'
-                    f"<td>{_text(display_path(scan.name))}</td><td class='num'>{scan.slices}</td>"
+                    f"<td class='name'>{_breakable(display_path(scan.name))}</td><td class='num'>{scan.slices}</td>"
                     f"<td class='short' data-sort='{STATUS_ORDER[status]}{_text(scan.verdict)}'>"
                     f"{_text(scan.verdict)}</td><td class='num' data-sort='{p}'>{p}</td>"
                     f"<td class='short'>{_text(scan.expected or '')}</td>"
@@ -438,7 +476,8 @@ def scan_report(path, scans, *, inputs, results, images, counts, classes, run, s
         counts: dict. `verdicts.counts`, with what report_test_split added in test-split mode.
         classes: list[str]. The run's classes.
         run: str. The run folder or model file, as given.
-        settings: dict. {"temperature", "min_confidence", "scan_rule"}, as the results file has them.
+        settings: dict. {"temperature", "min_confidence", "scan_rule"}, as the results file has them, and optionally
+            "data_note": one line shown under the title when not empty (e.g. `data_note(config)` of the run).
         attention: callable | None. jobs [(input index, slice index or None)] -> maps (jobs, cross-attends, gh,
             gw): driver._attention_maps bound to the model and images. None: no attention pictures. Defaults to None.
 
@@ -448,7 +487,8 @@ def scan_report(path, scans, *, inputs, results, images, counts, classes, run, s
     cards, note = _cards(scans, classes, inputs, results, images, attention)
     failed = [(r.path, r.error) for r in results if r.error is not None]
     failed_html = ("<ul class='failed'>" + "".join(
-        f"<li data-file='{_text(p)}'><code>{_text(display_path(p))}</code>: {_text(e)}</li>" for p, e in failed)
+        f"<li data-file='{_text(p)}'><code class='name'>{_breakable(display_path(p))}</code>: {_text(e)}</li>"
+        for p, e in failed)
         + "</ul>") if failed else "<p class='note'>None: every input was classified.</p>"
     test_split = ""
     if "accuracy" in counts:
@@ -473,7 +513,7 @@ def scan_report(path, scans, *, inputs, results, images, counts, classes, run, s
         "scan rule": f' id="run-scan-rule" data-value="{_text(settings["scan_rule"])}"'})
     body = (f"<header><h1>Knee laterality: scan report</h1><p class='sub'>driver.py, run {_text(run)}</p>"
             "<nav><a href='#summary'>summary</a><a href='#cards'>scans</a><a href='#table'>table</a>"
-            "<a href='#failed'>failed inputs</a></nav></header>"
+            f"<a href='#failed'>failed inputs</a></nav>{_data_note_html(settings.get('data_note'))}</header>"
             f"<section id='run'><h2>Run</h2>{run_facts}</section>"
             f"<section id='summary'><h2>Summary</h2>{_counts_html(counts)}"
             f"<p>{_text(format_summary(counts, classes))}</p>{test_split}</section>"
@@ -642,15 +682,15 @@ def run_report(run_dir, out=None):
     metric_rows = "".join(
         f"<tr><td>{_text(name)}</td><td class='num' id='metric-{key}' data-value='{value!r}'>{_text(shown)}</td>"
         f"<td class='def'>{_text(definition)}</td></tr>" for key, name, value, shown, definition in _metric_rows(m))
-    curves = "".join(_figure(run_dir, name, f"{label} per epoch: train, validation and the test value of the "
-                             "kept weights") for _, name, label in CURVES)
+    curves = "".join(_figure(run_dir, name, f"Training and validation {what} per epoch, and the test {what} of the "
+                             "kept epoch's weights") for _, name, what in CURVES)
     figures = (_figure(run_dir, "roc.png", "ROC on the test split")
                + _figure(run_dir, "reliability.png", "Reliability: accuracy against confidence, before and after "
                          "temperature scaling"))
     body = (f"<header><h1>{_text(title)}</h1><p class='sub'>{m['images']:,} test images of held-out patients; "
             "written by train.py, or again by <code>python htmlreport.py RUN</code></p>"
             "<nav><a href='#metrics'>test metrics</a><a href='#curves'>curves</a><a href='#split-section'>split</a>"
-            "<a href='#settings'>settings</a></nav></header>"
+            f"<a href='#settings'>settings</a></nav>{_data_note_html(data_note(config))}</header>"
             f"<section id='run'><h2>Run</h2>{facts}</section>"
             f"<section id='metrics'><h2>Test metrics</h2><table class='metrics'><tr><th>metric</th><th>value</th>"
             f"<th>what it is</th></tr>{metric_rows}</table>"

@@ -386,3 +386,77 @@ def test_an_attention_picture_falls_back_to_the_decoded_image_when_the_file_is_g
     picture = htmlreport._overlay_picture(item, None, fallback, maps)
     assert picture.shape == (htmlreport.OVERLAY_SIZE, round(48 * htmlreport.OVERLAY_SIZE / 64), 3)
     assert picture[0, 0, 0] > picture[-1, -1, 0] + 60  # heat in that corner, none in the other
+
+
+def test_the_attention_picture_is_of_the_central_slice_not_the_most_confident():
+    """A scan of five AKOA slices, given out of order, whose edge slice 0 is the most confident: the picture is of
+    slice 2, the middle one in slice order, and the caption says so."""
+    name = "scans/OAI9000001_BaseLine_3_de3d1_SAG_3D_DESS_WE_LEFT.nii.gz_{}.png"
+    order = (3, 0, 4, 1, 2)
+    left = {0: 0.99, 1: 0.7, 2: 0.8, 3: 0.75, 4: 0.9}  # slice number -> probability of "left"
+    members = [driver.Result(name.format(k), "image", predicted="left", probability=left[k],
+                             probabilities=[left[k], 1 - left[k]], slice_probabilities=np.array([[left[k], 1 - left[k]]]))
+               for k in order]
+    scan = verdicts.Scan("scans/OAI9000001_BaseLine_3_de3d1_SAG_3D_DESS_WE_LEFT.nii.gz", members, verdict="left",
+                         predicted="left", probability=0.83, probabilities=[0.83, 0.17], slices=5)
+    given = [inputs.Input(m.path, "image") for m in members]  # no such files: the decoded images are drawn
+    images = {i: np.full((1, 16, 16, 3), 40 * (i + 1), np.uint8) for i in range(5)}
+    asked = []
+
+    def attention(jobs):
+        asked.extend(jobs)
+        return np.full((len(jobs), 2, 4, 4), 1 / 16, np.float32)
+
+    cards, note = htmlreport._cards([scan], ["left", "right"], given, members, images, attention)
+    assert asked == [(order.index(2), None)] and note == ""
+    assert "attention on the central slice (slice 2: left 0.800)" in cards
+
+
+def test_names_wrap_at_their_separators_and_stay_escaped():
+    assert htmlreport._breakable("scans/OAI9_x-y.png") == "scans/<wbr>OAI9_<wbr>x-<wbr>y.<wbr>png"
+    hostile = "a/<script>alert('x')</script>_\udcff&b.png"
+    out = htmlreport._breakable(hostile)
+    assert "<script" not in out and "&lt;script&gt;" in out and "\\udcff" in out
+    assert out.replace("<wbr>", "") == htmlreport._text(hostile)  # only <wbr> added to the escaped text
+    assert "break-all" not in htmlreport._STYLE  # a name breaks mid-word only when a piece is longer than the line
+    page = Page(htmlreport._page("t", f"<h3 id='n'>{out}</h3>"))
+    assert page.by_id("n")["text"] == hostile.replace("\udcff", "\\udcff")
+    assert [e["tag"] for e in page.elements].count("script") == 2  # the page's own two, no injected one
+
+
+def _scan_report_page(tmp_path, note):
+    path = tmp_path / "scans.html"
+    settings = {"temperature": 1.0, "min_confidence": 0.9, "scan_rule": "mean-probability", "data_note": note}
+    htmlreport.scan_report(path, [], inputs=[], results=[], images={}, counts=verdicts.counts([]),
+                           classes=["left", "right"], run="goliath", settings=settings)
+    return Page(path.read_text())
+
+
+def test_the_synthetic_data_notice_in_both_reports(tmp_path):
+    """The scan report shows the caller's notice (escaped) above the run's facts, none when it is empty; the run
+    report shows one when config.json says the data was the embedded synthetic set, and none for a --data folder."""
+    with open(os.path.join(GOLIATH, runs.CONFIG)) as f:
+        config = json.load(f)
+    note = htmlreport.data_note(config)
+    assert note == ("Trained on synthetic data only: knee MRI drawn by phantom.py (120 patients, 40 slices a scan, "
+                    "seed 0), no real scans.")
+    real = {**config, "data": {**config["data"], "phantom": None}}
+    assert htmlreport.data_note(real) == htmlreport.data_note({}) == htmlreport.data_note({"data": None}) == ""
+
+    hostile = "Trained on <b>synthetic</b> data & nothing else"
+    page = _scan_report_page(tmp_path, hostile)
+    shown = page.by_id("data-note")
+    assert shown["text"] == hostile and not page.find("b")
+    assert page.elements.index(shown) < page.elements.index(page.by_id("run"))  # at the top, before the run
+    for empty in ("", None):
+        assert not [e for e in _scan_report_page(tmp_path, empty).elements if e.get("id") == "data-note"]
+
+    page = Page(htmlreport.run_report(GOLIATH, tmp_path / "goliath.html").read_text())
+    assert page.by_id("data-note")["text"] == note
+    copy = tmp_path / "real"
+    copy.mkdir()
+    for name in (runs.METRICS, runs.SPLIT):
+        shutil.copy(os.path.join(GOLIATH, name), copy / name)
+    runs.atomic_write_json(copy / runs.CONFIG, real)
+    page = Page(htmlreport.run_report(copy).read_text())
+    assert not [e for e in page.elements if e.get("id") == "data-note"] and page.by_id("metrics")
