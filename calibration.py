@@ -2,7 +2,7 @@
 calibration error, Brier score), and the one rule that turns slice probabilities into a scan's verdict.
 
     python calibration.py goliath        # (re)fit a finished run's temperature; updates calibration.json,
-                                         # metrics.json["calibration"], reliability.png and report.html
+                                         # metrics.json["calibration"], reliability.png, model.keras, report.html
 
 train.py calls `calibrate` at the end of every run; driver.py reads the temperature and the default confidence
 threshold from the run's calibration.json (`runs.CALIBRATION`).
@@ -13,6 +13,11 @@ validation split. It never changes which class wins, so accuracy is untouched; o
 
 A scan's verdict comes from its slices' calibrated probabilities by the one rule in `metrics.scan_probabilities`
 (their mean; its docstring says why), which train.py's per-scan metric and driver.py both use.
+
+Refitting a run is idempotent: numbers that agree with the recorded ones to SETTLE_RTOL (or SETTLE_ATOL) are float
+noise (another CPU's kernels round the logits differently), and the recorded values are kept (`settled`); a file is
+written only when its content changes, model.keras only when its weights, configuration or calibration do. So
+`python calibration.py goliath` on a clone leaves `git status` clean.
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ from errors import EXIT_USAGE, UsageError, console_safe
 
 DEFAULT_MIN_CONFIDENCE = 0.9  # below it a verdict is "uncertain" (driver.py --min-confidence overrides it)
 ECE_BINS = 15
+RECORD_KEYS = ("temperature", "min_confidence", "scan_rule", "fitted_on", "validation_nll")  # calibration.json
+# A refit whose every number is within these of the recorded one changed nothing but rounding. The fit stops at
+# 1e-4 in log T, so the temperature itself can move by about 1e-4 when the logits move in their last bits.
+SETTLE_RTOL, SETTLE_ATOL = 1e-3, 1e-5
 
 
 # === Temperature ===
@@ -120,29 +129,86 @@ def uncertain_report(probs, labels, threshold):
             "accuracy_of_classified": correct / kept if kept else None, "correct": correct}  # None: none left (JSON has no NaN)
 
 
+# === Refits that change nothing ===
+def _agrees(fresh, recorded):
+    """Whether every value of `fresh` that `recorded` also has equals it: floats to SETTLE_RTOL or SETTLE_ATOL,
+    everything else (counts, strings, flags) exactly."""
+    if isinstance(fresh, dict):
+        return isinstance(recorded, dict) and all(_agrees(v, recorded[k]) for k, v in fresh.items() if k in recorded)
+    if isinstance(fresh, (list, tuple)):
+        return (isinstance(recorded, (list, tuple)) and len(fresh) == len(recorded)
+                and all(_agrees(a, b) for a, b in zip(fresh, recorded)))
+    numbers = (int, float)
+    if (isinstance(fresh, float) or isinstance(recorded, float)) and not isinstance(fresh, bool) and not isinstance(
+            recorded, bool) and isinstance(fresh, numbers) and isinstance(recorded, numbers):
+        return math.isclose(fresh, recorded, rel_tol=SETTLE_RTOL, abs_tol=SETTLE_ATOL)
+    return type(fresh) is type(recorded) and fresh == recorded
+
+
+def _recorded(fresh, recorded):
+    """`fresh` with each value that `recorded` has replaced by the recorded one (lists as lists)."""
+    if isinstance(fresh, dict):
+        return {k: _recorded(v, recorded[k]) if k in recorded else v for k, v in fresh.items()}
+    if isinstance(fresh, (list, tuple)):
+        return [_recorded(a, b) for a, b in zip(fresh, recorded)]
+    return recorded
+
+
+def settled(fresh, recorded):
+    """What a refit records: `fresh` when any of its values differs from `recorded` (see `_agrees`), else the
+    recorded values, plus whatever `fresh` has that was not recorded. `recorded` None: `fresh`."""
+    if recorded is None or not _agrees(fresh, recorded):
+        return fresh
+    return _recorded(fresh, recorded)
+
+
+def _write_json_if_changed(path, obj):
+    """Writes `obj` as the run folder's JSON (runs.atomic_write_json) unless the file already holds the same values."""
+    try:
+        if json.loads(pathlib.Path(path).read_text()) == obj:
+            return False
+    except (OSError, ValueError):  # missing or damaged: written
+        pass
+    runs.atomic_write_json(path, obj)
+    return True
+
+
 # === A run ===
 def calibrate(run_dir, val_logits, val_labels, test_logits, test_labels, test_scans, *,
-              min_confidence=DEFAULT_MIN_CONFIDENCE):
+              min_confidence=DEFAULT_MIN_CONFIDENCE, recorded=None):
     """Fits the temperature on the validation split, writes calibration.json and reliability.png, and returns the
-    "calibration" section for metrics.json: test ECE, Brier and NLL before and after, and the uncertain counts (slices
-    and scans) at `min_confidence` with the accuracy on the rest."""
+    "calibration" section for metrics.json: test ECE, Brier and NLL before and after, the reliability bins, and the
+    uncertain counts (slices and scans) at `min_confidence` with the accuracy on the rest.
+
+    `recorded`, a run's earlier section (or its calibration.json), is kept where the refit agrees with it (`settled`);
+    each file is written only when its content changes."""
     run_dir = pathlib.Path(run_dir)
     temperature = fit_temperature(val_logits, val_labels)
     before, after = calibrated(test_logits, 1.0), calibrated(test_logits, temperature)
     _, scan_probs, scan_labels, _ = by_scan(after, test_labels, test_scans)
-    record = {"temperature": temperature, "min_confidence": min_confidence, "scan_rule": metrics.SCAN_RULE,
-              "fitted_on": f"validation split, {len(val_labels)} images",
-              "validation_nll": {"before": nll(val_logits, val_labels), "after": nll(val_logits, val_labels,
-                                                                                   temperature)}}
-    runs.atomic_write_json(run_dir / runs.CALIBRATION, record)
-    plots.plot_reliability(run_dir, reliability(before, test_labels), reliability(after, test_labels), temperature)
-    return {**record, "test_before": calibration_scores(before, test_labels),
-            "test_after": calibration_scores(after, test_labels),
-            "uncertain_at_min_confidence": {"slices": uncertain_report(after, test_labels, min_confidence),
-                                            "scans": uncertain_report(scan_probs, scan_labels, min_confidence)},
-            "definitions": {"ece": f"expected calibration error, {ECE_BINS} equal-width bins of the top-class "
-                                   "probability", "brier": "mean of sum_k (p_k - y_k)^2", "nll": "mean -log p(true)",
-                            "scans": f"scan probabilities: {metrics.SCAN_RULE} of the calibrated slice probabilities"}}
+    section = {"temperature": temperature, "min_confidence": min_confidence, "scan_rule": metrics.SCAN_RULE,
+               "fitted_on": f"validation split, {len(val_labels)} images",
+               "validation_nll": {"before": nll(val_logits, val_labels),
+                                  "after": nll(val_logits, val_labels, temperature)},
+               "test_before": calibration_scores(before, test_labels),
+               "test_after": calibration_scores(after, test_labels),
+               "uncertain_at_min_confidence": {"slices": uncertain_report(after, test_labels, min_confidence),
+                                               "scans": uncertain_report(scan_probs, scan_labels, min_confidence)},
+               "reliability": {"columns": list(plots.RELIABILITY_COLUMNS),
+                               "before": [list(r) for r in reliability(before, test_labels)],
+                               "after": [list(r) for r in reliability(after, test_labels)]},
+               "definitions": {"ece": f"expected calibration error, {ECE_BINS} equal-width bins of the top-class "
+                                      "probability", "brier": "mean of sum_k (p_k - y_k)^2", "nll": "mean -log p(true)",
+                               "scans": f"scan probabilities: {metrics.SCAN_RULE} of the calibrated slice "
+                                        "probabilities",
+                               "reliability": "per bin of the test split's top-class probability: its edges, the "
+                                              "mean confidence, the accuracy and the images in it; empty bins left "
+                                              "out"}}
+    section = settled(section, recorded)
+    _write_json_if_changed(run_dir / runs.CALIBRATION, {k: section[k] for k in RECORD_KEYS})
+    plots.plot_reliability(run_dir, section["reliability"]["before"], section["reliability"]["after"],
+                           section["temperature"])
+    return section
 
 
 def split_logits(loaded, data_root, split):
@@ -159,25 +225,41 @@ def split_logits(loaded, data_root, split):
 
 
 def calibrate_run(run_dir, *, min_confidence=DEFAULT_MIN_CONFIDENCE):
-    """`calibrate` for a finished run folder: predicts its validation and test splits with the best weights; when the
-    run has a metrics.json, updates it and writes report.html again."""
+    """`calibrate` for a finished run folder: predicts its validation and test splits with the best weights, then
+    writes calibration.json, reliability.png and model.keras, and when the run has a metrics.json, its calibration
+    and per-scan sections and report.html; each only when its content changes (see the module docstring)."""
+    run_dir = pathlib.Path(run_dir)
     try:
         loaded = runs.load_run(run_dir)
     except runs.RunError as e:
         raise UsageError(str(e)) from None
+    metrics_path = run_dir / runs.METRICS
+    saved = None
+    if metrics_path.is_file():
+        saved = _read_json(metrics_path)
+        if saved is None:
+            raise UsageError(f"{metrics_path} is not readable JSON; restore it or train the run again.")
+    recorded = (saved or {}).get("calibration") or _read_json(run_dir / runs.CALIBRATION)
     root = runs.data_root(loaded.config)
     val = split_logits(loaded, root, "val")
     test = split_logits(loaded, root, "test")
-    section = calibrate(run_dir, val[0], val[1], *test, min_confidence=min_confidence)
+    section = calibrate(run_dir, val[0], val[1], *test, min_confidence=min_confidence, recorded=recorded)
     classifier.write_run_model(run_dir, loaded.model, loaded.classes, section["temperature"], min_confidence)
-    metrics_path = pathlib.Path(run_dir) / runs.METRICS
-    if metrics_path.is_file():
-        saved = json.loads(metrics_path.read_text())
-        saved["calibration"] = section
-        saved["per_scan"] = metrics.per_scan(test[2], test[1], test[0], section["temperature"])
-        runs.atomic_write_json(metrics_path, saved)
-        htmlreport.run_report(run_dir)  # it shows the calibration: written again, never left stale
+    if saved is not None:
+        per_scan = metrics.per_scan(test[2], test[1], test[0], section["temperature"])
+        _write_json_if_changed(metrics_path, {**saved, "calibration": section,
+                                              "per_scan": settled(per_scan, saved.get("per_scan"))})
+        htmlreport.run_report(run_dir)  # it shows the calibration: written again (if it changed), never left stale
     return section
+
+
+def _read_json(path):
+    """A run folder's JSON file as a dict, or None when it is missing or not a JSON object."""
+    try:
+        value = json.loads(pathlib.Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def describe(section):

@@ -167,11 +167,42 @@ def save_keras(model, path):
 
 
 def write_run_model(run_dir, perceiver, classes, temperature, min_confidence):
-    """Writes a run's `model.keras` (runs.MODEL_FILE) from its trained Perceiver and calibration."""
+    """Writes a run's `model.keras` (runs.MODEL_FILE) from its trained Perceiver and calibration, unless the file
+    there (its checksum verified) already holds the same configuration, classes, calibration and weights: a `.keras`
+    zip records when it was saved, so writing the same model again would change its bytes.
+
+    Returns:
+        list[str]: the paths written (none when the file was already this model).
+    """
     from modules import PerceiverClassifier
 
     model = PerceiverClassifier.wrap(perceiver, classes, temperature, min_confidence)
-    return save_keras(model, pathlib.Path(run_dir) / runs.MODEL_FILE)
+    path = pathlib.Path(run_dir) / runs.MODEL_FILE
+    if holds_model(path, model):
+        return []
+    return save_keras(model, path)
+
+
+def holds_model(path, model):
+    """Whether the `.keras` file at `path`, with a checksum that verifies, is `model`: the same class, the same
+    configuration (classes and calibration included) and bitwise the same weights. A missing, damaged or unloadable
+    file is not."""
+    import keras
+    import numpy as np
+
+    import modules  # noqa: F401  (registers the Perceiver's layers for deserialisation)
+
+    path = pathlib.Path(path)
+    try:
+        if not path.is_file() or not runs.verify_checksum(path, warn=False):
+            return False
+        saved = keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception:  # a checksum mismatch, a damaged zip, an unknown layer: written again
+        return False
+    if type(saved) is not type(model) or saved.get_config() != model.get_config():
+        return False
+    ours, theirs = model.get_weights(), saved.get_weights()
+    return len(ours) == len(theirs) and all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(ours, theirs))
 
 
 def export(model, out, fmt=None):

@@ -2,12 +2,20 @@
 
 import json
 import math
+import shutil
+import time
 
+import keras
 import numpy as np
 import pytest
 
 import calibration
+import classifier
+import dataset
 import metrics
+import phantom
+import runs
+from modules import PerceiverConfig, build_model
 
 
 def _overconfident(n=4000, true_temperature=3.0, seed=0):
@@ -77,3 +85,81 @@ def test_a_threshold_above_every_probability_leaves_none_and_writes_valid_json()
                "min_confidence": 0.99, "uncertain_at_min_confidence": {"slices": r, "scans": scans}}
     text = calibration.describe(section)
     assert "accuracy on the rest none left (slices), 1.0000 (scans)" in text
+
+
+# === Refitting a run ===
+def test_a_refit_that_moves_only_in_rounding_keeps_the_recorded_numbers(tmp_path):
+    """Logits that differ in their last bits (another CPU's kernels) give a temperature that differs in its last bits;
+    the recorded section is kept as it was. A real change (logits twice as large) is recorded."""
+    logits, labels = _overconfident(n=600, seed=3)
+    scans = [f"scan{i // 6}" for i in range(300)]
+    first = calibration.calibrate(tmp_path, logits[:300], labels[:300], logits[300:], labels[300:], scans)
+    recorded = json.loads(json.dumps(first))  # as metrics.json holds it
+    assert recorded["reliability"]["columns"] == ["lower", "upper", "confidence", "accuracy", "count"]
+    assert sum(r[4] for r in recorded["reliability"]["after"]) == 300
+    noisy = logits * (1 + 1e-6 * np.random.default_rng(0).standard_normal(logits.shape))
+    fresh = calibration.calibrate(tmp_path, noisy[:300], labels[:300], noisy[300:], labels[300:], scans)
+    assert fresh["temperature"] != first["temperature"]  # the noise does reach the fit
+    again = calibration.calibrate(tmp_path, noisy[:300], labels[:300], noisy[300:], labels[300:], scans,
+                                  recorded=recorded)
+    assert again == recorded
+    assert json.loads((tmp_path / "calibration.json").read_text())["temperature"] == first["temperature"]
+    changed = calibration.calibrate(tmp_path, 2 * logits[:300], labels[:300], 2 * logits[300:], labels[300:], scans,
+                                    recorded=recorded)
+    assert changed["temperature"] == pytest.approx(2 * first["temperature"], rel=1e-3)
+    assert json.loads((tmp_path / "calibration.json").read_text())["temperature"] == changed["temperature"]
+    # a count is never "close": one image in another bin is a change
+    assert not calibration._agrees({"count": 1000}, {"count": 1001})
+    assert calibration._agrees({"ece": 0.0030001, "new": 1}, {"ece": 0.003})
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A run folder of the `tiny` preset with random weights on a small phantom set, with a metrics.json and
+    history.csv as train.py writes them (the calibration sections left to calibration.py)."""
+    tmp = tmp_path_factory.mktemp("finished")
+    data = tmp / "data"
+    phantom.generate(data, patients=8, slices=4, height=64, width=72, progress=False)
+    found = dataset.discover(data)
+    split = dataset.split_by_patient(found.records, seed=0)
+    keras.utils.set_random_seed(0)
+    config = PerceiverConfig.preset("tiny", input_shape=(16, 16, 3), num_classes=2)
+    run = tmp / "run"
+    run.mkdir()
+    runs.atomic_write_json(run / runs.CONFIG, {
+        "train": {"preset": "tiny"}, "model": config.to_dict(),
+        "data": {"root": str(data), "layout": "akoa", "classes": ["left", "right"], "image_size": [16, 16],
+                 "channels": 3}})
+    dataset.write_manifest(run / runs.SPLIT, found.records, split, root=data)
+    runs.atomic_save_weights(build_model(config), run / runs.BEST_WEIGHTS)
+    runs.write_history(run / runs.HISTORY, [{"epoch": e, "loss": 0.7, "accuracy": 0.5, "val_loss": 0.7,
+                                             "val_accuracy": 0.5, "learning_rate": 1e-3, "seconds": 1.0}
+                                            for e in (1, 2, 3)])
+    runs.atomic_write_json(run / runs.METRICS, {
+        "split": "test", "images": 8, "accuracy": 0.5, "correct": 4, "loss": 0.7, "roc_auc": 0.5,
+        "confusion_matrix": {"classes": ["left", "right"], "counts": [[2, 2], [2, 2]]}, "best_epoch": 2,
+        "epochs_run": 3})
+    return run
+
+
+def test_refitting_a_run_twice_leaves_every_file_as_the_first_refit_wrote_it(finished_run, tmp_path):
+    """`python calibration.py RUN` on a run it has already calibrated writes nothing: the same bytes, not even the
+    same bytes again (a .keras zip records when it was saved, so rewriting model.keras would change it)."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    first = calibration.calibrate_run(run)
+    written = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir() if p.is_file()}
+    assert {"calibration.json", "reliability.png", "model.keras", "model.keras.sha256", "metrics.json",
+            "report.html"} <= set(written)
+    assert json.loads(written["metrics.json"][0])["calibration"] == first
+    time.sleep(1.1)  # a file written again now would show a later time
+    assert calibration.calibrate_run(run) == first
+    again = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir() if p.is_file()}
+    assert again.keys() == written.keys()
+    for name in written:
+        assert again[name] == written[name], f"{name} was written again"
+    # another threshold is a change, and reaches every file that records it
+    changed = calibration.calibrate_run(run, min_confidence=0.8)
+    assert changed["min_confidence"] == 0.8
+    assert json.loads((run / "calibration.json").read_text())["min_confidence"] == 0.8
+    assert classifier.load(run / "model.keras").min_confidence == 0.8
