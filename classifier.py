@@ -21,9 +21,11 @@ Formats:
 - `savedmodel`: a TensorFlow SavedModel folder; `tf.saved_model.load(path).serve(images)` with uint8 images
   `(n, h, w, c)`. Needs TensorFlow only (no Keras, no modules.py). Its class names and calibration are in
   `perceiver_classifier.json` inside the folder.
-- `onnx`: one `.onnx` file, for onnxruntime and other ONNX runtimes; input `images`, uint8 `(n, h, w, c)`, output
-  the probabilities; the class names and calibration are in the file's metadata (`custom_metadata_map`). Needs the
-  optional packages tf2onnx and onnx (`pip install tf2onnx onnx`), under the TensorFlow backend.
+- `onnx`: one `.onnx` file, for onnxruntime and other ONNX runtimes; input `images`, uint8 with its dimensions named
+  `(batch, height, width, channels)`, output the probabilities `(batch, classes)`; the class names and calibration
+  are in the file's metadata (`custom_metadata_map`): a text value as it is (`input`, `output`), a list or number
+  as JSON (`class_names` is `["left", "right"]`, `temperature` a number; `read_onnx_metadata` decodes them). Needs
+  the optional packages tf2onnx and onnx (`pip install tf2onnx onnx`), under the TensorFlow backend.
 - `litert`: one `.tflite` file for LiteRT (TensorFlow Lite), whose converter needs fixed shapes: it takes images at
   the trained size, `(1, 64, 64, 3)` for the reference run; metadata in a `<file>.json` beside it.
 Every format is checked against Keras on the same images (max difference of probabilities under 1e-5) by
@@ -116,6 +118,42 @@ def metadata(model, fmt=None):
         "output": "calibrated probabilities (batch, classes), softmax(logits / temperature), in class_names order",
         "trained_image_size": list(c.input_shape[:2]),
     }
+
+
+ONNX_INPUT_DIMS = ("batch", "height", "width", "channels")  # the names of the ONNX input's free dimensions
+
+
+def onnx_metadata(model):
+    """`metadata` as the ONNX file's string map: a string as it is, anything else (a list, a number) as JSON.
+
+    Read back with `read_onnx_metadata`."""
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata(model).items()}
+
+
+def read_onnx_metadata(props):
+    """The metadata of an ONNX file's string map (onnxruntime's `custom_metadata_map`, or `metadata_props` as a dict):
+    the JSON values decoded (lists, numbers, null), the plain strings as they are."""
+    out = {}
+    for key, value in props.items():
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            decoded = value
+        out[key] = value if isinstance(decoded, str) else decoded  # a string that looks like JSON text stays text
+    return out
+
+
+def _name_onnx_input(graph):
+    """Names the free dimensions of the graph's image input `batch, height, width, channels` (the converter calls
+    them unk__NNN) and the output's batch dimension `batch`, so that a runtime shows what each one is."""
+    (given,) = [i for i in graph.graph.input if i.name not in {t.name for t in graph.graph.initializer}]
+    for dim, name in zip(given.type.tensor_type.shape.dim, ONNX_INPUT_DIMS):
+        if not dim.HasField("dim_value"):
+            dim.dim_param = name
+    for output in graph.graph.output:
+        first = output.type.tensor_type.shape.dim[0]
+        if not first.HasField("dim_value"):
+            first.dim_param = ONNX_INPUT_DIMS[0]
 
 
 def format_of(out, given=None):
@@ -238,8 +276,9 @@ def export(model, out, fmt=None):
                 warnings.simplefilter("ignore", FutureWarning)
                 model.export(tmp, format="onnx", input_signature=_input_spec(model, fmt), verbose=False)
             graph = onnx.load(tmp)
-            for key, value in metadata(model).items():
-                graph.metadata_props.add(key=key, value=json.dumps(value))
+            _name_onnx_input(graph)
+            for key, value in onnx_metadata(model).items():
+                graph.metadata_props.add(key=key, value=value)
             onnx.save(graph, tmp)
         else:
             model.export(tmp, format="tf_saved_model" if fmt == "savedmodel" else "litert",

@@ -131,6 +131,31 @@ def test_export_paths_are_checked_before_any_work(tmp_path):
         "keras", "onnx", "litert", "savedmodel"]
 
 
+def test_the_onnx_export_names_its_dimensions_and_stores_text_once(tiny, tmp_path):
+    """The ONNX input's free dimensions are named (not the converter's unk__NNN), a text value of the metadata is the
+    text itself (not JSON-quoted again), a list or number is JSON, and the file gives Keras' probabilities."""
+    import onnx
+    import onnxruntime
+
+    _, model = tiny
+    out = tmp_path / "tiny.onnx"
+    assert classifier.export(model, out) == [str(out)]
+    graph = onnx.load(out).graph
+    assert [d.dim_param for d in graph.input[0].type.tensor_type.shape.dim] == ["batch", "height", "width", "channels"]
+    assert graph.output[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    given = session.get_inputs()[0]
+    assert given.shape == ["batch", "height", "width", "channels"] and session.get_outputs()[0].shape == ["batch", 2]
+    raw = session.get_modelmeta().custom_metadata_map
+    assert raw["input"] == classifier.metadata(model)["input"] and raw["input"].startswith("uint8 images (batch")
+    assert json.loads(raw["class_names"]) == ["cat", "dog"] and json.loads(raw["temperature"]) == 2.5
+    assert raw["min_confidence"] == "0.8" and raw["trained_image_size"] == "[16, 16]"
+    assert classifier.read_onnx_metadata(raw) == classifier.metadata(model)
+    x = _pictures(20, 24, 1, seed=3)[None].repeat(2, axis=0)
+    np.testing.assert_allclose(session.run(None, {given.name: x})[0], np.asarray(model.predict(x, verbose=0)),
+                               atol=1e-5)
+
+
 def test_driver_export_usage_errors_are_one_sentence(tmp_path, capsys):
     cases = [(["--export", str(tmp_path / "m.onnx"), "knee.png"], "classifies nothing"),
              (["--format", "onnx"], "--format applies only with --export"),
@@ -211,9 +236,9 @@ def test_every_export_gives_the_keras_probabilities(tmp_path):
     name = session.get_inputs()[0].name
     for key, x in (("grey", grey), ("rgb", rgb)):
         np.testing.assert_allclose(session.run(None, {name: x})[0], keras_out[key], atol=1e-5)
-    meta = session.get_modelmeta().custom_metadata_map
-    assert json.loads(meta["class_names"]) == ["left", "right"]
-    assert json.loads(meta["temperature"]) == model.temperature
+    meta = classifier.read_onnx_metadata(session.get_modelmeta().custom_metadata_map)
+    assert meta == classifier.metadata(model)
+    assert meta["class_names"] == ["left", "right"] and meta["temperature"] == model.temperature
 
     out = tmp_path / "m.tflite"
     assert driver.main(["--export", str(out)]) == 0
