@@ -1,17 +1,24 @@
 """The README's pictures of the two HTML reports, taken with headless Chromium (the first screen of each, 1280 pixels
 wide).
 
-    python docs/screenshots.py          # writes docs/report_scans.png and docs/report_run.png
+    python docs/screenshots.py          # writes docs/report_scans.png, docs/report_run.png, docs/screenshots.json
 
 docs/report_scans.png: `python driver.py SCANS --report ...` with the reference run goliath/ on a small phantom set
 (`phantom.py`, 3 patients, 6 slices a scan, seed 7) plus a right knee named LEFT (flagged), a scan of three left and
 three right slices (uncertain), a text file named .png and a blank image (both failed): the set tests/test_report.py
 uses. docs/report_run.png: goliath/report.html, as `python htmlreport.py goliath` writes it. Needs Chromium
 (`apt-get install chromium`, or $CHROMIUM naming a Chromium or Chrome binary).
+
+docs/screenshots.json records what the pictures were taken of (`record`): the SHA-256 of goliath's config.json,
+metrics.json, calibration.json, the checksum file of its weights and its report.html (a remade goliath changes all
+of them; a changed run report changes the last), and of the two pictures. tests/test_report.py compares it with the
+files of today, so a picture of an older goliath or report fails the tests, with no browser needed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pathlib
 import shutil
@@ -29,7 +36,20 @@ import htmlreport  # noqa: E402
 import phantom  # noqa: E402
 
 SIZE = (1280, 1000)  # the first screen of each report
-COLOURS = 192  # a palette keeps each PNG near 200 kB
+COLOURS = 192  # a palette keeps each PNG small
+PICTURES = ("docs/report_scans.png", "docs/report_run.png")
+MADE_FROM = ("goliath/config.json", "goliath/metrics.json", "goliath/calibration.json",
+             "goliath/model.weights.h5.sha256", "goliath/report.html")  # what the pictures show
+RECORD = "docs/screenshots.json"
+
+
+def record():
+    """{"made_from": {path: SHA-256}, "pictures": {path: SHA-256}} of today's files (paths relative to the project),
+    as docs/screenshots.json holds it for the pictures it names."""
+    def digests(paths):
+        return {p: hashlib.sha256(pathlib.Path(REPO, p).read_bytes()).hexdigest() for p in paths}
+
+    return {"made_from": digests(MADE_FROM), "pictures": digests(PICTURES)}
 
 
 def scan_set(folder):
@@ -69,6 +89,10 @@ def main():
     docs = pathlib.Path(REPO) / "docs"
     with tempfile.TemporaryDirectory(prefix="screenshots-") as tmp:
         tmp = pathlib.Path(tmp)
+        run_report = htmlreport.run_report(os.path.join(REPO, "goliath"), tmp / "run.html")
+        if run_report.read_bytes() != (pathlib.Path(REPO) / "goliath" / "report.html").read_bytes():
+            sys.exit("error: goliath/report.html is stale; run python htmlreport.py goliath first, so that the "
+                     "picture is of the committed report.")
         scans = tmp / "scans"
         scan_set(scans)
         report = tmp / "scans.html"
@@ -81,8 +105,9 @@ def main():
         if proc.returncode not in (0, 1):  # 1: the two failed inputs, on purpose
             sys.exit(f"error: driver.py exited with {proc.returncode}")
         screenshot(report, docs / "report_scans.png", tmp / "profile-scans")
-        run_report = htmlreport.run_report(os.path.join(REPO, "goliath"), tmp / "run.html")
         screenshot(run_report, docs / "report_run.png", tmp / "profile-run")
+    (pathlib.Path(REPO) / RECORD).write_text(json.dumps(record(), indent=2) + "\n")
+    print(f"wrote {RECORD}")
     return 0
 
 

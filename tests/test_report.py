@@ -460,3 +460,17 @@ def test_the_synthetic_data_notice_in_both_reports(tmp_path):
     runs.atomic_write_json(copy / runs.CONFIG, real)
     page = Page(htmlreport.run_report(copy).read_text())
     assert not [e for e in page.elements if e.get("id") == "data-note"] and page.by_id("metrics")
+
+
+def test_the_readme_screenshots_are_of_todays_goliath_and_run_report():
+    """docs/screenshots.json names what docs/report_*.png were taken of (goliath's config, metrics, calibration,
+    weights checksum and report.html, by SHA-256): a remade goliath or a changed run report makes them stale."""
+    shots = _screenshots_module()
+    with open(os.path.join(REPO, shots.RECORD)) as f:
+        recorded = json.load(f)
+    today = shots.record()
+    assert set(recorded["made_from"]) == set(shots.MADE_FROM) and set(recorded["pictures"]) == set(shots.PICTURES)
+    assert recorded["pictures"] == today["pictures"], (
+        "docs/report_*.png changed without docs/screenshots.json: run python docs/screenshots.py")
+    stale = [p for p, digest in today["made_from"].items() if recorded["made_from"][p] != digest]
+    assert not stale, f"docs/report_*.png are stale ({', '.join(stale)} changed): run python docs/screenshots.py"
