@@ -395,8 +395,8 @@ def test_the_attention_picture_is_of_the_central_slice_not_the_most_confident():
     order = (3, 0, 4, 1, 2)
     left = {0: 0.99, 1: 0.7, 2: 0.8, 3: 0.75, 4: 0.9}  # slice number -> probability of "left"
     members = [driver.Result(name.format(k), "image", predicted="left", probability=left[k],
-                             probabilities=[left[k], 1 - left[k]], slice_probabilities=np.array([[left[k], 1 - left[k]]]))
-               for k in order]
+                             probabilities=[left[k], 1 - left[k]],
+                             slice_probabilities=np.array([[left[k], 1 - left[k]]])) for k in order]
     scan = verdicts.Scan("scans/OAI9000001_BaseLine_3_de3d1_SAG_3D_DESS_WE_LEFT.nii.gz", members, verdict="left",
                          predicted="left", probability=0.83, probabilities=[0.83, 0.17], slices=5)
     given = [inputs.Input(m.path, "image") for m in members]  # no such files: the decoded images are drawn
