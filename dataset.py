@@ -96,7 +96,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from errors import console_safe
+from errors import add_common_flags, console_safe
 
 # The public names of records.py, images.py and batches.py, re-exported so that `dataset.X` keeps working.
 from batches import PIXEL_OFFSET, PIXEL_SCALE, Augment, augment_batch, denormalize, make_dataset, normalize
@@ -318,6 +318,7 @@ def _parse_size(text):
 def main(argv=None):
     console_safe()
     parser = argparse.ArgumentParser(prog="dataset.py", description="Inspect an AKOA or class-folder image set.")
+    add_common_flags(parser, verbose=False)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("summary", help="images per label, patients, scans, the split, skipped files")
     p.add_argument("dir", help="data folder")

@@ -1,4 +1,5 @@
-"""The errors every command shares: one `UsageError`, caught by each command's `main` and printed as one sentence.
+"""What every command shares: one `UsageError`, caught by each command's `main` and printed as one sentence; console
+set-up (`console_safe`, `quiet_tensorflow`); `--version` (`add_version`).
 
 A `UsageError` is a mistake the user can fix (a missing file, a flag that does not fit the run); its message says what
 was wrong, which file, and what to do. Commands print it as `error: MESSAGE` on stderr, with no traceback, and exit
@@ -10,9 +11,14 @@ characters as a visible backslash escape instead of failing; files written by th
 (CSV, `split.csv`: UTF-8 with surrogate escapes) or a JSON escape that decodes back to the same name.
 """
 
+import contextlib
+import importlib.abc
+import importlib.util
+import os
 import sys
 
 EXIT_USAGE = 2
+VERSION = "0.3.0"  # the project's version: `--version` of every command, CITATION.cff, MODEL_CARD.md
 
 
 class UsageError(Exception):
@@ -27,3 +33,86 @@ def console_safe():
             stream.reconfigure(errors="backslashreplace")
         except (AttributeError, ValueError, OSError):  # not a text stream that can be reconfigured
             pass
+
+
+def start_command(argv=None):
+    """What every command's `main` does first: `console_safe`, then `quiet_tensorflow` unless `--verbose` is given."""
+    console_safe()
+    quiet_tensorflow(wants_verbose(argv))
+
+
+def add_common_flags(parser, *, verbose=True):
+    """Adds `--version` (the command, the project's version, the Python in use) and, for a command that loads
+    TensorFlow, `--verbose` (see `quiet_tensorflow`) to an argparse parser."""
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {VERSION} (akoa-perceiver; Python {sys.version.split()[0]})")
+    if verbose:
+        parser.add_argument("--verbose", action="store_true",
+                            help="show TensorFlow's start-up log lines on stderr (default: hidden; a "
+                                 "TF_CPP_MIN_LOG_LEVEL of 0 or 1 shows them too)")
+
+
+def wants_verbose(argv=None):
+    """True when `--verbose` is among the command-line arguments (checked before argparse, which runs later)."""
+    return "--verbose" in (sys.argv[1:] if argv is None else argv)
+
+
+def quiet_tensorflow(verbose=False):
+    """Keeps TensorFlow's C++ start-up lines (`WARNING: All log messages before absl::InitializeLog() ...`,
+    `I0000 ... oneDNN custom operations are on ...`) off the terminal, so that a command's stderr holds its own
+    messages only. Called first by every command's `main`.
+
+    TensorFlow 2.18 and later print those lines while its libraries load, and `TF_CPP_MIN_LOG_LEVEL` does not always
+    stop them (they are written before TensorFlow's logging reads it). So, unless asked to show them (`verbose`, or
+    the user's own `TF_CPP_MIN_LOG_LEVEL` of 0 or 1), the first import of TensorFlow, wherever it happens, runs with
+    file descriptor 2 pointed at /dev/null, and `TF_CPP_MIN_LOG_LEVEL` is set to 2 for what follows. A Python
+    exception raised by that import still reaches the caller (it is raised after stderr is restored).
+    """
+    own = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+    if verbose or (own is not None and own.strip() in ("0", "1")):
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" not in sys.modules and not any(isinstance(f, _SilentImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _SilentImport("tensorflow"))
+
+
+class _SilentImport(importlib.abc.MetaPathFinder):
+    """Finds module `name` as usual, once, and executes it with file descriptor 2 silenced (`quiet_tensorflow`)."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)  # once: the module's own imports, and later ones, go the usual way
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            with _silenced_stderr():
+                run(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+@contextlib.contextmanager
+def _silenced_stderr():
+    """File descriptor 2 on /dev/null for the duration (what C++ libraries write there is dropped)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no usable stderr: nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)

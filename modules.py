@@ -33,7 +33,12 @@ import dataclasses
 import math
 import typing
 
-import keras
+if __name__ == "__main__":  # `python modules.py`: TensorFlow's start-up lines stay off the terminal (errors.py)
+    import errors
+
+    errors.start_command()
+
+import keras  # noqa: E402
 import numpy as np
 from keras import layers, ops
 
@@ -1000,6 +1005,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Print a Perceiver's summary: parameters, GFLOPs, shapes.")
     parser.add_argument("--preset", default="akoa", choices=sorted(PRESETS), help="model preset (default: akoa)")
     parser.add_argument("--expand", action="store_true", help="show nested layers in the summary (default: off)")
+    errors.add_common_flags(parser)
     _summary(parser.parse_args(argv))
 
 

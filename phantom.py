@@ -87,6 +87,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from errors import add_common_flags
+
 VERSION = 3  # bump whenever the pictures change, so an old set on disk is not reused
 HEIGHT, WIDTH = 228, 260  # AKOA slice size (rows, columns)
 FOV_MM = 140.0  # width of the field of view at pose scale 1, in mm
@@ -1277,6 +1279,7 @@ def _parse_args(argv=None):
     group.add_argument("--workers", type=int, default=None, help="processes (default: min(2, CPU count))")
     group.add_argument("--sheet", type=Path, default=None, help="also write a contact sheet PNG here (default: none)")
     group.add_argument("--sheet-per-side", type=int, default=8, help="images a side on the sheet (default: 8)")
+    add_common_flags(parser, verbose=False)
     return parser, parser.parse_args(argv)
 
 

@@ -38,7 +38,7 @@ import dataset
 import htmlreport
 import phantom
 import runs
-from errors import EXIT_USAGE, UsageError, console_safe
+from errors import EXIT_USAGE, UsageError, add_common_flags, start_command
 from metrics import classification_metrics
 from plots import plot_roc, plot_run
 
@@ -129,10 +129,11 @@ def build_parser():
                    help="several devices: mirrored/multi-worker (TensorFlow), data-parallel (JAX)")
     g.add_argument("--cpu-devices", type=int, default=1, help="split the CPU into this many logical devices")
     g.add_argument("--quiet", action="store_true", default=False, help="no progress bars, only summary lines")
+    add_common_flags(g)
     return p
 
 
-_NOT_SETTINGS = {"config", "resume", "quiet"}  # how to run, not what to train
+_NOT_SETTINGS = {"config", "resume", "quiet", "verbose"}  # how to run, not what to train
 _RUN_ONLY = {"workers", "cache_dir"}  # saved, but they change how fast, not what is trained: --resume may change them
 
 
@@ -595,8 +596,7 @@ def train(args):
 
 
 def main(argv=None):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the log
-    console_safe()
+    start_command(argv)  # TensorFlow's C++ start-up lines stay out of the log (errors.quiet_tensorflow)
     try:
         args = parse_settings(argv)
         return train(args)
