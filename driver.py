@@ -86,8 +86,8 @@ import htmlreport
 import metrics
 import runs
 import verdicts
-from errors import EXIT_USAGE, UsageError, console_safe
-from inputs import InputError, decode_chunk, display_image, find_inputs, test_split_inputs
+from errors import EXIT_USAGE, UsageError, add_common_flags, start_command
+from inputs import InputError, decode_chunk, display_image, find_inputs, internal_error, test_split_inputs
 from plots import explain_figure
 from reports import SIDES, flag_label, format_summary, format_table, report_test_split, write_results
 from volumes import DICOM_EXTENSIONS, NIFTI_EXTENSIONS
@@ -189,7 +189,9 @@ class Predictor:
         self.loaded = loaded
         self.model = loaded.model
         if keras.backend.backend() in ("tensorflow", "jax"):
-            # XLA-compiled prediction was the faster on the 2-core CPU (bench/infer_speed.py, bench/RESULTS.md).
+            # XLA-compiled prediction was the faster on the 2-core CPU (bench/infer_speed.py, bench/RESULTS.md),
+            # once its constant folding is off (see _xla_without_constant_folding).
+            _xla_without_constant_folding()
             self.model.compile(jit_compile=True)
         self.batch_size = int(batch_size)
         self.shape = (*loaded.image_size, loaded.channels)
@@ -212,6 +214,21 @@ class Predictor:
     def probabilities(self, images):
         """Calibrated class probabilities: softmax(logits / T), T the run's temperature (calibration.json)."""
         return metrics.softmax(self.logits(images).astype(np.float64) / self.loaded.temperature)
+
+
+def _xla_without_constant_folding():
+    """Turns XLA's constant-folding pass off for this process (XLA_FLAGS, read at the first compilation), unless the
+    user's XLA_FLAGS already choose passes.
+
+    The position features are constants, so XLA folded the input LayerNorm's statistics over them into a new
+    literal for every batch shape: four "E0000 ... Constant folding an instruction is taking > 1s" lines on stderr
+    and seconds of compiling per shape. Without the pass, `python driver.py` (goliath's 1,360 test slices) took
+    11.2 s instead of 21.0 s on the 2-core CPU, with the same verdicts and probabilities within 3e-6
+    (`/usr/bin/time python driver.py`; bench/RESULTS.md, "Inference start-up").
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_disable_hlo_passes" not in flags:
+        os.environ["XLA_FLAGS"] = (flags + " --xla_disable_hlo_passes=constant_folding").strip()
 
 
 # === Classifying ===
@@ -268,7 +285,7 @@ def _expected(item, header_side, classes, expect):
     return (side, "file name") if side else (None, None)
 
 
-def classify(predictor, inputs, *, expect=None, workers=None, progress=False, keep_images=False):
+def classify(predictor, inputs, *, expect=None, workers=None, progress=False, keep_images=False, debug=False):
     """Decodes inputs in a thread pool while the previous batch is predicted; returns one Result per input.
 
     Args:
@@ -278,6 +295,8 @@ def classify(predictor, inputs, *, expect=None, workers=None, progress=False, ke
         workers: int | None. Decoding threads. Defaults to half the usable CPUs (at least 1).
         progress: bool. A progress bar on stderr. Defaults to False.
         keep_images: bool. Also return the decoded uint8 images, {input index: (n, h, w, c)}. Defaults to False.
+        debug: bool. Print the traceback of an unforeseen error of an input (it fails alone either way). Defaults
+            to False.
 
     Returns:
         list[Result] in input order, or (results, images) with keep_images.
@@ -287,12 +306,13 @@ def classify(predictor, inputs, *, expect=None, workers=None, progress=False, ke
     workers = max(1, int(_default_workers() if workers is None else workers))
     results = [Result(item.path, item.kind) for item in inputs]
     kept = {}
-    pending = _PendingBatch(predictor, results)
+    pending = _PendingBatch(predictor, results, debug)
     # decoding tasks in flight: two batches ahead, so decoding goes on while a batch is predicted; bounds memory
     window = max(2 * workers, 2 * math.ceil(predictor.batch_size / _CHUNK))
     with tqdm(total=len(inputs), desc="classifying", unit="img", file=sys.stderr, disable=not progress,
               dynamic_ncols=True, smoothing=0.1) as bar:
-        for indices, outcomes in _decoded_chunks(inputs, loaded.image_size, loaded.channels, workers, window):
+        for indices, outcomes in _decoded_chunks(inputs, loaded.image_size, loaded.channels, workers, window,
+                                                     debug):
             for index, outcome in zip(indices, outcomes):
                 r = results[index]
                 failed = isinstance(outcome, InputError)
@@ -318,14 +338,14 @@ def _default_workers():
     return max(1, cpus // 2)
 
 
-def _decoded_chunks(inputs, size, channels, workers, window):
+def _decoded_chunks(inputs, size, channels, workers, window, debug=False):
     """Yields (input indices, decode outcomes) per chunk of _CHUNK inputs, in input order, while up to `window`
     chunks decode ahead in a thread pool. An outcome is an inputs.Decoded or an InputError."""
     chunks = [list(range(s, min(s + _CHUNK, len(inputs)))) for s in range(0, len(inputs), _CHUNK)]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
 
         def submit(chunk):
-            return chunk, pool.submit(decode_chunk, [inputs[i] for i in chunk], size, channels)
+            return chunk, pool.submit(decode_chunk, [inputs[i] for i in chunk], size, channels, debug=debug)
 
         in_flight = collections.deque(submit(c) for c in chunks[:window])
         waiting = iter(chunks[window:])
@@ -339,10 +359,13 @@ def _decoded_chunks(inputs, size, channels, workers, window):
 
 
 class _PendingBatch:
-    """Decoded images not yet predicted; `flush` predicts them together and fills in their inputs' Results."""
+    """Decoded images not yet predicted; `flush` predicts them together and fills in their inputs' Results.
 
-    def __init__(self, predictor, results):
-        self.predictor, self.results = predictor, results
+    The error boundary of classifying: an unforeseen error while predicting a batch fails that batch's inputs (each
+    with `inputs.internal_error`), and one while filling in an input's Result fails that input; the batch goes on."""
+
+    def __init__(self, predictor, results, debug=False):
+        self.predictor, self.results, self.debug = predictor, results, debug
         self.images, self.owners, self.count = [], [], 0  # arrays, (input index, slice count), total images
 
     def add(self, index, images):
@@ -353,12 +376,23 @@ class _PendingBatch:
     def flush(self):
         if not self.images:
             return
-        probs = self.predictor.probabilities(np.concatenate(self.images))
-        at = 0
-        for index, count in self.owners:
-            _fill(self.results[index], probs[at:at + count], self.predictor.loaded.classes)
-            at += count
+        owners, images = self.owners, self.images
         self.images, self.owners, self.count = [], [], 0
+        try:
+            probs = self.predictor.probabilities(np.concatenate(images))
+        except Exception as e:  # noqa: BLE001  the boundary: see the class docstring
+            for index, _ in owners:
+                self.results[index].error = str(internal_error(e, self.results[index].path, debug=self.debug))
+            return
+        at = 0
+        for index, count in owners:
+            r = self.results[index]
+            try:
+                _fill(r, probs[at:at + count], self.predictor.loaded.classes)
+            except Exception as e:  # noqa: BLE001
+                r.predicted = r.probability = r.probabilities = r.slices = r.slice_probabilities = None
+                r.error = str(internal_error(e, r.path, debug=self.debug))
+            at += count
 
 
 NON_FINITE = ("the model gave a non-finite output (NaN or infinity) for it, so it has no verdict; check the run's "
@@ -509,6 +543,11 @@ def build_parser():
     g.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help=f"images per prediction batch "
                                                                          f"(default: {DEFAULT_BATCH})")
     g.add_argument("--workers", type=int, default=None, help="decoding threads (default: half the CPUs, at least 1)")
+    g = p.add_argument_group("troubleshooting")
+    g.add_argument("--debug", action="store_true",
+                   help="print the traceback of an input's internal error on stderr, for a bug report (the input "
+                        "fails alone either way; default: off)")
+    add_common_flags(g)
     return p
 
 
@@ -610,7 +649,7 @@ def run(args, out=sys.stdout):
     t0 = time.perf_counter()
     keep_images = args.explain is not None or args.report is not None
     classified = classify(predictor, inputs, expect=args.expect, workers=args.workers, progress=progress,
-                          keep_images=keep_images)
+                          keep_images=keep_images, debug=args.debug)
     results, images = classified if keep_images else (classified, None)
     seconds = time.perf_counter() - t0
     scans = verdicts.group(results, loaded.classes, threshold)
@@ -674,8 +713,7 @@ def _print_to_pipe(text, out):
 
 
 def main(argv=None):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the table
-    console_safe()
+    start_command(argv)  # TensorFlow's start-up lines stay out of the table (errors.quiet_tensorflow)
     args = build_parser().parse_args(argv)
     try:
         return run(args)

@@ -20,6 +20,9 @@ import collections
 import dataclasses
 import glob
 import os
+import stat
+import sys
+import traceback
 import typing
 
 import numpy as np
@@ -29,11 +32,11 @@ import dataset
 import runs
 from plots import display_size
 from errors import UsageError
-from volumes import (DICOM_EXTENSIONS, NIFTI_EXTENSIONS, VolumeError, dicom_series_info, has_dicom_preamble,
-                     read_dicom_series, read_dicom_volume, read_nifti_volume)
+from volumes import (DICOM_EXTENSIONS, NIFTI_EXTENSIONS, UNSUITABLE, VolumeError, dicom_series_info,
+                     looks_like_dicom, read_dicom_series, read_dicom_volume, read_nifti_volume)
 
 TRAINED_PLANE = "sagittal"
-MIN_SIDE = 32  # pixels: a smaller image cannot show a knee (AKOA's slices are 228 x 260, the model sees 64 x 64)
+MIN_SIDE = 64  # pixels: the model sees 64 x 64; a smaller image shows no knee we can trust (AKOA's are 228 x 260)
 
 
 class InputError(Exception):
@@ -62,7 +65,13 @@ class Input:
 
 
 def input_kind(path, *, sniff=True):
-    """"image", "dicom" or "nifti" by extension (an extensionless file with the DICM preamble is DICOM), else None."""
+    """"image", "dicom" or "nifti" by extension, else "dicom" when the content is DICOM, else None.
+
+    DICOM is found by content, not by name: scanners and PACS exports name files by UID
+    (`MR.1.3.12.2.1107.5.2...`), as `IM000123`, `I.001` or `*.IMA`, so any file whose extension is not a known image
+    or NIfTI type is sniffed (`volumes.looks_like_dicom`: 132 bytes read). `.dcm` and `.dicom` files are DICOM by
+    name. Only call it on a regular file (`regular_file`): opening a named pipe would wait for a writer.
+    """
     name = os.path.basename(path).lower()
     if name.endswith(NIFTI_EXTENSIONS):
         return "nifti"
@@ -71,9 +80,17 @@ def input_kind(path, *, sniff=True):
         return "dicom"
     if ext in dataset.IMAGE_EXTENSIONS:
         return "image"
-    if sniff and not ext and has_dicom_preamble(path):
+    if sniff and looks_like_dicom(path):
         return "dicom"
     return None
+
+
+def regular_file(path):
+    """True for a regular file (or a link to one); False for a pipe, socket, device or anything that vanished."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 def _supported():
@@ -95,6 +112,12 @@ def find_inputs(specs):
 
     def add(path, named):
         nonlocal ignored
+        if not regular_file(path):  # a pipe, socket or device: opening it to sniff could wait forever
+            if named:
+                raise UsageError(f"{path} is not a regular file (a pipe, socket or device); pass image files or "
+                                 "folders.")
+            ignored += 1
+            return
         kind = input_kind(path)
         if kind is None:
             if named:
@@ -125,6 +148,8 @@ def find_inputs(specs):
                 raise UsageError(f"no files match the pattern {spec}.")
             for m in matches:
                 walk(m) if os.path.isdir(m) else add(m, named=False)
+        elif os.path.exists(spec):
+            add(spec, named=True)  # not a folder nor a regular file: refused with its reason
         elif os.path.lexists(spec):
             raise UsageError(f"{spec} is a symbolic link that leads nowhere (broken, or a loop); pass the file or "
                              "folder it should point to.")
@@ -149,7 +174,7 @@ def group_dicom_series(inputs):
             continue
         try:
             uid, frames = dicom_series_info(item.path)
-        except VolumeError:
+        except Exception:  # noqa: BLE001  unreadable, or a header pydicom trips on: decoding it alone gives the reason
             continue
         if uid and frames == 1:
             members.setdefault((os.path.dirname(item.path), uid), []).append(i)
@@ -260,17 +285,21 @@ def check_suitable(shape, images):
     """
     height, width = (int(d) for d in shape)
     if min(height, width) < MIN_SIDE:
-        raise InputError(f"unsuitable: it is {width} x {height} pixels, too small to show a knee (the model needs at "
+        raise InputError(f"{UNSUITABLE}it is {width} x {height} pixels, too small to show a knee (the model needs at "
                          f"least {MIN_SIDE} x {MIN_SIDE}; it was trained on 228 x 260 slices)")
     flat = images.reshape(len(images), -1)
     if (flat.min(axis=1) == flat.max(axis=1)).all():
         if len(images) > 1:
-            raise InputError("unsuitable: every slice is blank (one value throughout), so it shows no knee")
-        raise InputError(f"unsuitable: every pixel has the value {int(flat[0, 0])}, a blank image that shows no knee")
+            raise InputError(f"{UNSUITABLE}every slice is blank (one value throughout), so it shows no knee")
+        raise InputError(f"{UNSUITABLE}every pixel has the value {int(flat[0, 0])}, a blank image that shows no knee")
 
 
-def decode_chunk(items, size, channels):
-    """`decode` of several inputs (one task for a worker thread); an input that fails gives its InputError."""
+def decode_chunk(items, size, channels, *, debug=False):
+    """`decode` of several inputs (one task for a worker thread); an input that fails gives its InputError.
+
+    This is the error boundary of reading and decoding: whatever goes wrong with one input, foreseen or not, is that
+    input's failure (`internal_error` for an exception the code did not foresee) and the other inputs go on. With
+    `debug`, an unforeseen exception's traceback is also printed on stderr, for a bug report."""
     out = []
     for item in items:
         try:
@@ -279,7 +308,20 @@ def decode_chunk(items, size, channels):
             out.append(e)
         except MemoryError:
             out.append(InputError("not enough memory to decode it"))
+        except Exception as e:  # noqa: BLE001  the boundary: see above
+            out.append(internal_error(e, item.path, debug=debug))
     return out
+
+
+def internal_error(error, path, *, debug=False):
+    """The InputError that stands for an exception nobody foresaw while handling the input at `path`: one sentence
+    naming the exception, the file and what to do; with `debug`, the traceback is printed on stderr first."""
+    if debug:
+        print(f"traceback for {path}:\n{''.join(traceback.format_exception(error))}", file=sys.stderr, end="")
+    text = str(error).strip().splitlines()
+    detail = f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+    return InputError(f"internal error ({detail}) while reading {path}; rerun with --debug for the traceback and "
+                      "report it")
 
 
 # === Test split ===

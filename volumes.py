@@ -40,6 +40,9 @@ patient's right to left, as AKOA's slices do, whichever way its images face.
 from __future__ import annotations
 
 import dataclasses
+import math
+import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -79,12 +82,41 @@ class Volume:
 
 def has_dicom_preamble(path):
     """True when the file has DICOM Part 10's 128-byte preamble followed by "DICM"."""
+    return _head(path)[128:132] == b"DICM"
+
+
+def looks_like_dicom(path):
+    """True when the file's first bytes are DICOM: Part 10's preamble and "DICM", or (old files and some exports
+    have no preamble) a data set that opens with a group 0002 or 0008 element, in explicit VR (a valid VR after the
+    tag) or implicit VR little endian (a short even length after it). Reads 132 bytes, whatever the file's name."""
+    head = _head(path)
+    if head[128:132] == b"DICM":
+        return True
+    if len(head) < 8:
+        return False
+    for order in ("<", ">"):
+        group, element = struct.unpack(order + "HH", head[:4])
+        if group not in (0x0002, 0x0008) or element > 0x00FF:
+            continue
+        if head[4:6] in _VRS:
+            return True
+        length = struct.unpack("<I", head[4:8])[0]
+        if order == "<" and length % 2 == 0 and length <= 1024:
+            return True
+    return False
+
+
+_VRS = frozenset(v.encode() for v in "AE AS AT CS DA DS DT FL FD IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM "
+                                      "UC UI UL UN UR US UT UV".split())
+
+
+def _head(path):
+    """The first 132 bytes of a file (fewer for a short one; none when it cannot be read)."""
     try:
         with open(path, "rb") as f:
-            head = f.read(132)
+            return f.read(132)
     except OSError:
-        return False
-    return len(head) == 132 and head[128:] == b"DICM"
+        return b""
 
 
 def _first_line(e):
@@ -112,14 +144,19 @@ def _pydicom():
         import pydicom.pixels  # noqa: F401  (pydicom 3 or later)
     except ImportError:
         raise VolumeError("reading DICOM needs pydicom 3 or later: pip install 'pydicom>=3'") from None
+    # pydicom warns about every odd header it reads (an invalid IS value, implicit VR where explicit was declared);
+    # a scanner archive has hundreds, and the readers here say in one sentence what makes a file unusable.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
     return pydicom
 
 
 def _read_dataset(path, **kwargs):
+    """pydicom's data set of a file; a file without Part 10's preamble is read with `force` when its first bytes
+    are a DICOM data set (`looks_like_dicom`), as old files and some exports are written."""
+    pydicom = _pydicom()
+    force = not has_dicom_preamble(path) and looks_like_dicom(path)
     try:
-        return _pydicom().dcmread(path, **kwargs)
-    except VolumeError:
-        raise
+        return pydicom.dcmread(path, force=force, **kwargs)
     except Exception as e:  # InvalidDicomError, truncated files, ...
         raise VolumeError(f"not a readable DICOM file ({_first_line(e)})") from None
 
@@ -134,30 +171,66 @@ def _dicom_side(ds):
     return _side_letter(ds.get("ImageLaterality")) or _side_letter(ds.get("Laterality"))
 
 
+def header_number(ds, keyword, default, *, whole=True):
+    """A numeric header element (an IS or DS value) as int (`whole`) or float; `default` when absent or empty.
+
+    Scanners and PACS write malformed values (`1A`, `nan`, several values where one belongs): those are a reason to
+    refuse the file, said in one phrase, never a ValueError deep in the reader.
+
+    Raises:
+        VolumeError: naming the element and its value.
+    """
+    value = ds.get(keyword, None)
+    if value is None or (isinstance(value, (str, bytes)) and not value.strip()):
+        return default
+    try:
+        if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+            raise ValueError("several values")
+        number = float(str(value).strip())
+        if not math.isfinite(number) or (whole and number != int(number)):
+            raise ValueError("not finite or not whole")
+    except (TypeError, ValueError):
+        kind = "a whole number" if whole else "a number"
+        raise VolumeError(f"its {keyword} header element is {_shown(value)}, not {kind}; the file is malformed") from None
+    return int(number) if whole else number
+
+
+def _shown(value):
+    """A header value as the user should read it in a message: quoted, at most 40 characters."""
+    text = str(value)
+    return repr(text if len(text) <= 40 else text[:37] + "...")
+
+
 def _is_identity_rescale(ds):
     """True without a Modality LUT Sequence and with slope 1, intercept 0 (or neither): nothing to apply."""
     if ds.get("ModalityLUTSequence"):
         return False
-    return float(ds.get("RescaleSlope", 1) or 1) == 1 and float(ds.get("RescaleIntercept", 0) or 0) == 0
+    return (header_number(ds, "RescaleSlope", 1.0, whole=False) == 1
+            and header_number(ds, "RescaleIntercept", 0.0, whole=False) == 0)
 
 
 def _check_size(shape):
     """Refuses a declared shape of more than MAX_VOXELS voxels (see the module docstring)."""
-    voxels = int(np.prod([int(d) for d in shape], dtype=np.float64))
+    voxels = math.prod(int(d) for d in shape)  # Python integers: a header may declare 10^308 frames
     if voxels > MAX_VOXELS:
-        raise VolumeError(f"it declares {' x '.join(str(int(d)) for d in shape)} = {voxels:,} voxels, over the "
-                          f"limit of {MAX_VOXELS:,}; crop it or pass fewer slices")
+        declared = f"{' x '.join(str(int(d)) for d in shape)} = {voxels:,}" if voxels < 10 ** 30 else "over 10^30"
+        raise VolumeError(f"it declares {declared} voxels, over the limit of {MAX_VOXELS:,}; crop it or pass fewer "
+                          "slices")
 
 
 def _declared_shape(ds):
-    """(frames, rows, columns, samples) as a DICOM header declares them, before any pixel is decoded."""
-    def number(keyword, default):
-        try:
-            return max(int(ds.get(keyword, default) or default), 0)
-        except (TypeError, ValueError):
-            return default
+    """(frames, rows, columns, samples) as a DICOM header declares them, before any pixel is decoded.
 
-    return number("NumberOfFrames", 1), number("Rows", 0), number("Columns", 0), number("SamplesPerPixel", 1)
+    Raises:
+        VolumeError: for a malformed or negative count (see `header_number`).
+    """
+    shape = []
+    for keyword, default in (("NumberOfFrames", 1), ("Rows", 0), ("Columns", 0), ("SamplesPerPixel", 1)):
+        value = header_number(ds, keyword, default)
+        if value < 0:
+            raise VolumeError(f"its {keyword} header element is {value}, a negative count; the file is malformed")
+        shape.append(value)
+    return tuple(shape)
 
 
 def _dicom_frames(ds):
@@ -171,9 +244,13 @@ def _dicom_frames(ds):
         a = ds.pixel_array
     except Exception as e:  # a compressed transfer syntax without its decoder, inconsistent tags, ...
         raise VolumeError(f"pydicom cannot decode the pixels ({_first_line(e)})") from None
-    if int(ds.get("NumberOfFrames", 1) or 1) == 1:
+    frames, _, _, samples = _declared_shape(ds)
+    if frames <= 1 and a.ndim == (3 if samples > 1 else 2):
         a = a[None]
-    if int(ds.get("SamplesPerPixel", 1) or 1) == 3:
+    if a.ndim != (4 if samples > 1 else 3):
+        raise VolumeError(f"its pixels have shape {a.shape}, which does not match its header ({frames} frames of "
+                          f"{samples} samples); the file is malformed")
+    if samples == 3:
         if a.dtype != np.uint8:
             raise VolumeError(f"{a.dtype} colour DICOM is not supported; convert it to grayscale")
         return [f for f in a]
@@ -266,6 +343,71 @@ def dicom_plane(ds):
     return _plane_and_codes(column, row, through)
 
 
+# === Which DICOM images may get a side ===
+GREYSCALE = ("MONOCHROME1", "MONOCHROME2")
+_PLANNING_TYPES = {"LOCALIZER": "a localizer", "SCOUT": "a scout"}
+_TILED_TYPES = {"MOSAIC": "a Siemens mosaic (several slices tiled in one image)",
+                "PROJECTION IMAGE": "a projection (several slices collapsed into one image)"}
+_SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # and its multi-frame variants .1 to .4
+MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"  # a DICOMDIR's MediaStorageSOPClassUID
+UNSUITABLE = "unsuitable: "  # how a reason starts when the input is readable but cannot be given a side
+
+
+def is_dicomdir(ds):
+    """True for a DICOMDIR: the index of a DICOM export (patients, studies, series), which holds no image."""
+    meta = getattr(ds, "file_meta", None)
+    sop = str(meta.get("MediaStorageSOPClassUID", "") if meta is not None else "").strip()
+    return sop == MEDIA_DIRECTORY or "DirectoryRecordSequence" in ds
+
+
+def check_header(ds):
+    """Refuses, from the header alone and before any pixel is decoded, a DICOM image that cannot be a sagittal knee
+    MR slice, or whose plane cannot be checked: the header rules of the README's "What it guarantees".
+
+    In order: a DICOMDIR; a Modality other than MR (CT, CR, US, OT, SEG, RTDOSE, ...; a file with no Modality at all
+    is judged by the rules below); a secondary capture (a screenshot or scanned page); a colour image (a
+    PhotometricInterpretation other than MONOCHROME1/2, or more than one sample per pixel); a localizer or scout
+    (ImageType); several slices in one image (ImageType MOSAIC or PROJECTION IMAGE); and an image without
+    ImageOrientationPatient (in the dataset or an enhanced file's functional groups), whose plane cannot be checked.
+
+    Raises:
+        VolumeError: "unsuitable: <the reason>".
+    """
+    if is_dicomdir(ds):
+        raise VolumeError("unsuitable: it is a DICOMDIR, the index of a DICOM export, not an image; the images it "
+                          "lists are read from their own files")
+    modality = str(ds.get("Modality") or "").strip().upper()
+    if modality and modality != "MR":
+        raise VolumeError(f"unsuitable: its Modality is {_shown(modality)}, not MR; only a knee MR image gets a side")
+    sop = str(ds.get("SOPClassUID") or "").strip()
+    if sop == _SECONDARY_CAPTURE or sop.startswith(_SECONDARY_CAPTURE + "."):
+        raise VolumeError("unsuitable: it is a secondary capture (a screenshot or scanned image, SOPClassUID "
+                          f"{sop}), not a scanner's slice")
+    photometric = str(ds.get("PhotometricInterpretation") or "").strip().upper()
+    if (photometric and photometric not in GREYSCALE) or header_number(ds, "SamplesPerPixel", 1) != 1:
+        raise VolumeError(f"unsuitable: it is a colour image (PhotometricInterpretation {_shown(photometric)}); MR "
+                          "slices are greyscale")
+    image_type = {str(v).strip().upper() for v in _values(ds.get("ImageType"))}
+    for word, what in {**_PLANNING_TYPES, **_TILED_TYPES}.items():
+        if word in image_type:
+            raise VolumeError(f"unsuitable: it is {what} (ImageType {word}), not a diagnostic slice")
+    if _orientation(ds) is None:
+        raise VolumeError("unsuitable: it has no usable ImageOrientationPatient, so the plane it was cut in cannot be "
+                          "checked (the model only knows sagittal slices)")
+
+
+def _values(value):
+    """A DICOM element's value as a list: [] for None, one item for a single value, the items of a MultiValue."""
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes)):
+        return [value]
+    try:
+        return list(value)
+    except TypeError:
+        return [value]
+
+
 def read_dicom_volume(path):
     """Reads a DICOM file as `read_dicom` does, with its plane and orientation codes (see `dicom_plane`).
 
@@ -276,6 +418,7 @@ def read_dicom_volume(path):
         VolumeError: as `read_dicom`.
     """
     ds = _read_dataset(path)
+    check_header(ds)
     return Volume(_dicom_frames(ds), _dicom_side(ds), *dicom_plane(ds))
 
 
@@ -297,10 +440,10 @@ def dicom_series_info(path):
     ds = _read_dataset(path, stop_before_pixels=True)
     uid = ds.get("SeriesInstanceUID")
     try:
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except (TypeError, ValueError):
-        frames = 1
-    return (str(uid) if uid else None), frames
+        frames = header_number(ds, "NumberOfFrames", 1)
+    except VolumeError:
+        frames = 1  # grouped like a single frame; reading it then says what is wrong
+    return (str(uid).strip() if uid else None) or None, frames
 
 
 def read_dicom_series(paths):
@@ -360,7 +503,14 @@ def _series_member(path):
         ds = _read_dataset(path)
     except VolumeError as e:
         raise VolumeError(f"{path.name}: {e}") from None
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    try:
+        check_header(ds)
+        frames = header_number(ds, "NumberOfFrames", 1)
+    except VolumeError as e:
+        reason = str(e)
+        if reason.startswith(UNSUITABLE):  # the series is unsuitable, for the reason its file gives
+            raise VolumeError(f"{reason} ({path.name})") from None
+        raise VolumeError(f"{path.name}: {reason}") from None
     if frames != 1:
         raise VolumeError(f"{path.name} holds {frames} frames; read a multi-frame file on its own, not in a series")
     return ds
@@ -430,6 +580,9 @@ def _load_nifti(path):
         image = nibabel.load(path)  # the header only: the data is read below, once its declared size is checked
     except Exception as e:  # ImageFileError, gzip errors
         raise VolumeError(f"not a readable NIfTI file ({_first_line(e)})") from None
+    if not isinstance(image, (nibabel.Nifti1Image, nibabel.Nifti2Image)):  # a CIFTI-2 matrix also ends in .nii
+        raise VolumeError(f"unsuitable: it is a {type(image).__name__.replace('Image', '')} file, not a NIfTI "
+                          "image of slices")
     _check_size(image.shape)
     try:
         data = np.asanyarray(image.dataobj)  # stored dtype, or float when the header scales the values
@@ -470,7 +623,10 @@ def nifti_plane(image):
         pass
     if image.affine is None:
         return None, None
-    codes = _nibabel().aff2axcodes(image.affine)
+    try:
+        codes = _nibabel().aff2axcodes(image.affine)
+    except (ValueError, np.linalg.LinAlgError):  # NaN or infinite entries
+        return None, None
     if len(codes) != 3 or None in codes:
         return None, None
     codes = "".join(codes)
@@ -487,4 +643,9 @@ def read_nifti_volume(path):
         VolumeError: as `read_nifti`.
     """
     image, frames = _load_nifti(path)
-    return Volume(frames, None, *nifti_plane(image))
+    plane, codes = nifti_plane(image)
+    if plane is None:
+        raise VolumeError("unsuitable: its header records no orientation (qform and sform codes 0, or a degenerate "
+                          "affine), so the plane it was cut in cannot be checked (the model only knows sagittal "
+                          "slices)")
+    return Volume(frames, None, plane, codes)

@@ -189,7 +189,9 @@ def _volume(paths):
 
 def _write_dicom(path, frames, **tags):
     """An MR DICOM file of uint16 (12 bits stored) or uint8 frames (n, rows, cols): one frame, or a multi-frame for
-    n > 1. `tags` are set last (ImageLaterality="R", RescaleSlope=2, ...)."""
+    n > 1, cut sagittally as AKOA's slices are (rows towards inferior, columns towards posterior: codes IPL; without
+    ImageOrientationPatient the plane could not be checked and the file would get no side). `tags` are set last
+    (ImageLaterality="R", RescaleSlope=2, ...)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
@@ -204,6 +206,7 @@ def _write_dicom(path, frames, **tags):
     bits_stored = 12 if frames.dtype == np.uint16 else 8
     ds.BitsAllocated, ds.BitsStored = 8 * frames.itemsize, bits_stored
     ds.HighBit, ds.PixelRepresentation = bits_stored - 1, 0
+    ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
     if len(frames) > 1:
         ds.NumberOfFrames = len(frames)
     for keyword, value in tags.items():
@@ -296,8 +299,8 @@ def test_dicom_series_become_one_scan_each_with_their_slices_in_position_order(e
         assert (r.plane, r.orientation) == ("sagittal", "IAL" if side == "left" else "IPL")
         assert _instance_numbers(r.files) == [1, 2, 3, 4]  # each slice names its file, in position order
         np.testing.assert_allclose(r.slice_probabilities, png_probs[side], atol=1e-5)  # the PNG slices, in order
-    multi = by_name[str(both / "multi.dcm")]  # no series UID, no geometry: a volume of its own, plane unknown
-    assert multi.error is None and len(multi.slices) == 4 and multi.plane is None
+    multi = by_name[str(both / "multi.dcm")]  # no series UID: a volume of its own
+    assert multi.error is None and len(multi.slices) == 4 and (multi.plane, multi.orientation) == ("sagittal", "IPL")
     assert by_name[str(both / "damaged.dcm")].error.startswith("not a readable DICOM file")
     scans = verdicts.group(results, loaded.classes, 0.5)
     assert len(scans) == 5 and sum(s.verdict == "failed" for s in scans) == 1

@@ -370,6 +370,7 @@ def test_volumes_that_declare_a_huge_size_are_refused_before_their_pixels_are_re
     ds = Dataset()
     ds.file_meta, ds.SOPClassUID, ds.SOPInstanceUID = meta, MRImageStorage, meta.MediaStorageSOPInstanceUID
     ds.Rows = ds.Columns = 8192
+    ds.Modality, ds.ImageOrientationPatient = "MR", [0, 1, 0, 0, 0, -1]  # a sagittal MR: the header rules let it by
     ds.NumberOfFrames, ds.SamplesPerPixel, ds.PhotometricInterpretation = 4096, 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
     ds.PixelData = b"\0" * 16

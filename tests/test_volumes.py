@@ -146,25 +146,27 @@ def _edited(path, out, **changes):
     return out
 
 
-def test_files_without_geometry(scans, tmp_path):
+def test_files_without_geometry_are_unsuitable(scans, tmp_path):
+    """Without ImageOrientationPatient (DICOM) or a qform/sform (NIfTI) the plane cannot be checked: no side."""
     _, png, folder, _ = scans["RIGHT"]
     paths = sorted(folder.glob("*.dcm"))
     bare = _edited(paths[0], tmp_path / "no_iop.dcm", ImageOrientationPatient=None)
-    volume = volumes.read_dicom_volume(bare)
-    assert (volume.plane, volume.codes, volume.side) == (None, None, "right") and len(volume.frames) == 1
-    with pytest.raises(VolumeError, match="no_iop.dcm of series .* has no usable ImageOrientationPatient"):
+    with pytest.raises(VolumeError, match="^unsuitable: it has no usable ImageOrientationPatient"):
+        volumes.read_dicom_volume(bare)
+    with pytest.raises(VolumeError, match=r"^unsuitable: it has no usable ImageOrientationPatient.*\(no_iop.dcm\)$"):
         volumes.read_dicom_series(paths[1:] + [bare])
     no_ipp = _edited(paths[0], tmp_path / "no_ipp.dcm", ImagePositionPatient=None)
     with pytest.raises(VolumeError, match="no_ipp.dcm of series .* has no usable ImagePositionPatient"):
         volumes.read_dicom_series(paths[1:] + [no_ipp])
     nifti = phantom.write_nifti(tmp_path / "knee.nii", png, side="RIGHT")
     assert volumes.read_nifti_volume(nifti).plane == "sagittal"
+    _assert_slices(volumes.read_nifti(nifti), png)
     header = bytearray(nifti.read_bytes())
     header[252:256] = b"\0\0\0\0"  # NIfTI-1 qform_code and sform_code (int16 each): "unknown", as ANALYZE files
     nifti.write_bytes(bytes(header))
-    volume = volumes.read_nifti_volume(nifti)
-    assert (volume.plane, volume.codes) == (None, None)
-    _assert_slices(volume.frames, png)
+    with pytest.raises(VolumeError, match="^unsuitable: its header records no orientation"):
+        volumes.read_nifti_volume(nifti)
+    _assert_slices(volumes.read_nifti(nifti), png)  # the plain reader still reads it, as stored
 
 
 def test_inconsistent_series_are_refused(scans, tmp_path):
