@@ -332,8 +332,8 @@ def main(argv=None):
     g.add_argument("--no-decode", action="store_true", help="read names only; skip decoding (default: decode)")
     g.add_argument("--size", default="64,64", help="target HEIGHT,WIDTH, shares the training cache (default: 64,64)")
     g.add_argument("--channels", type=int, default=3, choices=(1, 3), help="image channels (default: 3)")
-    g.add_argument("--cache-dir", default=None, help="image cache folder (default: $PERCEIVER_CACHE or "
-                                                     "~/.cache/akoa-perceiver)")
+    g.add_argument("--cache-dir", default=None, help="image cache folder (default: $PERCEIVER_CACHE, else "
+                                                     "$XDG_CACHE_HOME/akoa-perceiver, else ~/.cache/akoa-perceiver)")
     g.add_argument("--no-cache", action="store_true", help="neither read nor write the cache (default: use it)")
     g.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU count)")
     args = parser.parse_args(argv)

@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+import fileio
 from records import DataError, _skip
 
 # === Constants ===
@@ -238,8 +239,13 @@ class LoadResult:
 
 
 def default_cache_dir():
-    """`$PERCEIVER_CACHE`, else `~/.cache/akoa-perceiver`."""
-    return os.environ.get("PERCEIVER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "akoa-perceiver")
+    """`$PERCEIVER_CACHE`, else `$XDG_CACHE_HOME/akoa-perceiver` (the XDG base-directory rule; only an absolute
+    XDG_CACHE_HOME counts), else `~/.cache/akoa-perceiver`."""
+    if os.environ.get("PERCEIVER_CACHE"):
+        return os.environ["PERCEIVER_CACHE"]
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = xdg if os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "akoa-perceiver")
 
 
 def _cache_key(paths, size, channels, max_pixels):
@@ -298,10 +304,10 @@ def _cache_write(cache_dir, key, images, ok_index, failed, n):
     try:
         with open(npy + tag, "wb") as f:
             np.save(f, images, allow_pickle=False)
-        os.replace(npy + tag, npy)
+        fileio.replace(npy + tag, npy)
         with open(js + tag, "w", encoding="utf-8") as f:
             json.dump(meta, f)
-        os.replace(js + tag, js)
+        fileio.replace(js + tag, js)
     finally:
         for tmp in (npy + tag, js + tag):
             if os.path.exists(tmp):

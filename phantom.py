@@ -87,6 +87,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+import fileio
 from errors import add_common_flags
 
 VERSION = 3  # bump whenever the pictures change, so an old set on disk is not reused
@@ -1045,7 +1046,7 @@ def _write_atomic(path, data):
     tmp = path.with_name(path.name + ".partial")
     try:
         tmp.write_bytes(data)
-        os.replace(tmp, path)
+        fileio.replace(tmp, path)
     finally:  # a failed write (a full disk) leaves no temporary file behind
         tmp.unlink(missing_ok=True)
 

@@ -23,8 +23,9 @@ import sys
 import numpy as np
 from PIL import Image
 
+import fileio
 import runs
-from errors import EXIT_USAGE, UsageError, console_safe
+from errors import EXIT_USAGE, UsageError, add_common_flags, console_safe
 
 CURVES = (("accuracy", "acc.png", "accuracy"), ("loss", "loss.png", "loss"))  # (history key, file, what is plotted)
 TEST_COLOUR = "#d62728"
@@ -59,7 +60,7 @@ def write_if_changed(path, data):
     tmp = runs.temporary_name(path)
     try:
         tmp.write_bytes(data)
-        os.replace(tmp, path)
+        fileio.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return True
@@ -380,6 +381,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="plots.py", description="Draw a finished run's figures again from its "
                                 "history.csv and metrics.json (no model loaded).")
     p.add_argument("run", help="run folder written by train.py")
+    add_common_flags(p, verbose=False)
     args = p.parse_args(argv)
     try:
         print(f"drew {', '.join(redraw_run(args.run))} in {args.run}")

@@ -37,6 +37,8 @@ from fractions import Fraction
 
 import numpy as np
 
+import fileio
+
 # === Constants ===
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DEFAULT_RATIOS = (0.6, 0.2, 0.2)  # train, val, test
@@ -392,7 +394,7 @@ def write_manifest(path, records, split, *, root=None):
             writer = csv.DictWriter(f, fieldnames=_MANIFEST_COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, path)
+        fileio.replace(tmp, path)
     finally:  # a failed write (a full disk, a name it cannot encode) leaves no temporary file behind
         if os.path.exists(tmp):
             os.unlink(tmp)

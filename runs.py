@@ -34,6 +34,7 @@ import zipfile
 import h5py
 import numpy as np
 
+import fileio
 import phantom
 
 CONFIG = "config.json"
@@ -104,7 +105,7 @@ def atomic_write_text(path, text):
     tmp = temporary_name(path)
     try:
         tmp.write_text(text, encoding="utf-8", errors="surrogateescape")
-        os.replace(tmp, path)
+        fileio.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -149,7 +150,7 @@ def write_checksum(path, digest=None):
 def replace_with_checksum(tmp, path):
     """Renames the written temporary file `tmp` over `path`, then records its checksum."""
     digest = sha256_file(tmp)
-    os.replace(tmp, path)
+    fileio.replace(tmp, path)
     write_checksum(path, digest)
 
 
@@ -294,6 +295,23 @@ class LoadedRun:
     weights_path: pathlib.Path
     temperature: float = 1.0  # calibration.json's; 1.0 (the raw softmax) for a run without one
     min_confidence: float | None = None  # calibration.json's default threshold; None for a run without one
+
+
+def data_note(config):
+    """The one-line notice about a run's training data: "trained on synthetic data only" when its config.json says the
+    data was the embedded synthetic set, else "" (a --data folder, real or not, is not marked).
+
+    The rule: `config["data"]["phantom"]` is set (train.py records the generator's settings there, patients, slices
+    and seed, when it made the data itself, and null with --data). Shown by both HTML reports and driver.py.
+    """
+    data = (config or {}).get("data")
+    params = data.get("phantom") if isinstance(data, dict) else None
+    if not params:
+        return ""
+    size = ""
+    if isinstance(params, dict) and {"patients", "slices", "seed"} <= params.keys():
+        size = f" ({params['patients']} patients, {params['slices']} slices a scan, seed {params['seed']})"
+    return f"Trained on synthetic data only: knee MRI drawn by phantom.py{size}, no real scans."
 
 
 def read_calibration(run_dir):

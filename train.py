@@ -76,7 +76,7 @@ def build_parser():
     g.add_argument("--channels", type=int, default=3, choices=(1, 3), help="image channels")
     g.add_argument("--split", default="0.6,0.2,0.2", help="train,val,test fractions of the patients")
     g.add_argument("--split-manifest", default=None, help="reuse the split in this CSV (a run's split.csv)")
-    g.add_argument("--cache-dir", default=None, help="decoded-image cache ($PERCEIVER_CACHE or ~/.cache/...)")
+    g.add_argument("--cache-dir", default=None, help="decoded-image cache ($PERCEIVER_CACHE, else $XDG_CACHE_HOME/... or ~/.cache/...)")
     g.add_argument("--workers", type=int, default=None, help="decoding processes (None: CPU count)")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="rotation, shift, scale, intensity and contrast jitter (never a plain flip)")

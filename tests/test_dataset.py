@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import dataset
+import images
 from dataset import Augment, DataError, Record
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -355,6 +356,17 @@ def test_cache_dir_defaults_to_the_environment_variable(tmp_path, monkeypatch):
     monkeypatch.setenv("PERCEIVER_CACHE", str(tmp_path / "c"))
     dataset.load_images([save(tmp_path / "a.png", gray(1))], size=(4, 4), progress=False)
     assert sorted(os.path.splitext(f)[1] for f in os.listdir(tmp_path / "c")) == [".json", ".npy"]
+
+
+def test_cache_dir_follows_xdg_cache_home_then_home(tmp_path, monkeypatch):
+    monkeypatch.delenv("PERCEIVER_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert images.default_cache_dir() == str(tmp_path / "xdg" / "akoa-perceiver")
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/path")  # the XDG rule: a relative path is ignored
+    assert images.default_cache_dir() == str(tmp_path / "home" / ".cache" / "akoa-perceiver")
+    monkeypatch.setenv("PERCEIVER_CACHE", str(tmp_path / "mine"))  # ours wins over both
+    assert images.default_cache_dir() == str(tmp_path / "mine")
 
 
 # === Normalisation, augmentation, batches ===
