@@ -37,7 +37,7 @@ import htmlreport
 import metrics
 import plots
 import runs
-from errors import EXIT_USAGE, UsageError, console_safe
+from errors import EXIT_USAGE, UsageError, add_common_flags, start_command
 
 DEFAULT_MIN_CONFIDENCE = 0.9  # below it a verdict is "uncertain" (driver.py --min-confidence overrides it)
 ECE_BINS = 15
@@ -277,12 +277,13 @@ def _rest(level):
 
 
 def main(argv=None):
-    console_safe()
+    start_command(argv)
     p = argparse.ArgumentParser(prog="calibration.py", description="Fit a finished run's temperature on its "
                                 "validation split; report calibration on its test split.")
     p.add_argument("run", help="run folder written by train.py")
     p.add_argument("--min-confidence", type=float, default=DEFAULT_MIN_CONFIDENCE,
                    help="default threshold stored with the run: below it driver.py answers 'uncertain'")
+    add_common_flags(p)
     args = p.parse_args(argv)
     try:
         if not 0.5 <= args.min_confidence < 1:

@@ -42,8 +42,9 @@ import shutil
 import sys
 import warnings
 
+import fileio
 import runs
-from errors import EXIT_USAGE, UsageError, console_safe
+from errors import EXIT_USAGE, UsageError, add_common_flags, start_command
 
 FORMATS = ("keras", "savedmodel", "onnx", "litert")
 METADATA = "perceiver_classifier.json"  # a SavedModel folder's (and a .tflite file's sidecar) class names etc.
@@ -285,7 +286,7 @@ def export(model, out, fmt=None):
                          input_signature=_input_spec(model, fmt), verbose=False)
             if fmt == "savedmodel":
                 (tmp / METADATA).write_text(json.dumps(metadata(model), indent=2) + "\n")
-        os.replace(tmp, out)
+        fileio.replace(tmp, out)
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -334,12 +335,12 @@ def build_parser():
                    help="export format (default: from --out: .keras, .onnx, .tflite, else savedmodel)")
     p.add_argument("--weights", default="best", choices=("best", "last"),
                    help="which weights of a run folder (default: best)")
+    add_common_flags(p)
     return p
 
 
 def main(argv=None):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    console_safe()
+    start_command(argv)
     args = build_parser().parse_args(argv)
     try:
         fmt = format_of(args.out, args.format)

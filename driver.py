@@ -29,14 +29,17 @@ Without INPUT, the test split recorded in the run's split.csv is classified and 
 per-scan verdicts; the README gives the reference run's figures.
 
 Inputs: PNG, JPEG, TIFF and BMP files (preprocessed exactly as in training: `dataset.load_image` then
-`dataset.normalize`); DICOM (.dcm, .dicom, or any extensionless file with the DICM preamble; single- or multi-frame)
+`dataset.normalize`); DICOM (.dcm, .dicom, or any other file whose content is DICOM, whatever its name: UID names,
+IM000123, .IMA, I.001; single- or multi-frame)
 through pydicom; NIfTI (.nii, .nii.gz) through nibabel. A DICOM or NIfTI file with more than one slice is a volume:
 each slice is classified and the volume is one scan (`--per-slice` shows each slice). Single-frame DICOM files of one
 folder that share a SeriesInstanceUID are one volume, sorted by position (inputs.group_dicom_series,
 volumes.read_dicom_series). A volume cut in another plane than sagittal (by its ImageOrientationPatient or NIfTI
-affine) is refused with one sentence naming the plane (inputs.check_plane); nothing is reoriented. A blank input
-(one value throughout) or one under 32 pixels on a side shows no knee and is reported as unsuitable, never given a
-side (inputs.check_suitable).
+affine) is refused with one sentence naming the plane (inputs.check_plane); nothing is reoriented. A DICOM image that
+cannot be a sagittal knee MR by its header (not MR, colour, a localizer, a mosaic, no orientation, ...:
+volumes.check_header), a blank input (one value throughout) or one under 64 pixels on a side is reported as
+"unsuitable: <reason>", never given a side (inputs.check_suitable). Every input fails alone: an unforeseen error is
+that input's "internal error (...)" (`--debug` prints its traceback), and the rest are classified.
 NIfTI slices are taken along the stored array's last axis, as stored (no reorientation): slice k is
 `data[:, :, k]` with array axis 0 as image rows. That is how AKOA's PNGs were cut from their .nii.gz volumes
 (`..._LEFT.nii.gz_17.png` is slice 17), so a volume gives the pictures the model was trained on; reorienting to
@@ -664,7 +667,11 @@ def run(args, out=sys.stdout):
     if progress:
         print(f"{counts['slices']:,} images in {seconds:.2f} s ({counts['slices'] / max(seconds, 1e-9):,.0f} "
               "images/s)", file=sys.stderr)
-    settings = {"temperature": loaded.temperature, "min_confidence": threshold, "scan_rule": metrics.SCAN_RULE}
+    note = runs.data_note(loaded.config)  # "Trained on synthetic data only: ..." when the run says so
+    if note:
+        print(note, file=text)
+    settings = {"temperature": loaded.temperature, "min_confidence": threshold, "scan_rule": metrics.SCAN_RULE,
+                "data_note": note}
     if args.results_file:
         write_results(args.results_file, scans, loaded.classes, fmt=fmt, run=where, counts=counts, settings=settings)
     if args.report:

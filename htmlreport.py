@@ -18,7 +18,7 @@ input that failed, with its reason. Scan and file names wrap only at their separ
 
 The run report (train.py writes it at the end of every run; this command writes it again from the folder alone, no
 model loaded): the notice that the run was trained on synthetic data only when its config.json says so
-(`data_note`), the settings (config.json's train, model and data sections), the split (patients, scans and images
+(`runs.data_note`), the settings (config.json's train, model and data sections), the split (patients, scans and images
 per split and label, from split.csv), the curves, history.csv, the confusion matrix, ROC, reliability diagram and
 the test metrics of metrics.json, each with a one-line definition. A report is written only when its bytes change.
 
@@ -49,7 +49,7 @@ from PIL import Image
 
 import records
 import runs
-from errors import EXIT_USAGE, UsageError, console_safe
+from errors import EXIT_USAGE, UsageError, add_common_flags, console_safe
 from inputs import InputError, display_image
 from plots import CURVES, attention_overlay, write_if_changed
 from reports import display_path, flag_label, format_summary
@@ -233,23 +233,6 @@ def _page(title, body):
             f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">\n'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{_text(title)}</title>\n'
             f"<style>{_STYLE}</style>\n</head>\n<body>\n{body}\n<script>{_TABLE_SCRIPT}</script>\n</body>\n</html>\n")
-
-
-def data_note(config):
-    """The one-line notice about a run's training data: "trained on synthetic data only" when its config.json says the
-    data was the embedded synthetic set, else "" (a --data folder, real or not, is not marked).
-
-    The rule: `config["data"]["phantom"]` is set (train.py records the generator's settings there, patients, slices
-    and seed, when it made the data itself, and null with --data). A pure function of the config, for both reports.
-    """
-    data = (config or {}).get("data")
-    params = data.get("phantom") if isinstance(data, dict) else None
-    if not params:
-        return ""
-    size = ""
-    if isinstance(params, dict) and {"patients", "slices", "seed"} <= params.keys():
-        size = f" ({params['patients']} patients, {params['slices']} slices a scan, seed {params['seed']})"
-    return f"Trained on synthetic data only: knee MRI drawn by phantom.py{size}, no real scans."
 
 
 def _data_note_html(note):
@@ -477,7 +460,7 @@ def scan_report(path, scans, *, inputs, results, images, counts, classes, run, s
         classes: list[str]. The run's classes.
         run: str. The run folder or model file, as given.
         settings: dict. {"temperature", "min_confidence", "scan_rule"}, as the results file has them, and optionally
-            "data_note": one line shown under the title when not empty (e.g. `data_note(config)` of the run).
+            "data_note": one line shown under the title when not empty (e.g. `runs.data_note(config)` of the run).
         attention: callable | None. jobs [(input index, slice index or None)] -> maps (jobs, cross-attends, gh,
             gw): driver._attention_maps bound to the model and images. None: no attention pictures. Defaults to None.
 
@@ -690,7 +673,7 @@ def run_report(run_dir, out=None):
     body = (f"<header><h1>{_text(title)}</h1><p class='sub'>{m['images']:,} test images of held-out patients; "
             "written by train.py, or again by <code>python htmlreport.py RUN</code></p>"
             "<nav><a href='#metrics'>test metrics</a><a href='#curves'>curves</a><a href='#split-section'>split</a>"
-            f"<a href='#settings'>settings</a></nav>{_data_note_html(data_note(config))}</header>"
+            f"<a href='#settings'>settings</a></nav>{_data_note_html(runs.data_note(config))}</header>"
             f"<section id='run'><h2>Run</h2>{facts}</section>"
             f"<section id='metrics'><h2>Test metrics</h2><table class='metrics'><tr><th>metric</th><th>value</th>"
             f"<th>what it is</th></tr>{metric_rows}</table>"
@@ -714,6 +697,7 @@ def main(argv=None):
                                 "folder (config.json, split.csv, history.csv, metrics.json and the plots).")
     p.add_argument("run", help="run folder written by train.py")
     p.add_argument("--out", default=None, help="the HTML file (default: RUN/report.html)")
+    add_common_flags(p, verbose=False)
     args = p.parse_args(argv)
     try:
         print(f"wrote {run_report(args.run, args.out)}")

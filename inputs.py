@@ -4,9 +4,10 @@ decoded its images (`dataset.load_image`; volumes through volumes.py), after che
 
 The plane check: the model was trained on sagittal slices (volumes.py's docstring says how AKOA's slices lie). A DICOM
 or NIfTI input whose geometry says it is axial or coronal is refused, with one sentence naming its plane and
-orientation codes; it is never reoriented to make it fit. An input that records no geometry (PNG and other images, a
-DICOM file without ImageOrientationPatient, a NIfTI file whose qform and sform codes are 0) cannot be checked and is
-classified as it is; its plane is reported as unknown.
+orientation codes; it is never reoriented to make it fit. A DICOM file without ImageOrientationPatient or a NIfTI file
+whose qform and sform codes are 0 cannot be checked, so volumes.py refuses it as unsuitable (with the other header
+rules of `volumes.check_header`); a PNG or other plain image records no geometry at all and is classified as the
+training images were, its plane reported as unknown.
 
 Unsuitable inputs: the model gives every input some side, even a blank page. An image (or volume) smaller than
 MIN_SIDE pixels on a side, and one whose every pixel has the same value, shows no knee, so it is reported as

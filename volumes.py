@@ -28,7 +28,8 @@ returned, (image rows, image columns, slices), each naming the patient direction
 (left / right), A / P (anterior / posterior), S / I (superior / inferior). An AKOA-style sagittal scan of a right knee
 is "IPL" (rows run down to inferior, columns to posterior, slices to the patient's left), of a left knee "IAL". The
 plane follows from the last letter: L / R "sagittal", A / P "coronal", S / I "axial". An oblique axis takes the
-letter of its largest component. Plane and codes are None for a file that records no geometry: a DICOM file without
+letter of its largest component (`read_dicom_volume`, `read_dicom_series` and `read_nifti_volume` refuse a file
+without geometry as unsuitable). Plane and codes are None for a file that records no geometry: a DICOM file without
 ImageOrientationPatient, a NIfTI file whose qform and sform codes are both 0.
 
 A DICOM series is sorted by ImagePositionPatient projected on the slice normal (the cross product of the two

@@ -347,7 +347,11 @@ def test_the_reference_runs_per_scan_verdicts_match_its_metrics_json(tmp_path):
     # 1,360 slices through goliath take about a minute on the 2-core CPU; the limit only guards against a hang
     proc = _cli("--data-root", tmp_path, "--results-file", tmp_path / "r.json", "--min-confidence", "0.5", timeout=600)
     assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # no TensorFlow start-up lines, no XLA constant-folding E-lines
+    note = f"Trained on synthetic data only: knee MRI drawn by phantom.py ({made['patients']} patients, "
+    assert proc.stdout.splitlines()[-1].startswith(note)  # said under the summary: goliath never saw a real knee
     saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["settings"]["data_note"].startswith(note)
     with open(os.path.join(run, "metrics.json")) as f:
         metrics_json = json.load(f)
     scans = saved["scans"]

@@ -437,11 +437,11 @@ def test_the_synthetic_data_notice_in_both_reports(tmp_path):
     report shows one when config.json says the data was the embedded synthetic set, and none for a --data folder."""
     with open(os.path.join(GOLIATH, runs.CONFIG)) as f:
         config = json.load(f)
-    note = htmlreport.data_note(config)
+    note = runs.data_note(config)
     assert note == ("Trained on synthetic data only: knee MRI drawn by phantom.py (120 patients, 40 slices a scan, "
                     "seed 0), no real scans.")
     real = {**config, "data": {**config["data"], "phantom": None}}
-    assert htmlreport.data_note(real) == htmlreport.data_note({}) == htmlreport.data_note({"data": None}) == ""
+    assert runs.data_note(real) == runs.data_note({}) == runs.data_note({"data": None}) == ""
 
     hostile = "Trained on <b>synthetic</b> data & nothing else"
     page = _scan_report_page(tmp_path, hostile)
