@@ -82,18 +82,18 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm import tqdm
 
-import calibration
-import classifier
-import dataset
-import htmlreport
-import metrics
-import runs
-import verdicts
-from errors import EXIT_USAGE, UsageError, add_common_flags, start_command
-from inputs import InputError, decode_chunk, display_image, find_inputs, internal_error, test_split_inputs
-from plots import explain_figure
-from reports import SIDES, flag_label, format_summary, format_table, report_test_split, write_results
-from volumes import DICOM_EXTENSIONS, NIFTI_EXTENSIONS
+from perceiver import calibration
+from perceiver import classifier
+from perceiver import dataset
+from perceiver import htmlreport
+from perceiver import metrics
+from perceiver import runs
+from perceiver import verdicts
+from perceiver.errors import EXIT_USAGE, UsageError, add_common_flags, start_command
+from perceiver.inputs import InputError, decode_chunk, display_image, find_inputs, internal_error, test_split_inputs
+from perceiver.plots import explain_figure
+from perceiver.reports import SIDES, flag_label, format_summary, format_table, report_test_split, write_results
+from perceiver.volumes import DICOM_EXTENSIONS, NIFTI_EXTENSIONS
 
 PROJECT = pathlib.Path(__file__).resolve().parent
 DEFAULT_RUN = PROJECT / "goliath"
@@ -132,7 +132,7 @@ def load(run=None, *, weights="best", classes=None):
 
 
 def _load_keras_file(path, classes):
-    from modules import PerceiverClassifier  # Keras loads TensorFlow (seconds): imported only when a model is loaded
+    from perceiver.modules import PerceiverClassifier  # Keras loads TensorFlow (seconds): imported only when a model is loaded
 
     model = classifier.read_keras(path)
     if isinstance(model, PerceiverClassifier):  # train.py's model.keras: classes and calibration inside

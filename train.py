@@ -10,7 +10,7 @@ the test patients' accuracy is printed at the end: `test: accuracy A (correct/to
 the measured figures and the command behind each; a seed's run is deterministic). The run folder
 (default runs/<preset>-<time>) holds config.json, split.csv, model.weights.h5 (best on validation loss),
 last.weights.h5, history.csv, metrics.json, acc.png, loss.png, confusion.png, roc.png, report.html (every figure and
-metric on one page; `python htmlreport.py RUN` writes it again) and tensorboard/.
+metric on one page; `python -m perceiver.htmlreport RUN` writes it again) and tensorboard/.
 
 Several devices: `--distribute mirrored` (TensorFlow, every local GPU), `--distribute multi-worker` (TensorFlow, one
 process per machine, each with TF_CONFIG set), `--distribute data-parallel` (JAX, every local device).
@@ -32,15 +32,15 @@ import time
 
 import numpy as np
 
-import calibration
-import classifier
-import dataset
-import htmlreport
-import phantom
-import runs
-from errors import EXIT_USAGE, UsageError, add_common_flags, start_command
-from metrics import classification_metrics
-from plots import plot_roc, plot_run
+from perceiver import calibration
+from perceiver import classifier
+from perceiver import dataset
+from perceiver import htmlreport
+from perceiver import phantom
+from perceiver import runs
+from perceiver.errors import EXIT_USAGE, UsageError, add_common_flags, start_command
+from perceiver.metrics import classification_metrics
+from perceiver.plots import plot_roc, plot_run
 
 # Keras (and modules.py, recipe.py, TensorFlow) are imported inside the functions that use them, on purpose:
 # setup_devices must run first (JAX reads XLA_FLAGS once, TensorFlow fixes its devices at first use), and main sets
@@ -330,7 +330,7 @@ def prepare(args, manifest):
 
 
 def model_config(args, num_classes, channels):
-    from modules import PerceiverConfig
+    from perceiver.modules import PerceiverConfig
 
     size = (args.image_size, args.image_size, channels)
     try:
@@ -408,8 +408,8 @@ def compiled_model(args, mconfig, steps, scope):
     """The model, compiled with train.py's recipe, its optimizer built (so a resume state can be loaded into it)."""
     import keras  # lazy, like every Keras import here: setup_devices must run first
 
-    import recipe
-    from modules import build_model
+    from perceiver import recipe
+    from perceiver.modules import build_model
 
     dtype = {"off": None, "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}[args.mixed_precision]
     with scope:
@@ -438,7 +438,7 @@ def epoch_callback(args, run_dir, model, mconfig, progress):
     """
     import keras
 
-    from modules import build_model
+    from perceiver.modules import build_model
 
     # Weights files hold the model alone: Keras would add the optimizer's moments (2x the size) to a compiled
     # model's file, and --resume restores those from resume_state.npz instead.
@@ -521,8 +521,8 @@ def fit(args, run_dir, model, mconfig, data, steps, start, progress):
 
 def evaluate(args, run_dir, mconfig, data, record):
     """Test metrics of the best weights, as driver.py will load them; writes metrics.json, the plots and report.html
-    (from those files, as `python htmlreport.py RUN` does)."""
-    from modules import build_model
+    (from those files, as `python -m perceiver.htmlreport RUN` does)."""
+    from perceiver.modules import build_model
 
     model = build_model(mconfig)
     runs.verify_checksum(run_dir / runs.BEST_WEIGHTS)

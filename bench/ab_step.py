@@ -33,7 +33,7 @@ def _load(path, name):
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)
-    return module
+    return sys.modules[name]  # a front door (the top-level modules.py) puts the package module there
 
 
 def main(argv=None):
@@ -41,7 +41,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(
         description="Training step time of two modules.py versions, alternating in one process.")
     p.add_argument("a", help="modules.py version A (e.g. the old one)")
-    p.add_argument("b", nargs="?", default=os.path.join(REPO, "modules.py"),
+    p.add_argument("b", nargs="?", default=os.path.join(REPO, "perceiver", "modules.py"),
                    help="version B (default: this checkout's)")
     p.add_argument("--config", default="cpu", choices=("cpu", "gpu", "akoa"),
                    help="sizes: bench/train_speed.py's cpu or gpu configuration, or the akoa preset (default: cpu)")

@@ -68,11 +68,11 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as `python bench/baselines.py`: the project's modules are one folder up
     sys.path.insert(0, str(REPO))
 
-import dataset  # noqa: E402
-import metrics  # noqa: E402
-import phantom  # noqa: E402
-import runs  # noqa: E402
-from errors import EXIT_USAGE, UsageError  # noqa: E402
+from perceiver import dataset  # noqa: E402
+from perceiver import metrics  # noqa: E402
+from perceiver import phantom  # noqa: E402
+from perceiver import runs  # noqa: E402
+from perceiver.errors import EXIT_USAGE, UsageError  # noqa: E402
 
 ROWS = ("lr", "cnn", "perceiver")
 DEFAULT_OUT_DIR = REPO / "bench" / "results"
@@ -398,7 +398,7 @@ def train_cnn(data, cnn_settings, *, seed):
     """Trains build_cnn with train.py's epoch loop and model selection; returns the row."""
     import keras
 
-    import recipe
+    from perceiver import recipe
 
     classes = data.classes
     batch, epochs = int(cnn_settings["batch_size"]), int(cnn_settings["epochs"])

@@ -27,8 +27,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-import classifier  # noqa: E402
-from errors import EXIT_USAGE, UsageError  # noqa: E402
+from perceiver import classifier  # noqa: E402
+from perceiver.errors import EXIT_USAGE, UsageError  # noqa: E402
 
 OUT_NAMES = {"keras": "m.keras", "savedmodel": "m_savedmodel", "onnx": "m.onnx", "litert": "m.tflite"}
 

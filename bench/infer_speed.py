@@ -39,8 +39,8 @@ def _random_run(data):
     """A run folder of the akoa preset with random weights (seed 0): inference speed does not depend on them."""
     import keras
 
-    import runs
-    from modules import PerceiverConfig, build_model
+    from perceiver import runs
+    from perceiver.modules import PerceiverConfig, build_model
 
     run_dir = tempfile.mkdtemp(prefix="akoa-infer-run-")
     config = PerceiverConfig.preset("akoa")
@@ -54,8 +54,8 @@ def _random_run(data):
 
 def _latencies(predictor, inputs, repeats):
     """Median seconds of one forward pass on a decoded image, and of one file decoded and classified."""
-    import dataset
-    from inputs import decode
+    from perceiver import dataset
+    from perceiver.inputs import decode
 
     one = dataset.load_image(inputs[0].path, size=(64, 64), channels=3)[None]
     for _ in range(5):
@@ -70,7 +70,7 @@ def _folder(predictor, inputs, batch_size, workers):
     import numpy as np
 
     import driver
-    from inputs import decode
+    from perceiver.inputs import decode
 
     t = time.perf_counter()  # compilation is a one-off cost per batch shape, reported separately
     predictor.logits(np.zeros((batch_size, 64, 64, 3), np.uint8))
@@ -103,8 +103,8 @@ def main(argv=None):
     import keras  # after TF_CPP_MIN_LOG_LEVEL is set
 
     import driver
-    import phantom
-    from inputs import find_inputs
+    from perceiver import phantom
+    from perceiver.inputs import find_inputs
 
     if args.data is None:
         slices = 40

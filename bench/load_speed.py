@@ -39,7 +39,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import dataset  # noqa: E402
+from perceiver import dataset  # noqa: E402
 
 SIDES = {"left": ("LEFT", "Left", "left", "L_E_F_T"), "right": ("RIGHT", "Right", "right", "R_I_G_H_T")}
 VISITS = (3, 4, 5, 6, 7, 8, 100, 101, 102)

@@ -127,7 +127,7 @@ def main(argv=None):
 
     sys.path.insert(0, REPO)
     sys.path.insert(0, BENCH)
-    import modules
+    from perceiver import modules
     from train_speed import CONFIGS, _ours_config
 
     size = CONFIGS["cpu"]

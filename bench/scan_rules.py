@@ -21,10 +21,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import calibration  # noqa: E402
-import metrics  # noqa: E402
-import runs  # noqa: E402
-from errors import EXIT_USAGE, UsageError  # noqa: E402
+from perceiver import calibration  # noqa: E402
+from perceiver import metrics  # noqa: E402
+from perceiver import runs  # noqa: E402
+from perceiver.errors import EXIT_USAGE, UsageError  # noqa: E402
 
 
 def measure(logits, labels, scans, temperature, threshold):

@@ -28,8 +28,8 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import runs  # noqa: E402
-from errors import EXIT_USAGE, UsageError  # noqa: E402
+from perceiver import runs  # noqa: E402
+from perceiver.errors import EXIT_USAGE, UsageError  # noqa: E402
 
 
 

@@ -27,7 +27,7 @@ sys.path.insert(0, REPO)
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import inputs  # noqa: E402
+from perceiver import inputs  # noqa: E402
 
 
 def make_folder(folder, count):

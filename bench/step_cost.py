@@ -58,8 +58,8 @@ def main(argv=None):
     import keras
     import numpy as np
 
-    import modules
-    import recipe
+    from perceiver import modules
+    from perceiver import recipe
 
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (32, 64, 64, 3)).astype("float32")

@@ -71,7 +71,7 @@ def _worker_ours(args):
     train, settings = _train_args(args)
     import keras
 
-    import dataset
+    from perceiver import dataset
 
     data = train.prepare(settings, None)
     mconfig = train.model_config(settings, len(data.classes), settings.channels)
@@ -125,7 +125,7 @@ def _worker_transformers(args):
     import torch
     import torch.nn.functional as F
 
-    import dataset
+    from perceiver import dataset
 
     sys.path.insert(0, BENCH)
     import peers
@@ -271,7 +271,7 @@ def main(argv=None):
     if args.peer_lr is not None and not args.peer_lr > 0:
         p.error(f"--peer-lr {args.peer_lr} must be positive")
     sys.path.insert(0, REPO)
-    import phantom
+    from perceiver import phantom
 
     args.phantom_patients = args.phantom_patients or phantom.DEFAULT_PATIENTS
     args.phantom_slices = args.phantom_slices or phantom.DEFAULT_SLICES

@@ -88,7 +88,7 @@ PEAK_TFLOPS = (("H100 PCIe", 756.0, 378.0), ("H100", 989.0, 494.0), ("H200", 989
 def _ours_config(size, modules=None):
     """Our PerceiverConfig at `size`; `modules`: another version of modules.py to build it with (bench/ab_step.py)."""
     if modules is None:
-        import modules
+        from perceiver import modules
 
     return modules.PerceiverConfig.preset(
         "akoa",
@@ -151,7 +151,7 @@ def _worker_ours(args, size):
     import keras
     import numpy as np
 
-    import modules
+    from perceiver import modules
 
     if args.backend == "torch":
         import torch

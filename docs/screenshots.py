@@ -6,7 +6,7 @@ wide).
 docs/report_scans.png: `python driver.py SCANS --report ...` with the reference run goliath/ on a small phantom set
 (`phantom.py`, 3 patients, 6 slices a scan, seed 7) plus a right knee named LEFT (flagged), a scan of three left and
 three right slices (uncertain), a text file named .png and a blank image (both failed): the set tests/test_report.py
-uses. docs/report_run.png: goliath/report.html, as `python htmlreport.py goliath` writes it. Needs Chromium
+uses. docs/report_run.png: goliath/report.html, as `python -m perceiver.htmlreport goliath` writes it. Needs Chromium
 (`apt-get install chromium`, or $CHROMIUM naming a Chromium or Chrome binary).
 
 docs/screenshots.json records what the pictures were taken of (`record`): the SHA-256 of goliath's config.json,
@@ -31,9 +31,9 @@ from PIL import Image
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import dataset  # noqa: E402  (after the project root is on the path)
-import htmlreport  # noqa: E402
-import phantom  # noqa: E402
+from perceiver import dataset  # noqa: E402  (after the project root is on the path)
+from perceiver import htmlreport  # noqa: E402
+from perceiver import phantom  # noqa: E402
 
 SIZE = (1280, 1000)  # the first screen of each report
 COLOURS = 192  # a palette keeps each PNG small
@@ -91,7 +91,7 @@ def main():
         tmp = pathlib.Path(tmp)
         run_report = htmlreport.run_report(os.path.join(REPO, "goliath"), tmp / "run.html")
         if run_report.read_bytes() != (pathlib.Path(REPO) / "goliath" / "report.html").read_bytes():
-            sys.exit("error: goliath/report.html is stale; run python htmlreport.py goliath first, so that the "
+            sys.exit("error: goliath/report.html is stale; run python -m perceiver.htmlreport goliath first, so that the "
                      "picture is of the committed report.")
         scans = tmp / "scans"
         scan_set(scans)

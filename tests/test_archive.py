@@ -24,12 +24,12 @@ from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 
 import driver
-import inputs
+from perceiver import inputs
 import nibabel
-import phantom
-import runs
-import volumes
-from modules import PerceiverConfig, build_model
+from perceiver import phantom
+from perceiver import runs
+from perceiver import volumes
+from perceiver.modules import PerceiverConfig, build_model
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 PYDICOM_FILES = pathlib.Path(pydicom.__file__).parent / "data" / "test_files"

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-import phantom
+from perceiver import phantom
 
 _PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "baselines.py")
 _spec = importlib.util.spec_from_file_location("baselines", _PATH)

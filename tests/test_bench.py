@@ -212,7 +212,7 @@ def test_time_to_accuracy_counts_training_seconds_to_the_first_epoch_at_the_targ
 
 
 def test_time_to_accuracy_gives_the_peer_the_learning_rate_schedule_keras_gives_ours():
-    import recipe
+    from perceiver import recipe
 
     tta = _load_bench("time_to_accuracy")
     steps, epochs = 10, 3

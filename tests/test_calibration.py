@@ -9,13 +9,13 @@ import keras
 import numpy as np
 import pytest
 
-import calibration
-import classifier
-import dataset
-import metrics
-import phantom
-import runs
-from modules import PerceiverConfig, build_model
+from perceiver import calibration
+from perceiver import classifier
+from perceiver import dataset
+from perceiver import metrics
+from perceiver import phantom
+from perceiver import runs
+from perceiver.modules import PerceiverConfig, build_model
 
 
 def _overconfident(n=4000, true_temperature=3.0, seed=0):
@@ -143,7 +143,7 @@ def finished_run(tmp_path_factory):
 
 
 def test_refitting_a_run_twice_leaves_every_file_as_the_first_refit_wrote_it(finished_run, tmp_path):
-    """`python calibration.py RUN` on a run it has already calibrated writes nothing: the same bytes, not even the
+    """`python -m perceiver.calibration RUN` on a run it has already calibrated writes nothing: the same bytes, not even the
     same bytes again (a .keras zip records when it was saved, so rewriting model.keras would change it)."""
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import classifier
-import dataset
+from perceiver import classifier
+from perceiver import dataset
 import driver
-import images
-import runs
-from errors import UsageError
-from metrics import softmax
-from modules import PerceiverClassifier, Preprocess, build_model, resize_weights
+from perceiver import images
+from perceiver import runs
+from perceiver.errors import UsageError
+from perceiver.metrics import softmax
+from perceiver.modules import PerceiverClassifier, Preprocess, build_model, resize_weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLIATH = os.path.join(REPO, "goliath")
@@ -170,7 +170,7 @@ def test_driver_export_usage_errors_are_one_sentence(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def goliath_scans(tmp_path_factory):
     """AKOA-sized phantom slices (228 x 260, grey), written as train.py's data are."""
-    import phantom
+    from perceiver import phantom
 
     out = tmp_path_factory.mktemp("scans")
     phantom.generate(out, patients=4, slices=6, seed=11, progress=False)

@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import dataset
-import images
-from dataset import Augment, DataError, Record
+from perceiver import dataset
+from perceiver import images
+from perceiver.dataset import Augment, DataError, Record
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPELLINGS = {"RIGHT": "right", "LEFT": "left", "Left": "left", "R_I_G_H_T": "right", "L_E_F_T": "left",

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import dataset
+from perceiver import dataset
 import driver
-from metrics import softmax
-import phantom
-import runs
-import verdicts
-import volumes
-from modules import PerceiverConfig, build_model
+from perceiver.metrics import softmax
+from perceiver import phantom
+from perceiver import runs
+from perceiver import verdicts
+from perceiver import volumes
+from perceiver.modules import PerceiverConfig, build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 16

@@ -16,12 +16,12 @@ import h5py
 import numpy as np
 import pytest
 
-import dataset
-import phantom
-import runs
+from perceiver import dataset
+from perceiver import phantom
+from perceiver import runs
 import train
-import volumes
-from modules import PerceiverConfig, build_model
+from perceiver import volumes
+from perceiver.modules import PerceiverConfig, build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLIATH = os.path.join(REPO, "goliath")

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from dataset import Record
-from metrics import cross_entropy, group_vote, roc_curve, classification_metrics
+from perceiver.dataset import Record
+from perceiver.metrics import cross_entropy, group_vote, roc_curve, classification_metrics
 
 
 def test_cross_entropy_is_the_mean_over_examples():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from modules import (
+from perceiver.modules import (
     PRESETS,
     ConvStem,
     CrossAttention,

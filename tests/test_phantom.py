@@ -12,7 +12,7 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-import phantom
+from perceiver import phantom
 
 AKOA_RE = re.compile(r"^OAI\d{7}_BaseLine_\d+_?de3d1_SAG_3D_DESS_WE_(RIGHT|LEFT|Left)\.nii\.gz_\d+\.png$")
 SMALL = dict(patients=3, seed=5, slices=4, progress=False)

@@ -8,9 +8,9 @@ import shutil
 import pytest
 from PIL import Image
 
-import plots
-import runs
-from errors import UsageError
+from perceiver import plots
+from perceiver import runs
+from perceiver.errors import UsageError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLIATH = os.path.join(REPO, "goliath")

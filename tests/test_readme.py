@@ -80,3 +80,23 @@ def test_every_script_the_readme_runs_exists():
     assert {"train.py", "driver.py", "bench/baselines.py", "bench/seeds.py"} <= scripts
     missing = sorted(s for s in scripts if not (ROOT / s).is_file())
     assert not missing, f"the README runs scripts that are not in the repository: {missing}"
+
+
+def test_every_package_command_the_readme_runs_exists():
+    """`python -m perceiver.NAME` in the README names a module of the package that has a command line."""
+    text = (ROOT / "README.md").read_text()
+    names = set(re.findall(r"\bpython3? -m perceiver\.(\w+)", text))
+    assert {"calibration", "htmlreport", "classifier", "plots"} <= names
+    for name in names:
+        source = ROOT / "perceiver" / f"{name}.py"
+        assert source.is_file() and 'if __name__ == "__main__":' in source.read_text(), name
+
+
+def test_nothing_in_the_package_imports_a_top_level_file():
+    """The package stands alone: the seed's files on top (train.py, driver.py and the front doors) import it, never
+    the other way round."""
+    top = {p.stem for p in ROOT.glob("*.py")}
+    pattern = re.compile(r"^\s*(?:import|from)\s+(\w+)", re.M)
+    for source in (ROOT / "perceiver").glob("*.py"):
+        imported = set(pattern.findall(source.read_text())) & top
+        assert not imported, f"{source.name} imports the top-level {sorted(imported)}"

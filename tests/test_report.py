@@ -24,13 +24,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import dataset
+from perceiver import dataset
 import driver
-import htmlreport
-import inputs
-import phantom
-import runs
-import verdicts
+from perceiver import htmlreport
+from perceiver import inputs
+from perceiver import phantom
+from perceiver import runs
+from perceiver import verdicts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLIATH = os.path.join(REPO, "goliath")
@@ -260,7 +260,7 @@ def tiny_run(tmp_path_factory):
     """A run folder with random weights (the `tiny` preset) on a phantom set, as tests/test_driver.py makes them."""
     import keras
 
-    from modules import PerceiverConfig, build_model
+    from perceiver.modules import PerceiverConfig, build_model
 
     tmp = tmp_path_factory.mktemp("tiny")
     data = tmp / "data"
@@ -348,10 +348,10 @@ def _row(page, row_id):
 
 
 def test_the_shipped_reference_report_is_what_htmlreport_writes_today(tmp_path):
-    """goliath/report.html is committed: it must be the page that `python htmlreport.py goliath` writes now."""
+    """goliath/report.html is committed: it must be the page that `python -m perceiver.htmlreport goliath` writes now."""
     fresh = htmlreport.run_report(GOLIATH, tmp_path / "report.html").read_bytes()
     shipped = open(os.path.join(GOLIATH, runs.REPORT), "rb").read()
-    assert shipped == fresh, "goliath/report.html is stale: run python htmlreport.py goliath and commit it"
+    assert shipped == fresh, "goliath/report.html is stale: run python -m perceiver.htmlreport goliath and commit it"
 
 
 def test_htmlreport_py_refuses_a_folder_that_is_not_a_finished_run(tmp_path, capsys):

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import classifier
-import phantom
-import plots
-import runs
+from perceiver import classifier
+from perceiver import phantom
+from perceiver import plots
+from perceiver import runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--preset", "tiny", "--image-size", "16", "--batch-size", "16", "--no-xla", "--quiet"]
@@ -100,7 +100,7 @@ def test_metrics_are_consistent(smoke_run):
 
 
 def test_the_run_is_calibrated_on_its_validation_split(smoke_run):
-    import calibration
+    from perceiver import calibration
 
     run_dir, proc = smoke_run
     m = json.loads((run_dir / "metrics.json").read_text())
@@ -123,7 +123,7 @@ def test_the_run_is_calibrated_on_its_validation_split(smoke_run):
 def test_model_keras_is_the_best_weights_with_their_calibration(smoke_run, knees):
     """model.keras gives the run folder's calibrated probabilities on training-size images, carries its classes and
     threshold, and its checksum verifies."""
-    import dataset
+    from perceiver import dataset
     import driver
 
     run_dir, _ = smoke_run
@@ -140,7 +140,7 @@ def test_test_loss_is_the_mean_over_test_examples(smoke_run):
     """metrics.json's loss equals Keras' own evaluate() on the same images with the best weights."""
     import keras
 
-    import dataset
+    from perceiver import dataset
 
     run_dir, _ = smoke_run
     m = json.loads((run_dir / "metrics.json").read_text())
@@ -291,7 +291,7 @@ def test_early_stop_stops_after_n_epochs_without_a_better_validation_loss(knees,
 
 
 def test_help_shows_real_defaults_and_the_preset_choices(monkeypatch):
-    import modules
+    from perceiver import modules
     import train
 
     assert set(train.PRESET_NAMES) == set(modules.PRESETS)

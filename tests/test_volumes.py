@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import phantom
-import volumes
-from volumes import VolumeError
+from perceiver import phantom
+from perceiver import volumes
+from perceiver.volumes import VolumeError
 
 pydicom = pytest.importorskip("pydicom")
 nibabel = pytest.importorskip("nibabel")

@@ -2,7 +2,7 @@
 calibration.py), and the attention overlays of an explained input (driver.py --explain) and of the HTML report's
 cards (`attention_overlay`, on the same colour scale).
 
-    python plots.py goliath     # draws a run's acc.png, loss.png, confusion.png and reliability.png again from its
+    python -m perceiver.plots goliath     # draws a run's acc.png, loss.png, confusion.png and reliability.png again from its
                                 # history.csv and metrics.json (no model loaded; roc.png needs the model's logits)
 
 Figures are matplotlib `Figure` objects on the Agg canvas (`_figure`), never pyplot: no global backend switch, no GUI,
@@ -23,9 +23,9 @@ import sys
 import numpy as np
 from PIL import Image
 
-import fileio
-import runs
-from errors import EXIT_USAGE, UsageError, add_common_flags, console_safe
+from perceiver import fileio
+from perceiver import runs
+from perceiver.errors import EXIT_USAGE, UsageError, add_common_flags, console_safe
 
 CURVES = (("accuracy", "acc.png", "accuracy"), ("loss", "loss.png", "loss"))  # (history key, file, what is plotted)
 TEST_COLOUR = "#d62728"
@@ -146,7 +146,7 @@ def plot_roc(run_dir, logits, labels, classes):
         Figure: the figure written.
     """
     # scipy and scikit-learn take ~1.2 s to import; driver.py imports this module and never draws a ROC
-    from metrics import roc_curve, softmax
+    from perceiver.metrics import roc_curve, softmax
 
     probs = softmax(logits)
     fig = _figure(figsize=(4.8, 4.4), dpi=110)
@@ -378,7 +378,7 @@ def redraw_run(run_dir):
 
 def main(argv=None):
     console_safe()
-    p = argparse.ArgumentParser(prog="plots.py", description="Draw a finished run's figures again from its "
+    p = argparse.ArgumentParser(prog="python -m perceiver.plots", description="Draw a finished run's figures again from its "
                                 "history.csv and metrics.json (no model loaded).")
     p.add_argument("run", help="run folder written by train.py")
     add_common_flags(p, verbose=False)

@@ -2,8 +2,8 @@
 opens with no network: images inline as data URIs, plain CSS, a little JavaScript, nothing fetched (a
 Content-Security-Policy in the page forbids it).
 
-    python htmlreport.py goliath                      # (re)writes goliath/report.html from the run folder's files
-    python htmlreport.py runs/akoa --out akoa.html    # the same report written elsewhere
+    python -m perceiver.htmlreport goliath                      # (re)writes goliath/report.html from the run folder's files
+    python -m perceiver.htmlreport runs/akoa --out akoa.html    # the same report written elsewhere
     python driver.py scans/ --report report.html      # the scan report (driver.py calls scan_report)
 
 The scan report: a one-line notice under the title when the caller gives one (`settings["data_note"]`, e.g. that
@@ -47,13 +47,13 @@ import sys
 import numpy as np
 from PIL import Image
 
-import records
-import runs
-from errors import EXIT_USAGE, UsageError, add_common_flags, console_safe
-from inputs import InputError, display_image
-from plots import CURVES, attention_overlay, write_if_changed
-from reports import display_path, flag_label, format_summary
-from verdicts import UNCERTAIN
+from perceiver import records
+from perceiver import runs
+from perceiver.errors import EXIT_USAGE, UsageError, add_common_flags, console_safe
+from perceiver.inputs import InputError, display_image
+from perceiver.plots import CURVES, attention_overlay, write_if_changed
+from perceiver.reports import display_path, flag_label, format_summary
+from perceiver.verdicts import UNCERTAIN
 
 MAX_THUMBNAILS = 16  # slices shown per scan: a 40-slice volume shows every 2nd or 3rd
 STRIP_COLUMNS = 8  # thumbnails a row: 16 fill two rows of a card at the model's 64 pixels
@@ -508,7 +508,7 @@ def scan_report(path, scans, *, inputs, results, images, counts, classes, run, s
     _write(path, _page("Knee laterality: scan report", body), "--report")
 
 
-# === The run report (train.py, python htmlreport.py RUN) ===
+# === The run report (train.py, python -m perceiver.htmlreport RUN) ===
 def _png_uri(path):
     return _data_uri(pathlib.Path(path).read_bytes(), "image/png")
 
@@ -671,7 +671,7 @@ def run_report(run_dir, out=None):
                + _figure(run_dir, "reliability.png", "Reliability: accuracy against confidence, before and after "
                          "temperature scaling"))
     body = (f"<header><h1>{_text(title)}</h1><p class='sub'>{m['images']:,} test images of held-out patients; "
-            "written by train.py, or again by <code>python htmlreport.py RUN</code></p>"
+            "written by train.py, or again by <code>python -m perceiver.htmlreport RUN</code></p>"
             "<nav><a href='#metrics'>test metrics</a><a href='#curves'>curves</a><a href='#split-section'>split</a>"
             f"<a href='#settings'>settings</a></nav>{_data_note_html(runs.data_note(config))}</header>"
             f"<section id='run'><h2>Run</h2>{facts}</section>"
@@ -693,7 +693,7 @@ def run_report(run_dir, out=None):
 
 def main(argv=None):
     console_safe()
-    p = argparse.ArgumentParser(prog="htmlreport.py", description="Write a training run's HTML report from its run "
+    p = argparse.ArgumentParser(prog="python -m perceiver.htmlreport", description="Write a training run's HTML report from its run "
                                 "folder (config.json, split.csv, history.csv, metrics.json and the plots).")
     p.add_argument("run", help="run folder written by train.py")
     p.add_argument("--out", default=None, help="the HTML file (default: RUN/report.html)")

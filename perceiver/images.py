@@ -39,8 +39,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-import fileio
-from records import DataError, _skip
+from perceiver import fileio
+from perceiver.records import DataError, _skip
 
 # === Constants ===
 DEFAULT_SIZE = (64, 64)  # (height, width)

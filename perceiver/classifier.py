@@ -1,11 +1,11 @@
 """The model as one file that leaves the project: load it in one line, save it as `.keras`, export it.
 
-    import classifier
+    from perceiver import classifier
     model = classifier.load("goliath")              # a run folder, or a .keras file such as goliath/model.keras
     model.class_names, model.predict(images)        # uint8 (n, h, w, 1 or 3), any size -> calibrated probabilities
 
-    python classifier.py goliath --format onnx --out knee.onnx        # same as driver.py --export knee.onnx
-    python classifier.py goliath --format savedmodel --out knee_savedmodel
+    python -m perceiver.classifier goliath --format onnx --out knee.onnx        # same as driver.py --export knee.onnx
+    python -m perceiver.classifier goliath --format savedmodel --out knee_savedmodel
 
 The model is `modules.PerceiverClassifier`: the trained Perceiver with its pre-processing (the resize to the trained
 size with Pillow's antialiased bilinear filter, grey to RGB, `x / 127.5 - 1`), its class names and its calibration
@@ -42,9 +42,9 @@ import shutil
 import sys
 import warnings
 
-import fileio
-import runs
-from errors import EXIT_USAGE, UsageError, add_common_flags, start_command
+from perceiver import fileio
+from perceiver import runs
+from perceiver.errors import EXIT_USAGE, UsageError, add_common_flags, start_command
 
 FORMATS = ("keras", "savedmodel", "onnx", "litert")
 METADATA = "perceiver_classifier.json"  # a SavedModel folder's (and a .tflite file's sidecar) class names etc.
@@ -64,7 +64,7 @@ def load(path="goliath", *, weights="best"):
     Raises:
         UsageError: one sentence when the path holds no usable model.
     """
-    from modules import PerceiverClassifier
+    from perceiver.modules import PerceiverClassifier
 
     path = pathlib.Path(path)
     if path.suffix == ".keras":
@@ -89,7 +89,7 @@ def read_keras(path):
     """
     import keras
 
-    import modules  # noqa: F401  (registers the Perceiver's layers for deserialisation)
+    from perceiver import modules  # noqa: F401  (registers the Perceiver's layers for deserialisation)
 
     path = pathlib.Path(path)
     if not path.is_file():
@@ -213,7 +213,7 @@ def write_run_model(run_dir, perceiver, classes, temperature, min_confidence):
     Returns:
         list[str]: the paths written (none when the file was already this model).
     """
-    from modules import PerceiverClassifier
+    from perceiver.modules import PerceiverClassifier
 
     model = PerceiverClassifier.wrap(perceiver, classes, temperature, min_confidence)
     path = pathlib.Path(run_dir) / runs.MODEL_FILE
@@ -229,7 +229,7 @@ def holds_model(path, model):
     import keras
     import numpy as np
 
-    import modules  # noqa: F401  (registers the Perceiver's layers for deserialisation)
+    from perceiver import modules  # noqa: F401  (registers the Perceiver's layers for deserialisation)
 
     path = pathlib.Path(path)
     try:
@@ -327,7 +327,7 @@ def _teach_tf2onnx_erfc():
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="classifier.py", description="Export a trained run as one self-describing model "
+    p = argparse.ArgumentParser(prog="python -m perceiver.classifier", description="Export a trained run as one self-describing model "
                                 "file: keras, savedmodel, onnx or litert.")
     p.add_argument("run", nargs="?", default="goliath", help="run folder or .keras file (default: goliath)")
     p.add_argument("--out", required=True, help="file or folder to write (never overwritten)")

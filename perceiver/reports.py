@@ -11,10 +11,10 @@ import json
 import os
 import pathlib
 
-import records
-import runs
-from errors import UsageError
-from metrics import confusion_counts
+from perceiver import records
+from perceiver import runs
+from perceiver.errors import UsageError
+from perceiver.metrics import confusion_counts
 
 SIDES = ("left", "right")
 

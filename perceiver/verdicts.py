@@ -21,8 +21,8 @@ import re
 
 import numpy as np
 
-import metrics
-import records
+from perceiver import metrics
+from perceiver import records
 
 UNCERTAIN = "uncertain"
 _AKOA_SLICE = re.compile(r"^(?P<volume>.+?\.nii(?:\.gz)?)_(?P<slice>\d+)\.[A-Za-z]+$")

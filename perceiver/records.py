@@ -37,7 +37,7 @@ from fractions import Fraction
 
 import numpy as np
 
-import fileio
+from perceiver import fileio
 
 # === Constants ===
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")

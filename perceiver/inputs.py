@@ -29,11 +29,11 @@ import typing
 import numpy as np
 from PIL import Image
 
-import dataset
-import runs
-from plots import display_size
-from errors import UsageError
-from volumes import (DICOM_EXTENSIONS, NIFTI_EXTENSIONS, UNSUITABLE, VolumeError, dicom_series_info,
+from perceiver import dataset
+from perceiver import runs
+from perceiver.plots import display_size
+from perceiver.errors import UsageError
+from perceiver.volumes import (DICOM_EXTENSIONS, NIFTI_EXTENSIONS, UNSUITABLE, VolumeError, dicom_series_info,
                      looks_like_dicom, read_dicom_series, read_dicom_volume, read_nifti_volume)
 
 TRAINED_PLANE = "sagittal"

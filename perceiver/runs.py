@@ -34,8 +34,8 @@ import zipfile
 import h5py
 import numpy as np
 
-import fileio
-import phantom
+from perceiver import fileio
+from perceiver import phantom
 
 CONFIG = "config.json"
 BEST_WEIGHTS = "model.weights.h5"
@@ -53,7 +53,7 @@ RUN_FILES = (CONFIG, BEST_WEIGHTS, LAST_WEIGHTS, STATE, HISTORY, METRICS, SPLIT,
              MODEL_FILE, REPORT)  # what train.py keeps
 
 
-PROJECT = pathlib.Path(__file__).resolve().parent
+PROJECT = pathlib.Path(__file__).resolve().parent.parent  # the checkout: the package is one folder below it
 
 
 def portable_root(root):
@@ -323,7 +323,7 @@ def read_calibration(run_dir):
         saved = json.loads(path.read_text())
         temperature, threshold = float(saved["temperature"]), saved.get("min_confidence")
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise RunError(f"{path} is not a valid calibration file ({e}); run python calibration.py {run_dir}.") from None
+        raise RunError(f"{path} is not a valid calibration file ({e}); run python -m perceiver.calibration {run_dir}.") from None
     if not (0 < temperature < float("inf")):
         raise RunError(f"{path} holds the temperature {temperature}, which is not positive and finite; run python "
                        f"calibration.py {run_dir}.")
@@ -354,7 +354,7 @@ def load_run(run_dir, *, weights="best", dtype=None):
 
     Raises RunError with one sentence when the folder, its config or its weights do not fit together.
     """
-    from modules import PerceiverConfig, build_model  # imports Keras: only when a model is loaded
+    from perceiver.modules import PerceiverConfig, build_model  # imports Keras: only when a model is loaded
 
     run_dir = pathlib.Path(run_dir)
     config = read_config(run_dir)

@@ -1,7 +1,7 @@
 """Calibrated confidence: one temperature fitted on the validation split, how well calibrated a model is (expected
 calibration error, Brier score), and the one rule that turns slice probabilities into a scan's verdict.
 
-    python calibration.py goliath        # (re)fit a finished run's temperature; updates calibration.json,
+    python -m perceiver.calibration goliath        # (re)fit a finished run's temperature; updates calibration.json,
                                          # metrics.json["calibration"], reliability.png, model.keras, report.html
 
 train.py calls `calibrate` at the end of every run; driver.py reads the temperature and the default confidence
@@ -17,7 +17,7 @@ A scan's verdict comes from its slices' calibrated probabilities by the one rule
 Refitting a run is idempotent: numbers that agree with the recorded ones to SETTLE_RTOL (or SETTLE_ATOL) are float
 noise (another CPU's kernels round the logits differently), and the recorded values are kept (`settled`); a file is
 written only when its content changes, model.keras only when its weights, configuration or calibration do. So
-`python calibration.py goliath` on a clone leaves `git status` clean.
+`python -m perceiver.calibration goliath` on a clone leaves `git status` clean.
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ import sys
 import numpy as np
 from scipy import optimize
 
-import classifier
-import dataset
-import htmlreport
-import metrics
-import plots
-import runs
-from errors import EXIT_USAGE, UsageError, add_common_flags, start_command
+from perceiver import classifier
+from perceiver import dataset
+from perceiver import htmlreport
+from perceiver import metrics
+from perceiver import plots
+from perceiver import runs
+from perceiver.errors import EXIT_USAGE, UsageError, add_common_flags, start_command
 
 DEFAULT_MIN_CONFIDENCE = 0.9  # below it a verdict is "uncertain" (driver.py --min-confidence overrides it)
 ECE_BINS = 15
@@ -278,7 +278,7 @@ def _rest(level):
 
 def main(argv=None):
     start_command(argv)
-    p = argparse.ArgumentParser(prog="calibration.py", description="Fit a finished run's temperature on its "
+    p = argparse.ArgumentParser(prog="python -m perceiver.calibration", description="Fit a finished run's temperature on its "
                                 "validation split; report calibration on its test split.")
     p.add_argument("run", help="run folder written by train.py")
     p.add_argument("--min-confidence", type=float, default=DEFAULT_MIN_CONFIDENCE,

@@ -1,0 +1,22 @@
+"""The knee-laterality Perceiver as one package: one module per concern. Nothing here imports a top-level file.
+
+    modules      the model: Fourier positions, cross-attention, latent Transformer, the Perceiver, its presets, and
+                 PerceiverClassifier (the model with its pre-processing and calibration)
+    dataset      the data front door (find, split, decode) over records (AKOA names, discovery, the patient split),
+                 images (decoding and the cache) and batches (scaling, augmentation, the batches Keras trains on)
+    phantom      the synthetic knee MRI generator (the default data and the benchmark)
+    recipe       the optimizer and loss
+    runs         the run folder's format; fileio, the durable atomic write every writer uses
+    metrics, calibration, verdicts
+                 test metrics; the temperature and calibration scores; one verdict per scan
+    inputs, volumes
+                 what driver.py classifies, and the DICOM and NIfTI readers with their header rules
+    classifier   the model as one file (model.keras) and its exports
+    reports, htmlreport, plots
+                 what driver.py prints and writes; the HTML reports; every figure
+    errors       what every command shares: UsageError, --version, --verbose, the quiet TensorFlow start-up
+
+The seed project's names stay on top as front doors and command lines: train.py, driver.py, modules.py, dataset.py
+and phantom.py. The package's own commands run as `python -m perceiver.calibration RUN`, `python -m
+perceiver.htmlreport RUN`, `python -m perceiver.classifier RUN --out OUT` and `python -m perceiver.plots RUN`.
+"""

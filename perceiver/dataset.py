@@ -1,0 +1,359 @@
+"""Find, label, split, decode, cache and batch knee MRI slices for laterality (left vs right): the front door.
+
+This module holds `prepare_data` (every step at once), the summary and its command line, and re-exports the public
+names of the modules that do the work, so other code needs only `import dataset`:
+
+    records.py   AKOA names and labels, discovery (the two folder layouts read), the patient split, the manifest
+    images.py    decoding, resizing and the decoded-image cache, in worker processes
+    batches.py   normalisation, augmentation and batches (tf.data or a PyDataset)
+
+Usage:
+
+    python dataset.py summary DIR                  # counts, the patient split, skipped files and why
+    python dataset.py summary DIR --json           # the same as JSON (schema below)
+    python dataset.py summary DIR --seed 1 --split 0.7,0.15,0.15
+    python dataset.py summary DIR --manifest runs/x/split.csv   # reuse a saved split
+    python dataset.py summary DIR --no-decode      # names only: quick, but cannot see corrupt files
+
+Exit status 0 when some image is usable; 2, with one sentence on stderr, when none is (an empty folder, or one whose
+every image was skipped: the summary still lists why) or for a usage error.
+
+Expected output for the AKOA-sized synthetic set (`python phantom.py data/akoa_like --patients 330`); the first run
+decodes every image (about 15-20 s on 2 busy cores) and fills the cache that training reuses at the same size and
+channels, later runs take about a second:
+
+    AKOA data under /work/main/data/akoa_like (layout: akoa, classes: left, right)
+    images     18,480   left 7,800 (42.2%)   right 10,680 (57.8%)
+    patients      330   left 173   right 239
+    scans         462   left 195   right 267
+    split by patient (seed 0, ratios 0.6/0.2/0.2):
+               images  patients         left        right   (images per class)
+      train    11,080       198        4,600        6,480
+      val       3,720        66        1,640        2,080
+      test      3,680        66        1,560        2,120
+    skipped 0 files
+    ignored, not image types: .json 1
+
+In code:
+
+    found = discover("data/")                       # Discovery(records, skipped, classes, layout, root)
+    split = split_by_patient(found.records, seed=0)  # {path: "train" | "val" | "test"}
+    write_manifest("run/split.csv", found.records, split, root="data/")
+    loaded = load_images([r.path for r in found.records])  # uint8 (n, 64, 64, 3), cached on disk
+    labels = labels_to_indices([found.records[i] for i in loaded.ok_index], found.classes)
+    ds = make_dataset(loaded.images, labels, batch_size=32, training=True, seed=0, augment=Augment(),
+                      class_names=found.classes)    # tf.data under TensorFlow, a PyDataset otherwise
+    # or all of the above at once: prepare_data("data/", seed=0)
+
+Files whose extension is not an image type (IMAGE_EXTENSIONS) are ignored and only counted by extension (a
+data folder often holds a README or a JSON beside the slices). Every other file left out is "skipped" with a reason
+`"<code>: <sentence>"`; the codes are stable:
+    no-label        no side in the file name and not inside a class folder
+    no-patient      a side in the file name but no OAI patient id, and not inside a class folder
+    ambiguous-label the file name names both sides
+    label-conflict  the file name names one side, its folder the other
+    not-in-manifest found on disk but not listed in the manifest in use
+    missing         listed, but not on disk
+    unreadable      the file cannot be opened (permissions, I/O error)
+    empty           zero bytes
+    not-image       Pillow does not recognise the content as an image
+    truncated       the image data ends early
+    too-large       more than MAX_PIXELS pixels (a decompression bomb, or not a slice)
+    corrupt         any other decoding failure
+
+Summary JSON (`--json`, `summarize()`), schema 1; keys are only ever added under a new schema number:
+    schema          int, 1
+    root            str, absolute data folder
+    layout          "akoa" | "folders"
+    classes         list[str], sorted; label index i is classes[i]
+    decoded         bool, whether images were decoded (False with --no-decode: load failures unknown)
+    image_size      [height, width] | null (null when not decoded)
+    channels        int | null
+    images          int, usable images (labelled and, when decoded, decoded)
+    patients        int, patient groups (a file without a patient id is its own group)
+    scans           int
+    per_label       {label: {"images": int, "patients": int, "scans": int}} for every class
+    split           {"source": "computed" | "manifest", "seed": int | null, "ratios": [float x3] | null,
+                     "manifest": str | null}
+    splits          {"train" | "val" | "test": {"images": int, "patients": int, "scans": int,
+                     "per_label": {label: {"images": int, "patients": int}}}}
+    skipped         list of {"path": str (relative to root when under it), "code": str, "reason": str}
+    skipped_by_code {code: int}
+    ignored_by_extension {".ext": int}, files that are not an image type
+
+Pixel scaling happens in one place, `normalize` (batches.py); `load_image` (images.py, which says how images are
+resized) + `normalize` is the whole preprocessing at inference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from perceiver.errors import add_common_flags, console_safe
+
+# The public names of records.py, images.py and batches.py, re-exported so that `dataset.X` keeps working.
+from perceiver.batches import PIXEL_OFFSET, PIXEL_SCALE, Augment, augment_batch, denormalize, make_dataset, normalize
+from perceiver.images import (CACHE_KEEP, CACHE_VERSION, DEFAULT_SIZE, MAX_PIXELS, LoadResult, _check_size,
+                    array_to_uint8_image, default_cache_dir, load_image, load_images)
+from perceiver.records import (DEFAULT_RATIOS, IMAGE_EXTENSIONS, SPLITS, DataError, Discovery, Record, _skip, discover,
+                     labels_to_indices, parse_akoa_name, read_manifest, side_from_name, split_by_patient,
+                     write_manifest)
+
+__all__ = [
+    # records.py
+    "DEFAULT_RATIOS", "IMAGE_EXTENSIONS", "SPLITS", "DataError", "Discovery", "Record", "discover",
+    "labels_to_indices", "parse_akoa_name", "read_manifest", "side_from_name", "split_by_patient", "write_manifest",
+    # images.py
+    "CACHE_KEEP", "CACHE_VERSION", "DEFAULT_SIZE", "MAX_PIXELS", "LoadResult", "array_to_uint8_image",
+    "default_cache_dir", "load_image", "load_images",
+    # batches.py
+    "PIXEL_OFFSET", "PIXEL_SCALE", "Augment", "augment_batch", "denormalize", "make_dataset", "normalize",
+    # this module
+    "PreparedData", "format_summary", "main", "prepare_data", "summarize",
+]
+
+
+# === Everything at once ===
+@dataclass
+class PreparedData:
+    """Data ready for training: per-split arrays, with every skipped file and why.
+
+    Args:
+        root: str. Absolute data folder.
+        layout: str. "akoa" or "folders".
+        classes: list[str]. Sorted class names.
+        records: list[Record]. Usable records (decoded when decode was on), in discovery (path) or manifest order.
+        split: dict[str, str]. path -> split for `records`.
+        skipped: list[tuple[str, str]]. Files left out and why (discovery, manifest and decoding).
+        images: dict[str, np.ndarray] | None. split -> uint8 images; None when not decoded.
+        labels: dict[str, np.ndarray]. split -> int32 class indices.
+        paths: dict[str, list[str]]. split -> paths, aligned with images and labels.
+        source: str. "computed" or "manifest".
+        from_cache: bool. Whether images came from the disk cache.
+        ignored: list[str]. Files that are not an image type (not counted as skipped).
+    """
+
+    root: str
+    layout: str
+    classes: list
+    records: list
+    split: dict
+    skipped: list
+    images: dict | None
+    labels: dict
+    paths: dict
+    source: str = "computed"
+    from_cache: bool = False
+    ignored: list = field(default_factory=list)
+
+
+def prepare_data(root, *, ratios=DEFAULT_RATIOS, seed=0, manifest=None, decode=True, size=DEFAULT_SIZE, channels=3,
+                 cache_dir=None, cache=True, workers=None, progress=True):
+    """Discovers, splits by patient (or reads the manifest's split), decodes, and groups arrays by split.
+
+    The split is made on the labelled files before decoding, so a file that later fails to decode never moves a
+    patient between splits. With `manifest`, its records and split are used; files on disk that it does not list
+    are skipped as "not-in-manifest", and files whose label on disk now differs from the manifest's as
+    "label-conflict".
+    """
+    found = discover(root)
+    skipped = list(found.skipped)
+    if manifest is not None:
+        records, split = read_manifest(manifest, root=found.root)
+        listed, found_label = set(split), {r.path: r.label for r in found.records}
+        skipped += [(r.path, _skip("not-in-manifest", "found on disk but not listed in the manifest"))
+                    for r in found.records if r.path not in listed]
+        conflicts = {r.path for r in records if found_label.get(r.path, r.label) != r.label}
+        skipped += [(r.path, _skip("label-conflict", f"the manifest says {r.label} but the file says "
+                                                     f"{found_label[r.path]}")) for r in records if r.path in conflicts]
+        records = [r for r in records if r.path not in conflicts]
+        classes = sorted({r.label for r in records})
+        layout, source = found.layout, "manifest"
+    else:
+        records, split = found.records, split_by_patient(found.records, ratios=ratios, seed=seed)
+        classes, layout, source = found.classes, found.layout, "computed"
+    from_cache = False
+    if decode:
+        loaded = load_images([r.path for r in records], size=size, channels=channels, cache_dir=cache_dir,
+                             cache=cache, workers=workers, progress=progress)
+        skipped += loaded.skipped
+        records = [records[i] for i in loaded.ok_index]
+        from_cache = loaded.from_cache
+    all_images = loaded.images if decode else None
+    labels_all = labels_to_indices(records, classes)
+    images_by, labels_by, paths_by = ({} if decode else None), {}, {}
+    for name in SPLITS:
+        idx = np.array([i for i, r in enumerate(records) if split[r.path] == name], dtype=np.int64)
+        labels_by[name] = labels_all[idx]
+        paths_by[name] = [records[i].path for i in idx]
+        if decode:
+            images_by[name] = all_images[idx]
+    return PreparedData(found.root, layout, classes, records, {r.path: split[r.path] for r in records}, skipped,
+                        images_by, labels_by, paths_by, source, from_cache, found.ignored)
+
+
+# === Summary ===
+def _code_of(reason):
+    code, _, detail = reason.partition(": ")
+    return (code, detail) if detail else ("other", reason)
+
+
+def summarize(root, *, ratios=DEFAULT_RATIOS, seed=0, manifest=None, decode=True, size=DEFAULT_SIZE, channels=3,
+              cache_dir=None, cache=True, workers=None, progress=False):
+    """Counts images, patients and scans per label and per split, and lists skipped files (schema in the module
+    docstring)."""
+    size = _check_size(size)
+    data = prepare_data(root, ratios=ratios, seed=seed, manifest=manifest, decode=decode, size=size,
+                        channels=channels, cache_dir=cache_dir, cache=cache, workers=workers, progress=progress)
+
+    def counts(records, with_scans=True):
+        per_label = {}
+        for label in data.classes:
+            rs = [r for r in records if r.label == label]
+            per_label[label] = {"images": len(rs), "patients": len({r.patient for r in rs})}
+            if with_scans:
+                per_label[label]["scans"] = len({r.scan for r in rs})
+        return {"images": len(records), "patients": len({r.patient for r in records}),
+                "scans": len({r.scan for r in records})}, per_label
+
+    total, per_label = counts(data.records)
+    splits = {}
+    for name in SPLITS:
+        part, part_labels = counts([r for r in data.records if data.split[r.path] == name], with_scans=False)
+        splits[name] = {**part, "per_label": part_labels}
+
+    def rel(p):
+        p = os.path.abspath(p)
+        return os.path.relpath(p, data.root).replace(os.sep, "/") if p.startswith(data.root + os.sep) else p
+
+    skipped = []
+    for path, reason in data.skipped:
+        code, detail = _code_of(reason)
+        skipped.append({"path": rel(path), "code": code, "reason": detail})
+    manual = data.source == "manifest"
+    return {
+        "schema": 1,
+        "root": data.root,
+        "layout": data.layout,
+        "classes": list(data.classes),
+        "decoded": bool(decode),
+        "image_size": list(size) if decode else None,
+        "channels": int(channels) if decode else None,
+        **total,
+        "per_label": per_label,
+        "split": {"source": data.source, "seed": None if manual else int(seed),
+                  "ratios": None if manual else [float(r) for r in ratios],
+                  "manifest": os.path.abspath(os.fspath(manifest)) if manual else None},
+        "splits": splits,
+        "skipped": skipped,
+        "skipped_by_code": dict(sorted(Counter(s["code"] for s in skipped).items())),
+        "ignored_by_extension": dict(sorted(Counter(os.path.splitext(p)[1].lower() or "(none)"
+                                                    for p in data.ignored).items())),
+    }
+
+
+def format_summary(s, *, max_skipped=20):
+    """Renders a `summarize` dict as the text table that `python dataset.py summary DIR` prints."""
+    lines = [f"{'AKOA' if s['layout'] == 'akoa' else 'Class-folder'} data under {s['root']} "
+             f"(layout: {s['layout']}, classes: {', '.join(s['classes'])})"]
+    n = max(s["images"], 1)
+    per = "   ".join(f"{c} {v['images']:,} ({100 * v['images'] / n:.1f}%)" for c, v in s["per_label"].items())
+    lines.append(f"images    {s['images']:>7,}   {per}")
+    lines.append(f"patients  {s['patients']:>7,}   "
+                 + "   ".join(f"{c} {v['patients']:,}" for c, v in s["per_label"].items()))
+    lines.append(f"scans     {s['scans']:>7,}   "
+                 + "   ".join(f"{c} {v['scans']:,}" for c, v in s["per_label"].items()))
+    sp = s["split"]
+    how = (f"manifest {sp['manifest']}" if sp["source"] == "manifest"
+           else f"seed {sp['seed']}, ratios {'/'.join(f'{r:g}' for r in sp['ratios'])}")
+    lines.append(f"split by patient ({how}):")
+    header = f"  {'':6} {'images':>8} {'patients':>9}" + "".join(f" {c[:12]:>12}" for c in s["classes"])
+    lines.append(header + "   (images per class)")
+    for name in SPLITS:
+        v = s["splits"][name]
+        lines.append(f"  {name:6} {v['images']:>8,} {v['patients']:>9,}"
+                     + "".join(f" {v['per_label'][c]['images']:>12,}" for c in s["classes"]))
+    if not s["decoded"]:
+        lines.append("images not decoded (--no-decode): corrupt files are not detected")
+    lines.append(f"skipped {len(s['skipped']):,} file{'s' if len(s['skipped']) != 1 else ''}"
+                 + (": " + ", ".join(f"{c} {k}" for c, k in s["skipped_by_code"].items()) if s["skipped"] else ""))
+    for item in s["skipped"][:max_skipped]:
+        lines.append(f"  {item['path']}  {item['code']}: {item['reason']}")
+    if len(s["skipped"]) > max_skipped:
+        lines.append(f"  ... and {len(s['skipped']) - max_skipped:,} more (--json lists all)")
+    if s["ignored_by_extension"]:
+        ignored = s["ignored_by_extension"]
+        lines.append("ignored, not image types: " + ", ".join(f"{k} {v:,}" for k, v in ignored.items()))
+    return "\n".join(lines)
+
+
+def _parse_floats(text, count, what):
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise DataError(f"{what} {text!r} must be {count} comma-separated numbers.") from None
+    if len(values) != count:
+        raise DataError(f"{what} {text!r} must be {count} comma-separated numbers.")
+    return values
+
+
+def _parse_size(text):
+    parts = text.split(",")
+    try:
+        values = [int(v) for v in parts]
+    except ValueError:
+        raise DataError(f"--size {text!r} must be N or HEIGHT,WIDTH in pixels.") from None
+    if len(values) not in (1, 2):
+        raise DataError(f"--size {text!r} must be N or HEIGHT,WIDTH in pixels.")
+    return _check_size(values * 2 if len(values) == 1 else values)
+
+
+def main(argv=None):
+    console_safe()
+    parser = argparse.ArgumentParser(prog="dataset.py", description="Inspect an AKOA or class-folder image set.")
+    add_common_flags(parser, verbose=False)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("summary", help="images per label, patients, scans, the split, skipped files")
+    p.add_argument("dir", help="data folder")
+    g = p.add_argument_group("output")
+    g.add_argument("--json", action="store_true", help="print the summary as JSON (schema 1) (default: text)")
+    g = p.add_argument_group("split")
+    g.add_argument("--seed", type=int, default=0, help="split seed (default: 0)")
+    g.add_argument("--split", default="0.6,0.2,0.2", help="train,val,test patient fractions (default: 0.6,0.2,0.2)")
+    g.add_argument("--manifest", default=None, help="reuse the split in this CSV instead (default: none)")
+    g = p.add_argument_group("decoding")
+    g.add_argument("--no-decode", action="store_true", help="read names only; skip decoding (default: decode)")
+    g.add_argument("--size", default="64,64", help="target HEIGHT,WIDTH, shares the training cache (default: 64,64)")
+    g.add_argument("--channels", type=int, default=3, choices=(1, 3), help="image channels (default: 3)")
+    g.add_argument("--cache-dir", default=None, help="image cache folder (default: $PERCEIVER_CACHE, else "
+                                                     "$XDG_CACHE_HOME/akoa-perceiver, else ~/.cache/akoa-perceiver)")
+    g.add_argument("--no-cache", action="store_true", help="neither read nor write the cache (default: use it)")
+    g.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU count)")
+    args = parser.parse_args(argv)
+    try:
+        summary = summarize(args.dir, ratios=_parse_floats(args.split, 3, "--split"), seed=args.seed,
+                            manifest=args.manifest, decode=not args.no_decode, size=_parse_size(args.size),
+                            channels=args.channels, cache_dir=args.cache_dir, cache=not args.no_cache,
+                            workers=args.workers, progress=sys.stderr.isatty())
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted.", file=sys.stderr)
+        return 130
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    if summary["images"] == 0:  # as for an empty folder: nothing here can be trained on
+        print(f"error: no usable image in {args.dir}; the reasons are listed above.", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
