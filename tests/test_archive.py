@@ -6,7 +6,6 @@ requirements-dev.txt), and as a property: phantom DICOM series with one malforme
 empty member, in one batch with an untouched series (hypothesis).
 """
 
-import csv
 import io
 import json
 import os
@@ -18,6 +17,7 @@ import sys
 import numpy as np
 import pydicom
 import pytest
+from helpers import edit_dicom
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.dataelem import RawDataElement
@@ -190,15 +190,6 @@ def test_a_pipe_among_the_inputs_is_skipped_without_opening_it(tmp_path):
 
 
 # === Only a knee MR gets a side: the header rules ===
-def _edit(path, out, **values):
-    ds = pydicom.dcmread(path)
-    for keyword, value in values.items():
-        if value is None:
-            delattr(ds, keyword)
-        else:
-            setattr(ds, keyword, value)
-    ds.save_as(out)
-    return out
 
 
 @pytest.mark.parametrize("change, reason", [
@@ -210,16 +201,16 @@ def _edit(path, out, **values):
     ({"ImageOrientationPatient": None}, "^unsuitable: it has no usable ImageOrientationPatient"),
 ])
 def test_the_header_rules_refuse_what_cannot_be_a_sagittal_knee_mr(scans, tmp_path, change, reason):
-    edited = _edit(scans["RIGHT"][0], tmp_path / "one.dcm", **change)
+    edited = edit_dicom(scans["RIGHT"][0], tmp_path / "one.dcm", **change)
     with pytest.raises(volumes.VolumeError, match=reason):
         volumes.read_dicom_volume(edited)
-    series = [_edit(p, tmp_path / f"s{k}.dcm", **change) for k, p in enumerate(scans["RIGHT"])]
+    series = [edit_dicom(p, tmp_path / f"s{k}.dcm", **change) for k, p in enumerate(scans["RIGHT"])]
     with pytest.raises(volumes.VolumeError, match=reason):
         volumes.read_dicom_series(series)
 
 
 def test_a_file_without_modality_is_judged_by_the_other_rules(scans, tmp_path):
-    no_modality = _edit(scans["RIGHT"][0], tmp_path / "one.dcm", Modality=None)
+    no_modality = edit_dicom(scans["RIGHT"][0], tmp_path / "one.dcm", Modality=None)
     assert volumes.read_dicom_volume(no_modality).plane == "sagittal"
 
 

@@ -5,17 +5,14 @@ import math
 import shutil
 import time
 
-import keras
 import numpy as np
 import pytest
+from helpers import tiny_run
 
 from perceiver import calibration
 from perceiver import classifier
-from perceiver import dataset
 from perceiver import metrics
-from perceiver import phantom
 from perceiver import runs
-from perceiver.modules import PerceiverConfig, build_model
 
 
 def _overconfident(n=4000, true_temperature=3.0, seed=0):
@@ -117,21 +114,7 @@ def test_a_refit_that_moves_only_in_rounding_keeps_the_recorded_numbers(tmp_path
 def finished_run(tmp_path_factory):
     """A run folder of the `tiny` preset with random weights on a small phantom set, with a metrics.json and
     history.csv as train.py writes them (the calibration sections left to calibration.py)."""
-    tmp = tmp_path_factory.mktemp("finished")
-    data = tmp / "data"
-    phantom.generate(data, patients=8, slices=4, height=64, width=72, progress=False)
-    found = dataset.discover(data)
-    split = dataset.split_by_patient(found.records, seed=0)
-    keras.utils.set_random_seed(0)
-    config = PerceiverConfig.preset("tiny", input_shape=(16, 16, 3), num_classes=2)
-    run = tmp / "run"
-    run.mkdir()
-    runs.atomic_write_json(run / runs.CONFIG, {
-        "train": {"preset": "tiny"}, "model": config.to_dict(),
-        "data": {"root": str(data), "layout": "akoa", "classes": ["left", "right"], "image_size": [16, 16],
-                 "channels": 3}})
-    dataset.write_manifest(run / runs.SPLIT, found.records, split, root=data)
-    runs.atomic_save_weights(build_model(config), run / runs.BEST_WEIGHTS)
+    run = tiny_run(tmp_path_factory.mktemp("finished"))
     runs.write_history(run / runs.HISTORY, [{"epoch": e, "loss": 0.7, "accuracy": 0.5, "val_loss": 0.7,
                                              "val_accuracy": 0.5, "learning_rate": 1e-3, "seconds": 1.0}
                                             for e in (1, 2, 3)])

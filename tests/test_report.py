@@ -22,13 +22,13 @@ from html.parser import HTMLParser
 
 import numpy as np
 import pytest
+
+import helpers
 from PIL import Image
 
-from perceiver import dataset
 import driver
 from perceiver import htmlreport
 from perceiver import inputs
-from perceiver import phantom
 from perceiver import runs
 from perceiver import verdicts
 
@@ -258,26 +258,7 @@ def test_the_scan_table_sorts_on_a_click_and_filters_by_verdict(scan_report, tmp
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A run folder with random weights (the `tiny` preset) on a phantom set, as tests/test_driver.py makes them."""
-    import keras
-
-    from perceiver.modules import PerceiverConfig, build_model
-
-    tmp = tmp_path_factory.mktemp("tiny")
-    data = tmp / "data"
-    phantom.generate(data, patients=8, slices=4, height=64, width=72, progress=False)
-    found = dataset.discover(data)
-    split = dataset.split_by_patient(found.records, seed=0)
-    keras.utils.set_random_seed(0)
-    config = PerceiverConfig.preset("tiny", input_shape=(16, 16, 3), num_classes=2)
-    run = tmp / "run"
-    run.mkdir()
-    runs.atomic_write_json(run / runs.CONFIG, {
-        "train": {"preset": "tiny"}, "model": config.to_dict(),
-        "data": {"root": str(data), "layout": "akoa", "classes": ["left", "right"], "image_size": [16, 16],
-                 "channels": 3}})
-    dataset.write_manifest(run / runs.SPLIT, found.records, split, root=data)
-    runs.atomic_save_weights(build_model(config), run / runs.BEST_WEIGHTS)
-    return run
+    return helpers.tiny_run(tmp_path_factory.mktemp("tiny"))
 
 
 def test_the_test_split_report(tiny_run, tmp_path):

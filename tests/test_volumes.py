@@ -4,6 +4,7 @@ import shutil
 
 import numpy as np
 import pytest
+from helpers import edit_dicom
 from PIL import Image
 
 from perceiver import phantom
@@ -135,27 +136,16 @@ def test_a_missing_middle_slice_is_refused(scans):
     assert len(volumes.read_dicom_series([p for p in paths if p not in end]).frames) == SLICES - 1
 
 
-def _edited(path, out, **changes):
-    ds = pydicom.dcmread(path)
-    for name, value in changes.items():
-        if value is None:
-            delattr(ds, name)
-        else:
-            setattr(ds, name, value)
-    ds.save_as(out)
-    return out
-
-
 def test_files_without_geometry_are_unsuitable(scans, tmp_path):
     """Without ImageOrientationPatient (DICOM) or a qform/sform (NIfTI) the plane cannot be checked: no side."""
     _, png, folder, _ = scans["RIGHT"]
     paths = sorted(folder.glob("*.dcm"))
-    bare = _edited(paths[0], tmp_path / "no_iop.dcm", ImageOrientationPatient=None)
+    bare = edit_dicom(paths[0], tmp_path / "no_iop.dcm", ImageOrientationPatient=None)
     with pytest.raises(VolumeError, match="^unsuitable: it has no usable ImageOrientationPatient"):
         volumes.read_dicom_volume(bare)
     with pytest.raises(VolumeError, match=r"^unsuitable: it has no usable ImageOrientationPatient.*\(no_iop.dcm\)$"):
         volumes.read_dicom_series(paths[1:] + [bare])
-    no_ipp = _edited(paths[0], tmp_path / "no_ipp.dcm", ImagePositionPatient=None)
+    no_ipp = edit_dicom(paths[0], tmp_path / "no_ipp.dcm", ImagePositionPatient=None)
     with pytest.raises(VolumeError, match="no_ipp.dcm of series .* has no usable ImagePositionPatient"):
         volumes.read_dicom_series(paths[1:] + [no_ipp])
     nifti = phantom.write_nifti(tmp_path / "knee.nii", png, side="RIGHT")
@@ -172,10 +162,10 @@ def test_files_without_geometry_are_unsuitable(scans, tmp_path):
 def test_inconsistent_series_are_refused(scans, tmp_path):
     _, _, folder, _ = scans["RIGHT"]
     paths = sorted(folder.glob("*.dcm"))
-    tilted = _edited(paths[0], tmp_path / "tilted.dcm", ImageOrientationPatient=[0, 1, 0, 0.6, 0, -0.8])
+    tilted = edit_dicom(paths[0], tmp_path / "tilted.dcm", ImageOrientationPatient=[0, 1, 0, 0.6, 0, -0.8])
     with pytest.raises(VolumeError, match="have different orientations .*; the series is not one volume"):
         volumes.read_dicom_series(paths[1:] + [tilted])
-    other_side = _edited(paths[0], tmp_path / "left.dcm", Laterality="L", ImageLaterality="L")
+    other_side = edit_dicom(paths[0], tmp_path / "left.dcm", Laterality="L", ImageLaterality="L")
     with pytest.raises(VolumeError, match="disagree on the side"):
         volumes.read_dicom_series(paths[1:] + [other_side])
     with pytest.raises(VolumeError, match="no files"):
@@ -187,7 +177,7 @@ def test_series_uid_of_unreadable_and_uid_less_files(scans, tmp_path):
     with pytest.raises(VolumeError, match="not a readable DICOM file"):
         volumes.dicom_series_uid(tmp_path / "junk.dcm")
     path = next(scans["LEFT"][2].glob("*.dcm"))
-    assert volumes.dicom_series_uid(_edited(path, tmp_path / "no_uid.dcm", SeriesInstanceUID=None)) is None
+    assert volumes.dicom_series_uid(edit_dicom(path, tmp_path / "no_uid.dcm", SeriesInstanceUID=None)) is None
     with pytest.raises(VolumeError, match=r"^junk.dcm: not a readable DICOM file"):
         volumes.read_dicom_series([path, tmp_path / "junk.dcm"])
 
