@@ -4,6 +4,7 @@ strict JSON, and one-sentence errors. The scores themselves are not asserted (on
 import csv
 import importlib.util
 import json
+import math
 import os
 
 import pytest
@@ -148,7 +149,9 @@ def test_three_rows_on_the_perceivers_split(tmp_path, knees, capsys):
         assert 0 <= row["accuracy"] <= 1 and 0 <= row["per_knee"]["accuracy"] <= 1, key
         assert row["images"] == len(test) > 0, key  # every row scored on the Perceiver's test split
         assert row["per_knee"]["total"] == len(knees_in_test), key
-        assert row["parameters"] > 0 and row["train_seconds"] > 0, key
+        # a time is recorded, not asserted: logistic regression on 16 x 16 images can fit in under 5 ms, which
+        # rounds to 0.0 (CI failed on it once)
+        assert row["parameters"] > 0 and math.isfinite(row["train_seconds"]) and row["train_seconds"] >= 0, key
     assert rows["lr"]["parameters"] == 16 * 16 + 1
     assert rows["cnn"]["parameters"] == baselines.build_cnn((16, 16, 3), 2).count_params()
     assert rows["perceiver"]["parameters"] == config["parameters"]
