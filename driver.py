@@ -216,7 +216,7 @@ class Predictor:
 
     def probabilities(self, images):
         """Calibrated class probabilities: softmax(logits / T), T the run's temperature (calibration.json)."""
-        return metrics.softmax(self.logits(images).astype(np.float64) / self.loaded.temperature)
+        return metrics.calibrated(self.logits(images), self.loaded.temperature)
 
 
 def _xla_without_constant_folding():

@@ -35,6 +35,7 @@ import numpy as np
 from perceiver import calibration
 from perceiver import classifier
 from perceiver import dataset
+from perceiver import fileio
 from perceiver import htmlreport
 from perceiver import phantom
 from perceiver import runs
@@ -368,7 +369,7 @@ def prepare_run_folder(args):
                 setattr(args, key, value)
         args.resume, args.out = True, str(run_dir)
         return run_dir
-    if run_dir.exists() and any(not runs.is_leftover(p.name) for p in run_dir.iterdir()):
+    if run_dir.exists() and any(not fileio.is_leftover(p.name) for p in run_dir.iterdir()):
         raise UsageError(f"run folder {run_dir} already exists and is not empty; choose another --out, or add "
                          "--resume to continue it.")
     return run_dir
@@ -511,7 +512,7 @@ def fit(args, run_dir, model, mconfig, data, steps, start, progress):
                                     augment=augment, class_names=classes)
     val_ds = dataset.make_dataset(data.images["val"], data.labels["val"], batch_size=args.batch_size,
                                   training=False, class_names=classes)
-    tensorboard = keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False,
+    tensorboard = keras.callbacks.TensorBoard(log_dir=str(run_dir / runs.TENSORBOARD), write_graph=False,
                                               profile_batch=0)
     model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, initial_epoch=start, steps_per_epoch=steps,
               shuffle=False, verbose=0 if args.quiet or not sys.stdout.isatty() else 1,

@@ -28,7 +28,7 @@ from perceiver.errors import EXIT_USAGE, UsageError  # noqa: E402
 
 
 def measure(logits, labels, scans, temperature, threshold):
-    probs = calibration.calibrated(logits, temperature)
+    probs = metrics.calibrated(logits, temperature)
     rows = []
     for rule in metrics.SCAN_RULES:
         _, scan_probs, scan_labels, sizes = calibration.by_scan(probs, labels, scans, rule)

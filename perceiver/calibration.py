@@ -48,13 +48,8 @@ SETTLE_RTOL, SETTLE_ATOL = 1e-3, 1e-5
 
 
 # === Temperature ===
-def calibrated(logits, temperature):
-    """Class probabilities `softmax(logits / temperature)`."""
-    return metrics.softmax(np.asarray(logits, np.float64) / float(temperature))
-
-
 def nll(logits, labels, temperature=1.0):
-    """Mean negative log-likelihood of the true classes under `calibrated(logits, temperature)`."""
+    """Mean negative log-likelihood of the true classes under `metrics.calibrated(logits, temperature)`."""
     return metrics.cross_entropy(np.asarray(logits, np.float64) / float(temperature), np.asarray(labels))
 
 
@@ -111,9 +106,7 @@ def calibration_scores(probs, labels):
 # === From slices to a scan ===
 def by_scan(probs, labels, scans, rule=metrics.SCAN_RULE):
     """Groups slices by scan id: (scan ids, scan probabilities (scans, classes), scan labels, slices per scan)."""
-    order = {}
-    for i, s in enumerate(scans):
-        order.setdefault(s, []).append(i)
+    order = metrics.grouped(scans)
     ids = list(order)
     scan_probs = np.stack([metrics.scan_probabilities(np.asarray(probs)[order[s]], rule) for s in ids])
     return ids, scan_probs, np.array([labels[order[s][0]] for s in ids]), [len(order[s]) for s in ids]
@@ -184,7 +177,7 @@ def calibrate(run_dir, val_logits, val_labels, test_logits, test_labels, test_sc
     each file is written only when its content changes."""
     run_dir = pathlib.Path(run_dir)
     temperature = fit_temperature(val_logits, val_labels)
-    before, after = calibrated(test_logits, 1.0), calibrated(test_logits, temperature)
+    before, after = metrics.calibrated(test_logits, 1.0), metrics.calibrated(test_logits, temperature)
     _, scan_probs, scan_labels, _ = by_scan(after, test_labels, test_scans)
     section = {"temperature": temperature, "min_confidence": min_confidence, "scan_rule": metrics.SCAN_RULE,
                "fitted_on": f"validation split, {len(val_labels)} images",

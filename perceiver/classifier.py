@@ -38,7 +38,6 @@ import argparse
 import json
 import os
 import pathlib
-import shutil
 import sys
 import warnings
 
@@ -196,7 +195,7 @@ def save_keras(model, path):
 
     train.py writes every run's model.keras this way (and calibration.py again when it refits the temperature)."""
     path = pathlib.Path(path)
-    tmp = runs.temporary_name(path)  # keeps the ".keras" ending that Keras requires
+    tmp = fileio.temporary_name(path)  # keeps the ".keras" ending that Keras requires
     try:
         model.save(tmp)
         runs.replace_with_checksum(tmp, path)
@@ -268,9 +267,8 @@ def export(model, out, fmt=None):
             raise UsageError("exporting onnx needs the packages tf2onnx and onnx: pip install tf2onnx onnx") from None
     if fmt == "keras":
         return save_keras(model, out)
-    tmp = runs.temporary_name(out)
     written = [out]
-    try:
+    with fileio.atomic(out) as tmp:
         if fmt == "onnx":
             _teach_tf2onnx_erfc()
             with warnings.catch_warnings():  # Keras' own numpy 2 patch of tf2onnx warns about np.object
@@ -286,12 +284,6 @@ def export(model, out, fmt=None):
                          input_signature=_input_spec(model, fmt), verbose=False)
             if fmt == "savedmodel":
                 (tmp / METADATA).write_text(json.dumps(metadata(model), indent=2) + "\n")
-        fileio.replace(tmp, out)
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
     if fmt == "litert":
         sidecar = out.with_name(out.name + ".json")
         runs.atomic_write_json(sidecar, metadata(model, fmt))

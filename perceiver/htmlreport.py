@@ -667,8 +667,8 @@ def run_report(run_dir, out=None):
         f"<td class='def'>{_text(definition)}</td></tr>" for key, name, value, shown, definition in _metric_rows(m))
     curves = "".join(_figure(run_dir, name, f"Training and validation {what} per epoch, and the test {what} of the "
                              "kept epoch's weights") for _, name, what in CURVES)
-    figures = (_figure(run_dir, "roc.png", "ROC on the test split")
-               + _figure(run_dir, "reliability.png", "Reliability: accuracy against confidence, before and after "
+    figures = (_figure(run_dir, runs.ROC_PLOT, "ROC on the test split")
+               + _figure(run_dir, runs.RELIABILITY_PLOT, "Reliability: accuracy against confidence, before and after "
                          "temperature scaling"))
     body = (f"<header><h1>{_text(title)}</h1><p class='sub'>{m['images']:,} test images of held-out patients; "
             "written by train.py, or again by <code>python -m perceiver.htmlreport RUN</code></p>"

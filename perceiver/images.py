@@ -26,7 +26,6 @@ import json
 import math
 import multiprocessing
 import os
-import random
 import re
 import sys
 import time
@@ -299,19 +298,11 @@ def _cache_write(cache_dir, key, images, ok_index, failed, n):
     os.makedirs(cache_dir, exist_ok=True)
     meta = {"version": CACHE_VERSION, "n": n, "ok_index": [int(i) for i in ok_index], "sha256": _pixels_sha256(images),
             "skipped": [[int(i), r] for i, r in sorted(failed.items())], "created": time.time()}
-    tag = f".tmp{os.getpid()}_{random.getrandbits(32):08x}"
     npy, js = os.path.join(cache_dir, key + ".npy"), os.path.join(cache_dir, key + ".json")
-    try:
-        with open(npy + tag, "wb") as f:
+    with fileio.atomic(npy) as tmp:
+        with open(tmp, "wb") as f:
             np.save(f, images, allow_pickle=False)
-        fileio.replace(npy + tag, npy)
-        with open(js + tag, "w", encoding="utf-8") as f:
-            json.dump(meta, f)
-        fileio.replace(js + tag, js)
-    finally:
-        for tmp in (npy + tag, js + tag):
-            if os.path.exists(tmp):
-                os.remove(tmp)
+    fileio.atomic_write_bytes(js, json.dumps(meta).encode("utf-8"))
     entries = sorted((os.path.getmtime(os.path.join(cache_dir, f)), f[:-5]) for f in os.listdir(cache_dir)
                      if f.endswith(".json") and re.fullmatch(r"[0-9a-f]{40}\.json", f))
     for _, old in entries[:-CACHE_KEEP]:

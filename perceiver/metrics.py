@@ -8,7 +8,7 @@ import numpy as np
 from scipy import special
 from sklearn import metrics as skm
 
-__all__ = ["confusion_counts", "softmax", "cross_entropy", "roc_curve", "group_vote", "classification_metrics"]
+__all__ = ["confusion_counts", "softmax", "calibrated", "cross_entropy", "roc_curve", "group_vote", "classification_metrics"]
 
 
 def confusion_counts(labels, predicted, num_classes):
@@ -19,6 +19,13 @@ def confusion_counts(labels, predicted, num_classes):
 def softmax(logits):
     """Class probabilities of each example (the softmax along the last axis)."""
     return special.softmax(logits, axis=-1)
+
+
+def calibrated(logits, temperature=1.0):
+    """Calibrated class probabilities `softmax(logits / temperature)`, in float64: the one formula that turns a run's
+    logits into the probabilities it reports (calibration.py fits the temperature; train.py's metrics, driver.py and
+    the reports use this; `modules.PerceiverClassifier.call` computes the same inside the model, with keras.ops)."""
+    return softmax(np.asarray(logits, np.float64) / float(temperature))
 
 
 def cross_entropy(logits, labels, label_smoothing=0.0):
@@ -70,11 +77,18 @@ def scan_probabilities(probs, rule=SCAN_RULE):
     raise ValueError(f"scan rule {rule!r} is not one of {', '.join(SCAN_RULES)}.")
 
 
+def grouped(keys):
+    """The one grouper of slices into scans (or knees): {key: the indices with that key}, keys in order of first
+    appearance. Used by the per-scan and per-knee metrics, calibration's scan figures and driver.py's verdicts."""
+    members = {}
+    for i, key in enumerate(keys):
+        members.setdefault(key, []).append(i)
+    return members
+
+
 def group_accuracy(groups, labels, probs):
     """Accuracy of one verdict per group (`scan_probabilities` of its members' probabilities) against its label."""
-    members = {}
-    for i, g in enumerate(groups):
-        members.setdefault(g, []).append(i)
+    members = grouped(groups)
     probs, labels = np.asarray(probs), np.asarray(labels)
     correct = sum(int(scan_probabilities(probs[idx]).argmax() == labels[idx[0]]) for idx in members.values())
     return {"accuracy": correct / len(members) if members else float("nan"), "correct": correct,
@@ -83,19 +97,18 @@ def group_accuracy(groups, labels, probs):
 
 def per_scan(scans, labels, logits, temperature=1.0):
     """metrics.json's "per_scan": one verdict per scan by the scan rule on the calibrated slice probabilities."""
-    calibrated = softmax(np.asarray(logits, np.float64) / temperature)
-    return {**group_accuracy(scans, labels, calibrated),
+    return {**group_accuracy(scans, labels, calibrated(logits, temperature)),
             "definition": f"one verdict per scan (patient, visit, side): {SCAN_RULE} of its slices' calibrated "
                           f"probabilities (temperature {temperature:.4g})"}
 
 
 def group_vote(groups, labels, predicted):
     """Majority vote of the predictions within each group (ties go to the lower class index); accuracy of the votes."""
-    by = {}
-    for g, y, p in zip(groups, labels, predicted):
-        by.setdefault(g, (y, []))[1].append(p)
-    correct = sum(int(np.bincount(ps).argmax() == y) for y, ps in by.values())
-    return {"accuracy": correct / len(by) if by else float("nan"), "correct": correct, "total": len(by)}
+    members = grouped(groups)
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    correct = sum(int(np.bincount(predicted[idx]).argmax() == labels[idx[0]]) for idx in members.values())
+    return {"accuracy": correct / len(members) if members else float("nan"), "correct": correct,
+            "total": len(members)}
 
 
 def classification_metrics(logits, labels, records, classes, label_smoothing, temperature=1.0):

@@ -1042,13 +1042,7 @@ def _check_scan(pixels):
 
 
 def _write_atomic(path, data):
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        tmp.write_bytes(data)
-        fileio.replace(tmp, path)
-    finally:  # a failed write (a full disk) leaves no temporary file behind
-        tmp.unlink(missing_ok=True)
+    fileio.atomic_write_bytes(path, data)  # a failed write (a full disk) leaves no temporary file behind
 
 
 def write_dicom_series(folder, pixels, *, side, patient, seed, visit=0, plane="sagittal"):

@@ -26,7 +26,7 @@ from perceiver import fileio
 from perceiver import runs
 from perceiver.errors import EXIT_USAGE, UsageError, add_common_flags, console_safe
 
-CURVES = (("accuracy", "acc.png", "accuracy"), ("loss", "loss.png", "loss"))  # (history key, file, what is plotted)
+CURVES = (("accuracy", runs.ACC_PLOT, "accuracy"), ("loss", runs.LOSS_PLOT, "loss"))  # (history key, file, what is plotted)
 TEST_COLOUR = "#d62728"
 PNG_METADATA = {"Software": None}  # no matplotlib version in the file: the same figure is the same bytes
 RELIABILITY_COLUMNS = ("lower", "upper", "confidence", "accuracy", "count")  # calibration.reliability's rows
@@ -56,12 +56,7 @@ def write_if_changed(path, data):
             return False
     except OSError:  # missing or unreadable: written
         pass
-    tmp = runs.temporary_name(path)
-    try:
-        tmp.write_bytes(data)
-        fileio.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    fileio.atomic_write_bytes(path, data)
     return True
 
 
@@ -87,7 +82,7 @@ def plot_run(run_dir, history, metrics):
         dict[str, Figure]: file name to the figure written.
     """
     figures = {name: _curve_figure(history, metrics, key, what) for key, name, what in CURVES}
-    figures["confusion.png"] = _confusion_figure(metrics)
+    figures[runs.CONFUSION_PLOT] = _confusion_figure(metrics)
     for name, fig in figures.items():
         save_png(fig, pathlib.Path(run_dir) / name)
     return figures
@@ -161,7 +156,7 @@ def plot_roc(run_dir, logits, labels, classes):
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    save_png(fig, pathlib.Path(run_dir) / "roc.png")
+    save_png(fig, pathlib.Path(run_dir) / runs.ROC_PLOT)
     return fig
 
 
@@ -180,7 +175,7 @@ def plot_reliability(run_dir, before, after, temperature):
         Figure: the figure written.
     """
     fig = reliability_figure(before, after, temperature)
-    save_png(fig, pathlib.Path(run_dir) / "reliability.png")
+    save_png(fig, pathlib.Path(run_dir) / runs.RELIABILITY_PLOT)
     return fig
 
 
@@ -371,7 +366,7 @@ def redraw_run(run_dir):
     c = metrics.get("calibration") or {}
     if "reliability" in c:
         plot_reliability(run_dir, c["reliability"]["before"], c["reliability"]["after"], c["temperature"])
-        drawn.append("reliability.png")
+        drawn.append(runs.RELIABILITY_PLOT)
     return drawn
 
 

@@ -387,17 +387,13 @@ def write_manifest(path, records, split, *, root=None):
                      "scan": rec.scan, "visit": "" if rec.visit is None else rec.visit,
                      "slice": "" if rec.slice is None else rec.slice})
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
+    # a failed write (a full disk, a name it cannot encode) leaves no temporary file behind (fileio.atomic)
+    with fileio.atomic(path) as tmp:
         # surrogateescape: a file name's byte that is not UTF-8 is written back as that byte, and read back the same
         with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
             writer = csv.DictWriter(f, fieldnames=_MANIFEST_COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
-        fileio.replace(tmp, path)
-    finally:  # a failed write (a full disk, a name it cannot encode) leaves no temporary file behind
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def read_manifest(path, *, root=None):

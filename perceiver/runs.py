@@ -23,10 +23,8 @@ import dataclasses
 import hashlib
 import io
 import json
-import os
 import pathlib
 import platform
-import re
 import shlex
 import sys
 import zipfile
@@ -49,8 +47,12 @@ REPORT = "report.html"  # the run's HTML report (htmlreport.py), written after m
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds")
 CHECKSUM_SUFFIX = ".sha256"
 MODEL_FILE = "model.keras"  # the best weights with pre-processing, classes and calibration inside (classifier.py)
+ACC_PLOT, LOSS_PLOT = "acc.png", "loss.png"  # training and validation per epoch (plots.plot_run)
+CONFUSION_PLOT, ROC_PLOT, RELIABILITY_PLOT = "confusion.png", "roc.png", "reliability.png"  # the test split's
+PLOTS = (ACC_PLOT, LOSS_PLOT, CONFUSION_PLOT, ROC_PLOT, RELIABILITY_PLOT)
+TENSORBOARD = "tensorboard"  # a folder: Keras' TensorBoard logs
 RUN_FILES = (CONFIG, BEST_WEIGHTS, LAST_WEIGHTS, STATE, HISTORY, METRICS, SPLIT, CALIBRATION,
-             MODEL_FILE, REPORT)  # what train.py keeps
+             MODEL_FILE, REPORT, *PLOTS, TENSORBOARD)  # everything train.py writes: no command's output may replace one
 
 
 PROJECT = pathlib.Path(__file__).resolve().parent.parent  # the checkout: the package is one folder below it
@@ -85,29 +87,11 @@ class RunError(Exception):
     """A run folder that cannot be used; the message is one sentence for the user."""
 
 
-def temporary_name(path):
-    """A sibling name for writing `path` atomically (written there, then renamed over `path`)."""
-    path = pathlib.Path(path)
-    # Keras wants weights files to end in ".weights.h5", so the temporary name keeps the ending.
-    return path.with_name(f".tmp-{os.getpid()}-{path.name}")
-
-
-def is_leftover(name):
-    """Whether a file name is a temporary file of an atomic write here (`temporary_name`, records.write_manifest's
-    `split.csv.tmp<pid>`) that a killed process left behind: never a result, so it never makes a folder non-empty."""
-    return bool(re.match(r"\.tmp-\d+-", name) or re.search(r"\.tmp\d+$", name))
-
-
 def atomic_write_text(path, text):
     """Writes text (UTF-8; a file name's undecodable byte, held as a surrogate escape, is written back as that byte)
-    through a temporary file and `os.replace`, so a kill never leaves half a file in place and a failed write (a full
+    atomically and durably (`fileio.atomic`): a kill never leaves half a file in place and a failed write (a full
     disk) leaves no temporary file behind."""
-    tmp = temporary_name(path)
-    try:
-        tmp.write_text(text, encoding="utf-8", errors="surrogateescape")
-        fileio.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    fileio.atomic_write_bytes(path, text.encode("utf-8", "surrogateescape"))
 
 
 def atomic_write_json(path, obj):
@@ -117,7 +101,7 @@ def atomic_write_json(path, obj):
 def atomic_save_weights(model, path):
     """Saves Keras weights to `path` atomically, with their checksum (see the module docstring)."""
     path = pathlib.Path(path)
-    tmp = temporary_name(path)
+    tmp = fileio.temporary_name(path)
     try:
         model.save_weights(tmp)
         replace_with_checksum(tmp, path)
@@ -227,7 +211,7 @@ def save_state(path, model, epoch, best_val_loss, best_epoch):
     arrays = {f"w{i}": np.asarray(v.numpy()) for i, v in enumerate(model.weights)}
     arrays.update({f"o{i}": np.asarray(v.numpy()) for i, v in enumerate(model.optimizer.variables)})
     arrays["progress"] = np.array([epoch, best_val_loss, best_epoch], dtype=np.float64)
-    tmp = temporary_name(path)
+    tmp = fileio.temporary_name(path)
     try:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)

@@ -93,10 +93,9 @@ def scan_name(result):
 
 def group(results, classes, min_confidence):
     """Scans of the driver Results, in order of first appearance, each with its verdict (see the module docstring)."""
-    by_key = {}
-    for r in results:
-        by_key.setdefault(scan_key(r), []).append(r)
-    return [verdict(Scan(scan_name(members[0]), members), classes, min_confidence) for members in by_key.values()]
+    by_key = metrics.grouped([scan_key(r) for r in results])
+    return [verdict(Scan(scan_name(results[idx[0]]), [results[i] for i in idx]), classes, min_confidence)
+            for idx in by_key.values()]
 
 
 def verdict(scan, classes, min_confidence):

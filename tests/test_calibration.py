@@ -29,10 +29,10 @@ def test_fitted_temperature_recovers_a_known_overconfidence():
     t = calibration.fit_temperature(logits, labels)
     assert t == pytest.approx(3.0, rel=0.1)
     assert calibration.nll(logits, labels, t) < calibration.nll(logits, labels, 1.0)
-    before = calibration.expected_calibration_error(calibration.calibrated(logits, 1.0), labels)
-    after = calibration.expected_calibration_error(calibration.calibrated(logits, t), labels)
+    before = calibration.expected_calibration_error(metrics.calibrated(logits, 1.0), labels)
+    after = calibration.expected_calibration_error(metrics.calibrated(logits, t), labels)
     assert after < 0.03 < before
-    assert (calibration.calibrated(logits, t).argmax(1) == logits.argmax(1)).all()  # accuracy is untouched
+    assert (metrics.calibrated(logits, t).argmax(1) == logits.argmax(1)).all()  # accuracy is untouched
     with pytest.raises(ValueError, match="at least 2 examples"):
         calibration.fit_temperature(logits[:1], labels[:1])
 

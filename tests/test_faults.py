@@ -506,3 +506,18 @@ def test_a_results_file_or_report_never_overwrites_an_input_or_the_run(knees, tm
     proc = _cli("driver.py", knees, "--run", run, option, path)
     assert proc.returncode == 2 and _one_sentence(proc.stderr) and "would destroy it" in proc.stderr, proc.stderr
     assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("option", ["--results-file", "--report"])
+def test_no_file_the_run_wrote_is_replaced_by_an_output_plots_included(knees, tmp_path, option):
+    """Every name of runs.RUN_FILES (the plots and tensorboard/ too: they were missing once, so
+    --results-file goliath/roc.png would have written CSV over the ROC curve) is refused as an output path."""
+    run = tmp_path / "run"
+    shutil.copytree(GOLIATH, run, ignore=shutil.ignore_patterns("tensorboard"))
+    assert set(runs.PLOTS) <= set(runs.RUN_FILES) and runs.TENSORBOARD in runs.RUN_FILES
+    for name in runs.PLOTS + (runs.MODEL_FILE + runs.CHECKSUM_SUFFIX,):
+        path = run / name
+        before = path.read_bytes()
+        proc = _cli("driver.py", knees, "--run", run, option, path)
+        assert proc.returncode == 2 and "is a file of the run" in proc.stderr, (name, proc.stderr)
+        assert path.read_bytes() == before, name
