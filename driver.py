@@ -89,7 +89,7 @@ from perceiver import htmlreport
 from perceiver import metrics
 from perceiver import runs
 from perceiver import verdicts
-from perceiver.errors import EXIT_USAGE, UsageError, add_common_flags, start_command
+from perceiver.errors import UsageError, add_common_flags, run_command, start_command
 from perceiver.inputs import InputError, decode_chunk, display_image, find_inputs, internal_error, test_split_inputs
 from perceiver.plots import explain_figure
 from perceiver.reports import SIDES, flag_label, format_summary, format_table, report_test_split, write_results
@@ -722,14 +722,7 @@ def _print_to_pipe(text, out):
 def main(argv=None):
     start_command(argv)  # TensorFlow's start-up lines stay out of the table (errors.quiet_tensorflow)
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("error: interrupted.", file=sys.stderr)
-        return 130
+    return run_command(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from perceiver import fileio
 from perceiver import htmlreport
 from perceiver import phantom
 from perceiver import runs
-from perceiver.errors import EXIT_USAGE, UsageError, add_common_flags, start_command
+from perceiver.errors import UsageError, add_common_flags, run_command, start_command
 from perceiver.metrics import classification_metrics
 from perceiver.plots import plot_roc, plot_run
 
@@ -598,15 +598,8 @@ def train(args):
 
 def main(argv=None):
     start_command(argv)  # TensorFlow's C++ start-up lines stay out of the log (errors.quiet_tensorflow)
-    try:
-        args = parse_settings(argv)
-        return train(args)
-    except (UsageError, runs.RunError) as e:  # RunError: a damaged weights file or resume state (its checksum)
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("interrupted; continue with --resume --out RUN_FOLDER.", file=sys.stderr)
-        return 130
+    return run_command(lambda: train(parse_settings(argv)),
+                       interrupted="interrupted; continue with --resume --out RUN_FOLDER.")
 
 
 if __name__ == "__main__":

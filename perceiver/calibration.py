@@ -37,7 +37,7 @@ from perceiver import htmlreport
 from perceiver import metrics
 from perceiver import plots
 from perceiver import runs
-from perceiver.errors import EXIT_USAGE, UsageError, add_common_flags, start_command
+from perceiver.errors import UsageError, add_common_flags, run_command, start_command
 
 DEFAULT_MIN_CONFIDENCE = 0.9  # below it a verdict is "uncertain" (driver.py --min-confidence overrides it)
 ECE_BINS = 15
@@ -278,14 +278,14 @@ def main(argv=None):
                    help="default threshold stored with the run: below it driver.py answers 'uncertain'")
     add_common_flags(p)
     args = p.parse_args(argv)
-    try:
+
+    def body():
         if not 0.5 <= args.min_confidence < 1:
             raise UsageError(f"--min-confidence {args.min_confidence} must be in [0.5, 1).")
         print(describe(calibrate_run(args.run, min_confidence=args.min_confidence)))
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    return 0
+        return 0
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ import warnings
 
 from perceiver import fileio
 from perceiver import runs
-from perceiver.errors import EXIT_USAGE, UsageError, add_common_flags, start_command
+from perceiver.errors import UsageError, add_common_flags, run_command, start_command
 
 FORMATS = ("keras", "savedmodel", "onnx", "litert")
 METADATA = "perceiver_classifier.json"  # a SavedModel folder's (and a .tflite file's sidecar) class names etc.
@@ -334,15 +334,15 @@ def build_parser():
 def main(argv=None):
     start_command(argv)
     args = build_parser().parse_args(argv)
-    try:
+
+    def body():
         fmt = format_of(args.out, args.format)
         check_output(args.out, fmt)  # before the model loads (seconds)
         written = export(load(args.run, weights=args.weights), args.out, fmt)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    print(f"wrote {fmt}: {', '.join(written)}")
-    return 0
+        print(f"wrote {fmt}: {', '.join(written)}")
+        return 0
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

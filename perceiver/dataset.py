@@ -96,7 +96,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from perceiver.errors import add_common_flags, console_safe
+from perceiver.errors import add_common_flags, console_safe, run_command
 
 # The public names of records.py, images.py and batches.py, re-exported so that `dataset.X` keeps working.
 from perceiver.batches import PIXEL_OFFSET, PIXEL_SCALE, Augment, augment_batch, denormalize, make_dataset, normalize
@@ -337,17 +337,15 @@ def main(argv=None):
     g.add_argument("--no-cache", action="store_true", help="neither read nor write the cache (default: use it)")
     g.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPU count)")
     args = parser.parse_args(argv)
-    try:
-        summary = summarize(args.dir, ratios=_parse_floats(args.split, 3, "--split"), seed=args.seed,
-                            manifest=args.manifest, decode=not args.no_decode, size=_parse_size(args.size),
-                            channels=args.channels, cache_dir=args.cache_dir, cache=not args.no_cache,
-                            workers=args.workers, progress=sys.stderr.isatty())
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted.", file=sys.stderr)
-        return 130
+    return run_command(lambda: _summary_command(args))
+
+
+def _summary_command(args):
+    """`python dataset.py summary DIR`: prints the summary; exit status 2 when no image is usable."""
+    summary = summarize(args.dir, ratios=_parse_floats(args.split, 3, "--split"), seed=args.seed,
+                        manifest=args.manifest, decode=not args.no_decode, size=_parse_size(args.size),
+                        channels=args.channels, cache_dir=args.cache_dir, cache=not args.no_cache,
+                        workers=args.workers, progress=sys.stderr.isatty())
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     if summary["images"] == 0:  # as for an empty folder: nothing here can be trained on
         print(f"error: no usable image in {args.dir}; the reasons are listed above.", file=sys.stderr)

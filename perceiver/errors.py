@@ -21,8 +21,35 @@ EXIT_USAGE = 2
 VERSION = "0.3.0"  # the project's version: `--version` of every command, CITATION.cff, MODEL_CARD.md
 
 
-class UsageError(Exception):
+class UserError(Exception):
+    """The base of every error whose message is for the user: one sentence that says what was wrong, which file and
+    what to do. Under it: `UsageError` (a command's mistake), records.DataError (a data folder or manifest),
+    runs.RunError (a run folder), and the per-input reasons inputs.InputError and volumes.VolumeError. A command
+    turns any of them into `error: MESSAGE` and exit status 2 (`run_command`); per-input reasons are caught earlier,
+    at each input's boundary, and never end a batch."""
+
+
+class UsageError(UserError):
     """A mistake the user can fix; printed as one sentence on stderr, exit status `EXIT_USAGE` (2)."""
+
+
+def first_line(error):
+    """An exception's message, first line only (a library's message can run over many); its type when empty."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def run_command(body, *, interrupted="interrupted."):
+    """Runs a command's `body()` and returns its exit status; the one place that turns a `UserError` into
+    `error: MESSAGE` on stderr and exit status 2, and Ctrl-C into `error: <interrupted>` and 130."""
+    try:
+        return body()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"error: {interrupted}", file=sys.stderr)
+        return 130
 
 
 def console_safe():

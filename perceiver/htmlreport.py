@@ -49,7 +49,7 @@ from PIL import Image
 
 from perceiver import records
 from perceiver import runs
-from perceiver.errors import EXIT_USAGE, UsageError, add_common_flags, console_safe
+from perceiver.errors import UsageError, add_common_flags, console_safe, run_command
 from perceiver.inputs import InputError, display_image
 from perceiver.plots import CURVES, attention_overlay, write_if_changed
 from perceiver.reports import display_path, flag_label, format_summary
@@ -699,12 +699,7 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="the HTML file (default: RUN/report.html)")
     add_common_flags(p, verbose=False)
     args = p.parse_args(argv)
-    try:
-        print(f"wrote {run_report(args.run, args.out)}")
-    except (UsageError, records.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    return 0
+    return run_command(lambda: print(f"wrote {run_report(args.run, args.out)}") or 0)
 
 
 if __name__ == "__main__":

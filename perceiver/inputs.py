@@ -32,7 +32,7 @@ from PIL import Image
 from perceiver import dataset
 from perceiver import runs
 from perceiver.plots import display_size
-from perceiver.errors import UsageError
+from perceiver.errors import UsageError, UserError, first_line
 from perceiver.volumes import (DICOM_EXTENSIONS, NIFTI_EXTENSIONS, UNSUITABLE, VolumeError, dicom_series_info,
                      looks_like_dicom, read_dicom_series, read_dicom_volume, read_nifti_volume)
 
@@ -40,7 +40,7 @@ TRAINED_PLANE = "sagittal"
 MIN_SIDE = 64  # pixels: the model sees 64 x 64; a smaller image shows no knee we can trust (AKOA's are 228 x 260)
 
 
-class InputError(Exception):
+class InputError(UserError):
     """One input that cannot be classified; the message is the reason, shown beside the file."""
 
 
@@ -319,8 +319,7 @@ def internal_error(error, path, *, debug=False):
     naming the exception, the file and what to do; with `debug`, the traceback is printed on stderr first."""
     if debug:
         print(f"traceback for {path}:\n{''.join(traceback.format_exception(error))}", file=sys.stderr, end="")
-    text = str(error).strip().splitlines()
-    detail = f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+    detail = f"{type(error).__name__}: {first_line(error)}" if str(error).strip() else type(error).__name__
     return InputError(f"internal error ({detail}) while reading {path}; rerun with --debug for the traceback and "
                       "report it")
 

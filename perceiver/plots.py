@@ -24,7 +24,7 @@ from PIL import Image
 
 from perceiver import fileio
 from perceiver import runs
-from perceiver.errors import EXIT_USAGE, UsageError, add_common_flags, console_safe
+from perceiver.errors import UsageError, add_common_flags, console_safe, run_command
 
 CURVES = (("accuracy", runs.ACC_PLOT, "accuracy"), ("loss", runs.LOSS_PLOT, "loss"))  # (history key, file, what is plotted)
 TEST_COLOUR = "#d62728"
@@ -377,12 +377,7 @@ def main(argv=None):
     p.add_argument("run", help="run folder written by train.py")
     add_common_flags(p, verbose=False)
     args = p.parse_args(argv)
-    try:
-        print(f"drew {', '.join(redraw_run(args.run))} in {args.run}")
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    return 0
+    return run_command(lambda: print(f"drew {', '.join(redraw_run(args.run))} in {args.run}") or 0)
 
 
 if __name__ == "__main__":

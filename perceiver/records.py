@@ -38,6 +38,7 @@ from fractions import Fraction
 import numpy as np
 
 from perceiver import fileio
+from perceiver.errors import UserError
 
 # === Constants ===
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -46,7 +47,7 @@ SPLITS = ("train", "val", "test")
 _MANIFEST_COLUMNS = ("path", "patient", "label", "split", "scan", "visit", "slice")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A problem with the user's data or arguments, stated in one sentence."""
 
 

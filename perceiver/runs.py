@@ -32,6 +32,7 @@ import zipfile
 import h5py
 import numpy as np
 
+from perceiver.errors import UserError, first_line
 from perceiver import fileio
 from perceiver import phantom
 
@@ -83,7 +84,7 @@ def data_root(config, *, regenerate=True, progress=False):
     return root
 
 
-class RunError(Exception):
+class RunError(UserError):
     """A run folder that cannot be used; the message is one sentence for the user."""
 
 
@@ -239,14 +240,9 @@ def load_state(path, model):
                 v.assign(state[f"o{i}"])
             epoch, best_val_loss, best_epoch = state["progress"]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # truncated, or another model's
-        raise RunError(f"the resume state {path} cannot be used ({_first_line(e)}); it is damaged or belongs to "
+        raise RunError(f"the resume state {path} cannot be used ({first_line(e)}); it is damaged or belongs to "
                        "another model: start a new run with another --out.") from None
     return int(epoch), float(best_val_loss), int(best_epoch)
-
-
-def _first_line(e):
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def read_config(run_dir):

@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
+from perceiver.errors import UserError, first_line
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 NIFTI_EXTENSIONS = (".nii", ".nii.gz")
 _PLANE_OF = {"L": "sagittal", "R": "sagittal", "A": "coronal", "P": "coronal", "S": "axial", "I": "axial"}
@@ -56,7 +57,7 @@ _SAME_POSITION_MM = 0.01  # slices of a series closer than this along the normal
 _GAP = 1.5  # a step this many times the median spacing means a slice is missing
 
 
-class VolumeError(Exception):
+class VolumeError(UserError):
     """A DICOM or NIfTI file that cannot be read; the message is the reason, one phrase without the file's path (a
     series' message names its SeriesInstanceUID, and the file name where one file is at fault)."""
 
@@ -120,11 +121,6 @@ def _head(path):
         return b""
 
 
-def _first_line(e):
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def _letter(vector):
     """The patient direction (L, R, A, P, S, I) nearest to `vector`, given in DICOM's patient frame (LPS)."""
     i = int(np.argmax(np.abs(vector)))
@@ -159,7 +155,7 @@ def _read_dataset(path, **kwargs):
     try:
         return pydicom.dcmread(path, force=force, **kwargs)
     except Exception as e:  # InvalidDicomError, truncated files, ...
-        raise VolumeError(f"not a readable DICOM file ({_first_line(e)})") from None
+        raise VolumeError(f"not a readable DICOM file ({first_line(e)})") from None
 
 
 def _side_letter(value):
@@ -244,7 +240,7 @@ def _dicom_frames(ds):
     try:
         a = ds.pixel_array
     except Exception as e:  # a compressed transfer syntax without its decoder, inconsistent tags, ...
-        raise VolumeError(f"pydicom cannot decode the pixels ({_first_line(e)})") from None
+        raise VolumeError(f"pydicom cannot decode the pixels ({first_line(e)})") from None
     frames, _, _, samples = _declared_shape(ds)
     if frames <= 1 and a.ndim == (3 if samples > 1 else 2):
         a = a[None]
@@ -259,7 +255,7 @@ def _dicom_frames(ds):
         try:
             a = apply_modality_lut(a, ds)
         except Exception as e:  # a malformed LUT Descriptor or LUT Data
-            raise VolumeError(f"pydicom cannot apply the modality LUT ({_first_line(e)})") from None
+            raise VolumeError(f"pydicom cannot apply the modality LUT ({first_line(e)})") from None
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":  # 0 is white: invert
         a = a.max() - a if a.dtype != np.uint8 else 255 - a
     return [f for f in a]
@@ -580,7 +576,7 @@ def _load_nifti(path):
     try:
         image = nibabel.load(path)  # the header only: the data is read below, once its declared size is checked
     except Exception as e:  # ImageFileError, gzip errors
-        raise VolumeError(f"not a readable NIfTI file ({_first_line(e)})") from None
+        raise VolumeError(f"not a readable NIfTI file ({first_line(e)})") from None
     if not isinstance(image, (nibabel.Nifti1Image, nibabel.Nifti2Image)):  # a CIFTI-2 matrix also ends in .nii
         raise VolumeError(f"unsuitable: it is a {type(image).__name__.replace('Image', '')} file, not a NIfTI "
                           "image of slices")
@@ -588,7 +584,7 @@ def _load_nifti(path):
     try:
         data = np.asanyarray(image.dataobj)  # stored dtype, or float when the header scales the values
     except Exception as e:  # gzip errors, truncated data
-        raise VolumeError(f"not a readable NIfTI file ({_first_line(e)})") from None
+        raise VolumeError(f"not a readable NIfTI file ({first_line(e)})") from None
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim == 2:
