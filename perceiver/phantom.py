@@ -1023,7 +1023,7 @@ def scan_geometry(shape, *, side, plane="sagittal"):
 
 def _optional(fmt):
     """The optional package (requirements-dev.txt) that writes `fmt`: pydicom 3 for "dicom", nibabel for "nifti"."""
-    name, needs = ("pydicom", "pydicom 3 or later: pip install 'pydicom>=3'") if fmt == "dicom" else (
+    name, needs = ("pydicom", "pydicom 3.0.1 or later: pip install 'pydicom>=3.0.1'") if fmt == "dicom" else (
         "nibabel", "nibabel: pip install nibabel")
     try:
         module = importlib.import_module(name)  # heavy and optional: imported only to write volumes

@@ -140,7 +140,7 @@ def _pydicom():
         import pydicom  # optional extra: DICOM input only
         import pydicom.pixels  # noqa: F401  (pydicom 3 or later)
     except ImportError:
-        raise VolumeError("reading DICOM needs pydicom 3 or later: pip install 'pydicom>=3'") from None
+        raise VolumeError("reading DICOM needs pydicom 3.0.1 or later: pip install 'pydicom>=3.0.1'") from None
     # pydicom warns about every odd header it reads (an invalid IS value, implicit VR where explicit was declared);
     # a scanner archive has hundreds, and the readers here say in one sentence what makes a file unusable.
     warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")

@@ -260,4 +260,4 @@ def test_command_line_writes_volumes(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "pydicom", None)  # import pydicom now raises ImportError
     with pytest.raises(SystemExit):
         phantom.main([str(tmp_path / "y"), "--patients", "1", "--format", "dicom"])
-    assert "writing DICOM needs pydicom 3 or later: pip install 'pydicom>=3'" in capsys.readouterr().err
+    assert "writing DICOM needs pydicom 3.0.1 or later: pip install 'pydicom>=3.0.1'" in capsys.readouterr().err

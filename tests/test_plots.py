@@ -95,9 +95,10 @@ def test_redrawing_a_run_from_its_files(tmp_path, capsys):
     if "reliability" in saved.get("calibration", {}):
         drawn.append("reliability.png")
     assert capsys.readouterr().out.strip() == f"drew {', '.join(drawn)} in {run}"
-    for name in drawn:  # goliath's figures drawn again (pixels differ between matplotlib versions; the size does not)
+    for name in drawn:  # goliath's figures drawn again: pixels differ between matplotlib versions, and the tight
+        # bounding box by a pixel or two (3.8 drew confusion.png 505 pixels wide, 3.10 506), the layout does not
         with Image.open(run / name) as ours, Image.open(os.path.join(GOLIATH, name)) as shipped:
-            assert ours.size == shipped.size, name
+            assert all(abs(a - b) <= 3 for a, b in zip(ours.size, shipped.size)), (name, ours.size, shipped.size)
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match="has no history.csv"):
         plots.redraw_run(tmp_path / "empty")
