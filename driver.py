@@ -89,7 +89,7 @@ from perceiver import htmlreport
 from perceiver import metrics
 from perceiver import runs
 from perceiver import verdicts
-from perceiver.errors import UsageError, add_common_flags, run_command, start_command
+from perceiver.errors import EXIT_USAGE, UsageError, add_common_flags, run_command, start_command  # noqa: F401
 from perceiver.inputs import InputError, decode_chunk, display_image, find_inputs, internal_error, test_split_inputs
 from perceiver.plots import explain_figure
 from perceiver.reports import SIDES, flag_label, format_summary, format_table, report_test_split, write_results

@@ -165,7 +165,21 @@ def _side_letter(value):
 
 def _dicom_side(ds):
     """"left" / "right" from ImageLaterality (0020,0062), else Laterality (0020,0060), else None."""
-    return _side_letter(ds.get("ImageLaterality")) or _side_letter(ds.get("Laterality"))
+    return _side_letter(_get(ds, "ImageLaterality")) or _side_letter(_get(ds, "Laterality"))
+
+
+def _get(ds, keyword, default=None):
+    """`ds.get(keyword, default)`, where a value pydicom cannot convert (an IS of `inf`, bytes that are no number)
+    is a reason, not an exception from deep inside pydicom.
+
+    Raises:
+        VolumeError: naming the element.
+    """
+    try:
+        return ds.get(keyword, default)
+    except Exception as e:  # noqa: BLE001  OverflowError, ValueError, ... from pydicom's conversion of the value
+        raise VolumeError(f"its {keyword} header element cannot be read ({first_line(e)}); the file is malformed") \
+            from None
 
 
 def header_number(ds, keyword, default, *, whole=True):
@@ -177,7 +191,7 @@ def header_number(ds, keyword, default, *, whole=True):
     Raises:
         VolumeError: naming the element and its value.
     """
-    value = ds.get(keyword, None)
+    value = _get(ds, keyword)
     if value is None or (isinstance(value, (str, bytes)) and not value.strip()):
         return default
     try:
@@ -200,7 +214,7 @@ def _shown(value):
 
 def _is_identity_rescale(ds):
     """True without a Modality LUT Sequence and with slope 1, intercept 0 (or neither): nothing to apply."""
-    if ds.get("ModalityLUTSequence"):
+    if _get(ds, "ModalityLUTSequence"):
         return False
     return (header_number(ds, "RescaleSlope", 1.0, whole=False) == 1
             and header_number(ds, "RescaleIntercept", 0.0, whole=False) == 0)
@@ -256,7 +270,7 @@ def _dicom_frames(ds):
             a = apply_modality_lut(a, ds)
         except Exception as e:  # a malformed LUT Descriptor or LUT Data
             raise VolumeError(f"pydicom cannot apply the modality LUT ({first_line(e)})") from None
-    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":  # 0 is white: invert
+    if str(_get(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":  # 0 is white: invert
         a = a.max() - a if a.dtype != np.uint8 else 255 - a
     return [f for f in a]
 
@@ -291,13 +305,13 @@ def _vector(values, size):
 def _orientation(ds):
     """ImageOrientationPatient's (row, column) direction cosines, from the dataset or else from an enhanced
     multi-frame file's shared or first per-frame functional group; None when absent or degenerate."""
-    iop = ds.get("ImageOrientationPatient")
+    iop = _get(ds, "ImageOrientationPatient")
     for group in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
         if iop is not None:
             break
         try:
-            iop = ds.get(group)[0].PlaneOrientationSequence[0].ImageOrientationPatient
-        except (AttributeError, IndexError, KeyError, TypeError):
+            iop = _get(ds, group)[0].PlaneOrientationSequence[0].ImageOrientationPatient
+        except Exception:  # noqa: BLE001  absent, or a value pydicom cannot convert: no orientation from there
             pass
     v = _vector(iop, 6)
     if v is None or np.linalg.norm(np.cross(v[:3], v[3:])) < 1e-3:
@@ -316,8 +330,8 @@ def _frame_positions(ds):
     """ImagePositionPatient of every frame of an enhanced multi-frame file, (frames, 3); None when not recorded."""
     try:
         rows = [_vector(g.PlanePositionSequence[0].ImagePositionPatient, 3)
-                for g in ds.get("PerFrameFunctionalGroupsSequence")]
-    except (AttributeError, IndexError, KeyError, TypeError):
+                for g in _get(ds, "PerFrameFunctionalGroupsSequence")]
+    except Exception:  # noqa: BLE001  absent, or a value pydicom cannot convert: no positions recorded
         return None
     return np.array(rows) if rows and all(r is not None for r in rows) else None
 
@@ -373,18 +387,18 @@ def check_header(ds):
     if is_dicomdir(ds):
         raise VolumeError("unsuitable: it is a DICOMDIR, the index of a DICOM export, not an image; the images it "
                           "lists are read from their own files")
-    modality = str(ds.get("Modality") or "").strip().upper()
+    modality = str(_get(ds, "Modality") or "").strip().upper()
     if modality and modality != "MR":
         raise VolumeError(f"unsuitable: its Modality is {_shown(modality)}, not MR; only a knee MR image gets a side")
-    sop = str(ds.get("SOPClassUID") or "").strip()
+    sop = str(_get(ds, "SOPClassUID") or "").strip()
     if sop == _SECONDARY_CAPTURE or sop.startswith(_SECONDARY_CAPTURE + "."):
         raise VolumeError("unsuitable: it is a secondary capture (a screenshot or scanned image, SOPClassUID "
                           f"{sop}), not a scanner's slice")
-    photometric = str(ds.get("PhotometricInterpretation") or "").strip().upper()
+    photometric = str(_get(ds, "PhotometricInterpretation") or "").strip().upper()
     if (photometric and photometric not in GREYSCALE) or header_number(ds, "SamplesPerPixel", 1) != 1:
         raise VolumeError(f"unsuitable: it is a colour image (PhotometricInterpretation {_shown(photometric)}); MR "
                           "slices are greyscale")
-    image_type = {str(v).strip().upper() for v in _values(ds.get("ImageType"))}
+    image_type = {str(v).strip().upper() for v in _values(_get(ds, "ImageType"))}
     for word, what in {**_PLANNING_TYPES, **_TILED_TYPES}.items():
         if word in image_type:
             raise VolumeError(f"unsuitable: it is {what} (ImageType {word}), not a diagnostic slice")
@@ -435,7 +449,7 @@ def dicom_series_info(path):
         VolumeError: without pydicom 3, or for an unreadable file.
     """
     ds = _read_dataset(path, stop_before_pixels=True)
-    uid = ds.get("SeriesInstanceUID")
+    uid = _get(ds, "SeriesInstanceUID")
     try:
         frames = header_number(ds, "NumberOfFrames", 1)
     except VolumeError:
@@ -465,7 +479,7 @@ def read_dicom_series(paths):
     if not paths:
         raise VolumeError("the series has no files")
     datasets = [_series_member(p) for p in paths]
-    uids = sorted({str(ds.get("SeriesInstanceUID") or "") for ds in datasets})
+    uids = sorted({str(_get(ds, "SeriesInstanceUID") or "") for ds in datasets})
     if len(uids) > 1:
         raise VolumeError(f"the files belong to {len(uids)} series ({', '.join(uids)}); pass the files of one series")
     uid = uids[0] or "(no SeriesInstanceUID)"
@@ -534,7 +548,7 @@ def _series_positions(datasets, paths, through, uid):
     """Every file's ImagePositionPatient projected on the normal `through`, mm."""
     positions = []
     for ds, path in zip(datasets, paths):
-        position = _vector(ds.get("ImagePositionPatient"), 3)
+        position = _vector(_get(ds, "ImagePositionPatient"), 3)
         if position is None:
             raise VolumeError(f"{path.name} of series {uid} has no usable ImagePositionPatient; "
                               "its slices cannot be put in order")
