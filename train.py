@@ -570,7 +570,7 @@ def train(args):
     model = compiled_model(args, mconfig, steps, scope)
     if not args.resume:
         dataset.write_manifest(run_dir / runs.SPLIT, data.records, data.split, root=data.root)
-        runs.atomic_write_json(run_dir / runs.CONFIG, runs.run_config(
+        runs.write_config(run_dir, runs.run_config(
             train=settings_dict(args), model=mconfig.to_dict(), data=data_record(args, data), seed=args.seed,
             backend=keras.backend.backend(), devices=replicas, command=runs.command_line(__file__, args.argv),
             parameters=int(model.count_params())))

@@ -45,7 +45,7 @@ def _random_run(data):
     run_dir = tempfile.mkdtemp(prefix="akoa-infer-run-")
     config = PerceiverConfig.preset("akoa")
     keras.utils.set_random_seed(0)
-    runs.atomic_write_json(os.path.join(run_dir, runs.CONFIG), {
+    runs.write_config(run_dir, {
         "train": {"preset": "akoa"}, "model": config.to_dict(),
         "data": {"root": data, "classes": ["left", "right"], "image_size": [64, 64], "channels": 3}})
     runs.atomic_save_weights(build_model(config), os.path.join(run_dir, runs.BEST_WEIGHTS))

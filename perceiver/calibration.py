@@ -53,7 +53,7 @@ def nll(logits, labels, temperature=1.0):
     return metrics.cross_entropy(np.asarray(logits, np.float64) / float(temperature), np.asarray(labels))
 
 
-def fit_temperature(logits, labels, *, bounds=(0.05, 20.0)):
+def fit_temperature(logits, labels, *, bounds=metrics.TEMPERATURE_BOUNDS):
     """The temperature in `bounds` that minimises `nll` on (logits, labels): a bounded search over log T.
 
     Raises:
@@ -198,7 +198,10 @@ def calibrate(run_dir, val_logits, val_labels, test_logits, test_labels, test_sc
                                               "mean confidence, the accuracy and the images in it; empty bins left "
                                               "out"}}
     section = settled(section, recorded)
-    _write_json_if_changed(run_dir / runs.CALIBRATION, {k: section[k] for k in RECORD_KEYS})
+    record_path = run_dir / runs.CALIBRATION
+    if _write_json_if_changed(record_path, {k: section[k] for k in RECORD_KEYS}) or not runs.checksum_path(
+            record_path).is_file():
+        runs.write_checksum(record_path)  # it decides answers, so it is verified on load like the weights
     plots.plot_reliability(run_dir, section["reliability"]["before"], section["reliability"]["after"],
                            section["temperature"])
     return section

@@ -21,6 +21,9 @@ def softmax(logits):
     return special.softmax(logits, axis=-1)
 
 
+TEMPERATURE_BOUNDS = (0.05, 20.0)  # the calibration temperature is fitted within these, and read back only within them
+
+
 def calibrated(logits, temperature=1.0):
     """Calibrated class probabilities `softmax(logits / temperature)`, in float64: the one formula that turns a run's
     logits into the probabilities it reports (calibration.py fits the temperature; train.py's metrics, driver.py and

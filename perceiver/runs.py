@@ -25,6 +25,7 @@ import io
 import json
 import pathlib
 import platform
+import re
 import shlex
 import sys
 import zipfile
@@ -34,6 +35,7 @@ import numpy as np
 
 from perceiver.errors import UserError, first_line
 from perceiver import fileio
+from perceiver import metrics
 from perceiver import phantom
 
 CONFIG = "config.json"
@@ -160,6 +162,9 @@ def verify_checksum(path, *, warn=True):
     except (OSError, UnicodeDecodeError, IndexError) as e:
         raise RunError(f"cannot read the checksum {record} ({e}); restore it, or delete it to load {path.name} "
                        "unverified.") from None
+    if not re.fullmatch(r"[0-9a-f]{64}", recorded):  # garbage there says nothing about the file it guards
+        raise RunError(f"{record} is not a SHA-256 record (64 hexadecimal digits, as sha256sum writes); restore it, "
+                       f"or delete it to load {path.name} unverified.")
     if recorded != sha256_file(path):
         raise RunError(f"{path} does not match the SHA-256 recorded in {record.name}: the file is damaged (or was "
                        "replaced without its checksum); restore it from a copy or train the run again.")
@@ -245,13 +250,28 @@ def load_state(path, model):
     return int(epoch), float(best_val_loss), int(best_epoch)
 
 
-def read_config(run_dir):
+def write_config(run_dir, config):
+    """Writes a run's config.json with its SHA-256 beside it: it names the classes and the input size, so it decides
+    the answers as much as the weights do (swap its two class names and every verdict inverts)."""
+    path = pathlib.Path(run_dir) / CONFIG
+    atomic_write_json(path, config)
+    write_checksum(path)
+
+
+def read_config(run_dir, *, warn_unverified=False):
+    """A run's config.json, verified against its checksum when one is recorded (`verify_checksum`; a run from before
+    config checksums has none: a warning with `warn_unverified`).
+
+    Raises:
+        RunError: a missing folder or file, a checksum that does not match, JSON that cannot be read.
+    """
     run_dir = pathlib.Path(run_dir)
     path = run_dir / CONFIG
     if not run_dir.is_dir():
         raise RunError(f"run folder {run_dir} does not exist; pass a folder written by train.py with --run.")
     if not path.is_file():
         raise RunError(f"{run_dir} has no {CONFIG}; pass a folder written by train.py with --run.")
+    verify_checksum(path, warn=warn_unverified)
     try:
         config = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -294,20 +314,35 @@ def data_note(config):
     return f"Trained on synthetic data only: knee MRI drawn by phantom.py{size}, no real scans."
 
 
-def read_calibration(run_dir):
-    """(temperature, min_confidence) from calibration.json, or (1.0, None) when the run has none."""
+def read_calibration(run_dir, *, warn_unverified=False):
+    """(temperature, min_confidence) from calibration.json, or (1.0, None) when the run has none.
+
+    The file is verified against its checksum when one is recorded, and its values are checked as strictly as the
+    fit and the flag that set them: the temperature within metrics.TEMPERATURE_BOUNDS (a temperature of 1e-300 would
+    make every answer certain and turn "uncertain" off), the threshold in [0.5, 1].
+
+    Raises:
+        RunError: naming the file.
+    """
     path = pathlib.Path(run_dir) / CALIBRATION
     if not path.is_file():
         return 1.0, None
+    verify_checksum(path, warn=warn_unverified)
+    refit = f"refit it with python -m perceiver.calibration {run_dir}"
     try:
         saved = json.loads(path.read_text())
         temperature, threshold = float(saved["temperature"]), saved.get("min_confidence")
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise RunError(f"{path} is not a valid calibration file ({e}); run python -m perceiver.calibration {run_dir}.") from None
-    if not (0 < temperature < float("inf")):
-        raise RunError(f"{path} holds the temperature {temperature}, which is not positive and finite; run python "
-                       f"calibration.py {run_dir}.")
-    return temperature, None if threshold is None else float(threshold)
+        threshold = None if threshold is None else float(threshold)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise RunError(f"{path} is not a valid calibration file ({e}); {refit}.") from None
+    low, high = metrics.TEMPERATURE_BOUNDS
+    if not low <= temperature <= high:
+        raise RunError(f"{path} holds the temperature {temperature:g}, outside the {low:g} to {high:g} that the fit "
+                       f"allows; {refit}.")
+    if threshold is not None and not 0.5 <= threshold <= 1.0:
+        raise RunError(f"{path} holds the confidence threshold (min_confidence) {threshold:g}, outside 0.5 to 1; "
+                       f"{refit}.")
+    return temperature, threshold
 
 
 def _shape_difference(weights_path, model):
@@ -337,7 +372,7 @@ def load_run(run_dir, *, weights="best", dtype=None):
     from perceiver.modules import PerceiverConfig, build_model  # imports Keras: only when a model is loaded
 
     run_dir = pathlib.Path(run_dir)
-    config = read_config(run_dir)
+    config = read_config(run_dir, warn_unverified=True)
     try:
         model_config = PerceiverConfig.from_dict(config["model"])
     except (TypeError, ValueError) as e:
@@ -362,7 +397,7 @@ def load_run(run_dir, *, weights="best", dtype=None):
             f"{_shape_difference(weights_path, model) or str(e).strip().splitlines()[0]}; pass the run folder these "
             "weights were trained in, or retrain with this config"
         ) from None
-    temperature, min_confidence = read_calibration(run_dir)
+    temperature, min_confidence = read_calibration(run_dir, warn_unverified=True)
     return LoadedRun(
         run_dir=run_dir,
         config=config,

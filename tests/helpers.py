@@ -20,7 +20,7 @@ def tiny_run(tmp, *, seed=0):
     config = PerceiverConfig.preset("tiny", input_shape=(16, 16, 3), num_classes=2)
     run = tmp / "run"
     run.mkdir()
-    runs.atomic_write_json(run / runs.CONFIG, {
+    runs.write_config(run, {
         "train": {"preset": "tiny"}, "model": config.to_dict(),
         "data": {"root": str(data), "layout": "akoa", "classes": ["left", "right"], "image_size": [16, 16],
                  "channels": 3}})

@@ -39,7 +39,7 @@ def _make_run(run_dir, data_root, records, split, *, preset="tiny", bias=None, s
         kernel, b = model.classifier.get_weights()
         model.classifier.set_weights([np.zeros_like(kernel), np.asarray(bias, np.float32)])
     os.makedirs(run_dir, exist_ok=True)
-    runs.atomic_write_json(os.path.join(run_dir, runs.CONFIG), {
+    runs.write_config(run_dir, {
         "train": {"preset": preset}, "model": config.to_dict(),
         "data": {"root": str(data_root), "layout": "akoa", "classes": ["left", "right"], "image_size": [SIZE, SIZE],
                  "channels": 3},

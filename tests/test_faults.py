@@ -116,7 +116,7 @@ def test_nan_weights_give_failures_and_valid_json_never_a_verdict(knees, tmp_pat
     model.classifier.set_weights([np.full_like(kernel, np.nan), bias])
     run = tmp_path / "nan-run"
     run.mkdir()
-    runs.atomic_write_json(run / runs.CONFIG, {
+    runs.write_config(run, {
         "train": {"preset": "tiny"}, "model": config.to_dict(),
         "data": {"root": str(knees), "layout": "akoa", "classes": ["left", "right"], "image_size": [16, 16],
                  "channels": 3}})
@@ -521,3 +521,54 @@ def test_no_file_the_run_wrote_is_replaced_by_an_output_plots_included(knees, tm
         proc = _cli("driver.py", knees, "--run", run, option, path)
         assert proc.returncode == 2 and "is a file of the run" in proc.stderr, (name, proc.stderr)
         assert path.read_bytes() == before, name
+
+
+# === The run folder as one checked unit: what decides an answer is verified on load ===
+def _goliath_copy(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(GOLIATH, run, ignore=shutil.ignore_patterns("tensorboard"))
+    return run
+
+
+def test_swapped_class_names_in_config_json_are_refused_not_inverted(knees, tmp_path):
+    """Swapping the two class names in config.json inverted every answer at p ~ 0.9996 with exit 0; now config.json
+    is checked against its recorded SHA-256, like the weights."""
+    run = _goliath_copy(tmp_path)
+    config = json.loads((run / runs.CONFIG).read_text())
+    config["data"]["classes"] = config["data"]["classes"][::-1]
+    (run / runs.CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    proc = _cli("driver.py", knees, "--run", run)
+    assert proc.returncode == 2 and _one_sentence(proc.stderr), proc.stderr
+    assert f"{run / runs.CONFIG} does not match the SHA-256 recorded in config.json.sha256" in proc.stderr
+
+
+@pytest.mark.parametrize("field, value, said", [
+    ("temperature", 1e-300, "holds the temperature 1e-300, outside the 0.05 to 20"),
+    ("temperature", "hot", "is not a valid calibration file"),
+    ("min_confidence", 0.3, "holds the confidence threshold (min_confidence) 0.3, outside 0.5 to 1"),
+])
+def test_calibration_json_is_range_checked_and_named_even_with_a_matching_checksum(knees, tmp_path, field, value,
+                                                                                     said):
+    """A calibration.json rewritten with its checksum (so it verifies) is still checked as strictly as the fit and
+    the flag that set it, and the message names the file, not a flag nobody gave."""
+    run = _goliath_copy(tmp_path)
+    saved = json.loads((run / runs.CALIBRATION).read_text())
+    saved[field] = value
+    (run / runs.CALIBRATION).write_text(json.dumps(saved))
+    runs.write_checksum(run / runs.CALIBRATION)
+    proc = _cli("driver.py", knees, "--run", run)
+    assert proc.returncode == 2 and _one_sentence(proc.stderr) and said in proc.stderr, proc.stderr
+    assert str(run / runs.CALIBRATION) in proc.stderr and "--min-confidence" not in proc.stderr
+
+
+def test_a_garbage_checksum_file_is_named_as_such_not_as_damaged_weights(knees, tmp_path):
+    run = _goliath_copy(tmp_path)
+    (run / (runs.BEST_WEIGHTS + runs.CHECKSUM_SUFFIX)).write_text("hello world\n")
+    proc = _cli("driver.py", knees, "--run", run)
+    assert proc.returncode == 2 and _one_sentence(proc.stderr), proc.stderr
+    assert "model.weights.h5.sha256 is not a SHA-256 record" in proc.stderr and "damaged" not in proc.stderr
+
+
+def test_the_shipped_run_verifies_every_file_that_decides_an_answer():
+    for name in (runs.CONFIG, runs.CALIBRATION, runs.BEST_WEIGHTS, runs.MODEL_FILE):
+        assert runs.verify_checksum(os.path.join(GOLIATH, name), warn=False), name
