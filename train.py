@@ -369,10 +369,14 @@ def prepare_run_folder(args):
                 setattr(args, key, value)
         args.resume, args.out = True, str(run_dir)
         return run_dir
+    _refuse_a_folder_with_results(run_dir)
+    return run_dir
+
+
+def _refuse_a_folder_with_results(run_dir):
     if run_dir.exists() and any(not fileio.is_leftover(p.name) for p in run_dir.iterdir()):
         raise UsageError(f"run folder {run_dir} already exists and is not empty; choose another --out, or add "
                          "--resume to continue it.")
-    return run_dir
 
 
 def _check_resume_flags(args, saved, run_dir):
@@ -552,7 +556,16 @@ def evaluate(args, run_dir, mconfig, data, record):
 
 
 def train(args):
+    """Trains a run into its folder, as the one writer of that folder (fileio.only_writer: a second train.py or a
+    refit on the same folder is refused at once); returns the exit status."""
     run_dir = prepare_run_folder(args)
+    with fileio.only_writer(run_dir, command="train.py --out"):
+        if not args.resume:  # again, now that no other command can start writing here
+            _refuse_a_folder_with_results(run_dir)
+        return _train(args, run_dir)
+
+
+def _train(args, run_dir):
     check_settings(args)
     setup_devices(args)
 

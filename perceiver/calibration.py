@@ -33,6 +33,7 @@ from scipy import optimize
 
 from perceiver import classifier
 from perceiver import dataset
+from perceiver import fileio
 from perceiver import htmlreport
 from perceiver import metrics
 from perceiver import plots
@@ -285,7 +286,8 @@ def main(argv=None):
     def body():
         if not 0.5 <= args.min_confidence < 1:
             raise UsageError(f"--min-confidence {args.min_confidence} must be in [0.5, 1).")
-        print(describe(calibrate_run(args.run, min_confidence=args.min_confidence)))
+        with fileio.only_writer(args.run, command="python -m perceiver.calibration", create=False):
+            print(describe(calibrate_run(args.run, min_confidence=args.min_confidence)))
         return 0
 
     return run_command(body)

@@ -10,6 +10,7 @@ data it names). On a file system that cannot fsync a folder (some network mounts
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import pathlib
 import re
@@ -26,8 +27,9 @@ def temporary_name(path):
 
 def is_leftover(name):
     """Whether a file name is a temporary file of an atomic write (`temporary_name`, or `<name>.tmp<pid>` as
-    split.csv's writer named them before 2026-12-04) that a killed process left behind: never a result."""
-    return bool(re.match(r"\.tmp-\d+-", name) or re.search(r"\.tmp\d+$", name))
+    split.csv's writer named them before 2026-12-04) that a killed process left behind, or the writer's lock
+    (`only_writer`): never a result, so it never makes a folder "not empty"."""
+    return bool(re.match(r"\.tmp-\d+-", name) or re.search(r"\.tmp\d+$", name)) or name == LOCK
 
 
 @contextlib.contextmanager
@@ -83,3 +85,62 @@ def sync_folder(folder):
         pass
     finally:
         os.close(fd)
+
+
+LOCK = ".lock"  # in a run folder: held (flock) by the one command writing there
+_HELD = set()  # the folders this process holds
+
+@contextlib.contextmanager
+def only_writer(folder, *, command, create=True):
+    """Makes this process the one writer of `folder` while the block runs: an exclusive `flock` on `folder/.lock`,
+    which the operating system releases when the process ends, however it ends (a kill -9 leaves no stale lock).
+
+    A second command that wants to write the same folder (two trainings into one --out, a refit during training)
+    is refused at once, in one sentence, before it writes anything. The folder is created if needed; if it was
+    created here and holds nothing but the lock when the block ends, it is removed again.
+
+    Args:
+        folder: str | Path. The folder (a run folder).
+        command: str. What the user ran, for the message of the second one (e.g. "train.py").
+        create: bool. Create a missing folder (train.py); else a missing folder is left to the command's own
+            checks, which name it, and nothing is locked. Defaults to True.
+
+    Raises:
+        errors.UsageError: when another process holds the lock, or the folder cannot be created.
+    """
+    from perceiver.errors import UsageError  # errors imports nothing of ours; imported here to keep fileio a leaf
+
+    folder = pathlib.Path(folder)
+    key = os.path.realpath(folder)
+    if key in _HELD or (not create and not folder.is_dir()):  # held here already (a refit writes the report
+        yield folder                                              # inside its own lock), or nothing to lock
+        return
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise UsageError(f"cannot write in {folder} ({e.strerror or e}); pass another folder.") from None
+    held = False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(fd).st_ino != os.stat(folder / LOCK).st_ino:  # its holder removed it as we opened it
+                raise BlockingIOError
+        except (BlockingIOError, FileNotFoundError):
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "another process"
+            raise UsageError(f"another command ({holder}) is writing {folder}; wait for it to finish, or give "
+                             f"{command} another folder.") from None
+        held = True
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        _HELD.add(key)
+        yield folder
+    finally:
+        if held:
+            _HELD.discard(key)
+            (folder / LOCK).unlink(missing_ok=True)  # while still held: the folder keeps no trace of the writer
+        os.close(fd)  # releases the lock
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # made here and empty: a run that wrote nothing leaves nothing

@@ -47,6 +47,7 @@ import sys
 import numpy as np
 from PIL import Image
 
+from perceiver import fileio
 from perceiver import records
 from perceiver import runs
 from perceiver.errors import UsageError, add_common_flags, console_safe, run_command
@@ -699,7 +700,12 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="the HTML file (default: RUN/report.html)")
     add_common_flags(p, verbose=False)
     args = p.parse_args(argv)
-    return run_command(lambda: print(f"wrote {run_report(args.run, args.out)}") or 0)
+    def body():
+        with fileio.only_writer(args.run, command="python -m perceiver.htmlreport", create=False):
+            print(f"wrote {run_report(args.run, args.out)}")
+        return 0
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

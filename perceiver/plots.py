@@ -377,7 +377,12 @@ def main(argv=None):
     p.add_argument("run", help="run folder written by train.py")
     add_common_flags(p, verbose=False)
     args = p.parse_args(argv)
-    return run_command(lambda: print(f"drew {', '.join(redraw_run(args.run))} in {args.run}") or 0)
+    def body():
+        with fileio.only_writer(args.run, command="python -m perceiver.plots", create=False):
+            print(f"drew {', '.join(redraw_run(args.run))} in {args.run}")
+        return 0
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

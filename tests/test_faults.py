@@ -572,3 +572,48 @@ def test_a_garbage_checksum_file_is_named_as_such_not_as_damaged_weights(knees, 
 def test_the_shipped_run_verifies_every_file_that_decides_an_answer():
     for name in (runs.CONFIG, runs.CALIBRATION, runs.BEST_WEIGHTS, runs.MODEL_FILE):
         assert runs.verify_checksum(os.path.join(GOLIATH, name), warn=False), name
+
+
+# === One writer per run folder ===
+def _module(name, *args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, "-m", name, *map(str, args)], capture_output=True, text=True, cwd=REPO,
+                          env=env, timeout=300)
+
+
+def test_a_second_writer_of_a_run_folder_is_refused_at_once_and_writes_nothing(knees, tmp_path):
+    """Two trainings into one --out both reported success and one run was lost. Now the folder has one writer (an
+    flock the system drops when the writer ends, however it ends): while one holds it, a training, a refit, a report
+    or a redraw of that folder is refused in one sentence, and nothing in the folder changes."""
+    from perceiver import fileio
+
+    out = tmp_path / "new-run"
+    with fileio.only_writer(out, command="the test"):  # as a training running there would
+        proc = _cli("train.py", "--data", knees, "--out", out, "--preset", "tiny", "--epochs", "1", "--quiet")
+        assert proc.returncode == 2 and _one_sentence(proc.stderr), proc.stderr
+        assert f"is writing {out}; wait for it to finish, or give train.py --out another folder" in proc.stderr
+        assert [p.name for p in out.iterdir()] == [fileio.LOCK]
+    assert not out.exists()  # made by the writer and left empty: removed, so no empty run folder stays behind
+    run = tmp_path / "run"
+    shutil.copytree(GOLIATH, run, ignore=shutil.ignore_patterns("tensorboard"))
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    with fileio.only_writer(run, command="the test"):
+        for module in ("perceiver.calibration", "perceiver.htmlreport", "perceiver.plots"):
+            proc = _module(module, run)
+            assert proc.returncode == 2 and _one_sentence(proc.stderr), (module, proc.stderr)
+            assert f"is writing {run}" in proc.stderr, (module, proc.stderr)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # the lock leaves no trace
+
+
+def test_the_lock_is_reentrant_within_a_process_and_released_on_an_error(tmp_path):
+    from perceiver import fileio
+
+    folder = tmp_path / "run"
+    with pytest.raises(ZeroDivisionError):
+        with fileio.only_writer(folder, command="the test"):
+            with fileio.only_writer(folder, command="the test"):  # a refit writing its report: the same writer
+                (folder / "x").write_text("x")
+                1 / 0
+    assert [p.name for p in folder.iterdir()] == ["x"]  # released and removed on the way out
+    with fileio.only_writer(folder, command="again"):  # and free again
+        pass
