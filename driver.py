@@ -559,9 +559,9 @@ def confidence_threshold(given, loaded, num_classes):
     threshold = given if given is not None else loaded.min_confidence
     threshold = calibration.DEFAULT_MIN_CONFIDENCE if threshold is None else threshold
     if not 1.0 / num_classes <= threshold <= 1.0:
-        source = "--min-confidence" if given is not None else f"the run's {runs.CALIBRATION} holds min_confidence"
-        raise UsageError(f"{source} {threshold:g}, which must be between {1.0 / num_classes:g} (always confident) "
-                         "and 1.")
+        source = ("--min-confidence" if given is not None
+                  else f"the min_confidence in the run's {runs.CALIBRATION} (refit it, or pass --min-confidence)")
+        raise UsageError(f"{source} {threshold:g} must be between {1.0 / num_classes:g} (always confident) and 1.")
     return float(threshold)
 
 

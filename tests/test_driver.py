@@ -170,6 +170,7 @@ def test_the_runs_temperature_calibrates_the_probabilities(env, tmp_path):
     run = tmp_path / "hot"
     shutil.copytree(env["run"], run)
     runs.atomic_write_json(run / runs.CALIBRATION, {"temperature": 2.5, "min_confidence": 0.7})
+    runs.write_checksum(run / runs.CALIBRATION)  # as calibration.py writes it: verified on load
     loaded = driver.load(run)
     assert loaded.temperature == 2.5 and loaded.min_confidence == 0.7
     paths = env["paths"][:6]
@@ -178,8 +179,9 @@ def test_the_runs_temperature_calibrates_the_probabilities(env, tmp_path):
     want = softmax(np.asarray(loaded.model.predict(x, verbose=0), np.float64) / 2.5)
     np.testing.assert_allclose([r.probabilities for r in results], want, atol=1e-5)
     (run / runs.CALIBRATION).write_text('{"temperature": -1}')
+    runs.write_checksum(run / runs.CALIBRATION)  # a consistent file whose value is out of range
     proc = _cli(paths[0], "--run", run)
-    assert proc.returncode == 2 and "not positive and finite" in proc.stderr
+    assert proc.returncode == 2 and "holds the temperature -1, outside the 0.05 to 20" in proc.stderr, proc.stderr
 
 
 def _volume(paths):
@@ -423,7 +425,7 @@ def test_mismatched_weights_are_refused_clearly(env, tmp_path):
     config = json.loads((bad / runs.CONFIG).read_text())
     config["model"]["latent_dim"] = 64  # the weights were made for 32
     config["train"]["preset"] = "tiny"
-    (bad / runs.CONFIG).write_text(json.dumps(config))
+    runs.write_config(bad, config)  # with its checksum: the weights, not the edit, are what must be refused here
     with pytest.raises(driver.UsageError, match="do not fit the model"):
         driver.load(bad)
     proc = _cli(env["paths"][0], "--run", bad)
