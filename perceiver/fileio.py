@@ -17,6 +17,8 @@ import re
 import secrets
 import shutil
 
+from perceiver.errors import UsageError  # a leaf too: errors imports nothing of the package
+
 
 def temporary_name(path):
     """A sibling name for writing `path` atomically: `.tmp-<pid>-<8 hex digits>-<name>` (two writers of one path,
@@ -108,8 +110,6 @@ def only_writer(folder, *, command, create=True):
     Raises:
         errors.UsageError: when another process holds the lock, or the folder cannot be created.
     """
-    from perceiver.errors import UsageError  # errors imports nothing of ours; imported here to keep fileio a leaf
-
     folder = pathlib.Path(folder)
     key = os.path.realpath(folder)
     if key in _HELD or (not create and not folder.is_dir()):  # held here already (a refit writes the report

@@ -82,16 +82,15 @@ class Volume:
     sources: tuple | None = None
 
 
-def has_dicom_preamble(path):
-    """True when the file has DICOM Part 10's 128-byte preamble followed by "DICM"."""
-    return _head(path)[128:132] == b"DICM"
-
-
 def looks_like_dicom(path):
     """True when the file's first bytes are DICOM: Part 10's preamble and "DICM", or (old files and some exports
     have no preamble) a data set that opens with a group 0002 or 0008 element, in explicit VR (a valid VR after the
     tag) or implicit VR little endian (a short even length after it). Reads 132 bytes, whatever the file's name."""
-    head = _head(path)
+    return _dicom_head(_head(path))
+
+
+def _dicom_head(head):
+    """`looks_like_dicom` of a file's first 132 bytes."""
     if head[128:132] == b"DICM":
         return True
     if len(head) < 8:
@@ -151,7 +150,8 @@ def _read_dataset(path, **kwargs):
     """pydicom's data set of a file; a file without Part 10's preamble is read with `force` when its first bytes
     are a DICOM data set (`looks_like_dicom`), as old files and some exports are written."""
     pydicom = _pydicom()
-    force = not has_dicom_preamble(path) and looks_like_dicom(path)
+    head = _head(path)  # read once: the preamble decides, and without it the data set's first bytes
+    force = head[128:132] != b"DICM" and _dicom_head(head)
     try:
         return pydicom.dcmread(path, force=force, **kwargs)
     except Exception as e:  # InvalidDicomError, truncated files, ...
