@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import pathlib
 import re
@@ -48,6 +49,19 @@ def atomic(path):
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+
+
+def json_text(obj, *, indent=2):
+    """`obj` as strict JSON text, the one JSON writer of the project (run files, results, cache indexes, summaries).
+
+    NaN and infinity are refused (`allow_nan=False`): they are not JSON, and a strict reader (a browser, `jq`,
+    Go's and Rust's parsers) rejects the whole file. A figure that is undefined is written as null by its producer,
+    beside the reason (`metrics`' `*_undefined` fields, for instance).
+
+    Raises:
+        ValueError: for a non-finite float anywhere in `obj`.
+    """
+    return json.dumps(obj, indent=indent, allow_nan=False) + "\n"
 
 
 def atomic_write_bytes(path, data):

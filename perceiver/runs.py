@@ -98,7 +98,7 @@ def atomic_write_text(path, text):
 
 
 def atomic_write_json(path, obj):
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(path, fileio.json_text(obj))
 
 
 def atomic_save_weights(model, path):
