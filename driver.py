@@ -89,7 +89,7 @@ from perceiver import htmlreport
 from perceiver import metrics
 from perceiver import runs
 from perceiver import verdicts
-from perceiver.errors import EXIT_USAGE, UsageError, add_common_flags, run_command, start_command  # noqa: F401
+from perceiver.errors import EXIT_USAGE, UsageError, UserError, add_common_flags, run_command, start_command  # noqa: F401
 from perceiver.inputs import InputError, decode_chunk, display_image, find_inputs, internal_error, test_split_inputs
 from perceiver.plots import explain_figure
 from perceiver.reports import SIDES, flag_label, format_summary, format_table, report_test_split, write_results
@@ -104,7 +104,8 @@ _CHUNK = 16  # inputs per decoding task
 
 # === Loading a model ===
 def load(run=None, *, weights="best", classes=None):
-    """Loads a run folder (rebuilt from config.json + weights) or a `.keras` file (safe mode).
+    """Loads a run folder (rebuilt from config.json + weights) or a `.keras` file (safe mode): `classifier.load_model`
+    with the shipped reference run as the default.
 
     Args:
         run: str | None. Run folder or `.keras` file. Defaults to the shipped reference run `goliath/`.
@@ -115,56 +116,13 @@ def load(run=None, *, weights="best", classes=None):
         runs.LoadedRun.
 
     Raises:
-        UsageError: with one sentence when the run cannot be used.
+        UserError: with one sentence when the run cannot be used.
     """
     path = pathlib.Path(run) if run is not None else DEFAULT_RUN
     if run is None and not path.exists():
         raise UsageError(f"the shipped reference run {path.name}/ is not in this checkout; pass a run folder written "
                          "by train.py with --run DIR.")
-    if path.suffix == ".keras":
-        return _load_keras_file(path, classes)
-    if classes is not None:
-        raise UsageError("--classes applies only to a .keras file; a run folder names its classes in config.json.")
-    try:
-        return runs.load_run(path, weights=weights)
-    except runs.RunError as e:
-        raise UsageError(str(e).rstrip(".") + ".") from None
-
-
-def _load_keras_file(path, classes):
-    from perceiver.modules import PerceiverClassifier  # Keras loads TensorFlow (seconds): imported only when a model is loaded
-
-    model = classifier.read_keras(path)
-    if isinstance(model, PerceiverClassifier):  # train.py's model.keras: classes and calibration inside
-        if classes is not None and list(classes) != model.class_names:
-            raise UsageError(f"{path} names its classes ({','.join(model.class_names)}); leave out --classes.")
-        c = model.perceiver.config
-        config = {}  # a run's own model.keras beside its config.json: its test split can be classified too
-        if path.name == runs.MODEL_FILE and (path.parent / runs.CONFIG).is_file():
-            try:
-                config = runs.read_config(path.parent)
-            except runs.RunError:
-                config = {}
-        return runs.LoadedRun(run_dir=path.parent, config=config, model=model.perceiver,
-                              classes=list(model.class_names), image_size=tuple(c.input_shape[:2]),
-                              channels=int(c.input_shape[2]), weights_path=path, temperature=model.temperature,
-                              min_confidence=model.min_confidence)
-    config = getattr(model, "config", None)  # a Perceiver knows its shapes; another model may declare them
-    try:
-        shape = tuple(config.input_shape) if config is not None else tuple(model.input_shape[1:])
-        outputs = int(config.num_classes) if config is not None else int(model.output_shape[-1])
-    except (AttributeError, TypeError, ValueError):
-        shape, outputs = None, None
-    if shape is None or len(shape) != 3 or None in shape:
-        raise UsageError(f"{path} does not take fixed-size images (its input shape is {shape}).")
-    if classes is None:
-        if outputs != 2:
-            raise UsageError(f"{path} has {outputs} outputs; name them in order with --classes a,b,c.")
-        classes = list(SIDES)
-    if len(classes) != outputs:
-        raise UsageError(f"--classes names {len(classes)} classes but {path} has {outputs} outputs.")
-    return runs.LoadedRun(run_dir=path.parent, config={}, model=model, classes=list(classes),
-                          image_size=tuple(int(v) for v in shape[:2]), channels=int(shape[2]), weights_path=path)
+    return classifier.load_model(path, weights=weights, classes=classes)
 
 
 # === Predicting ===

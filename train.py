@@ -74,7 +74,7 @@ def build_parser():
     g.add_argument("--phantom-slices", type=int, default=phantom.DEFAULT_SLICES,
                    help="slices per synthetic scan, spread over the whole knee (AKOA has 40)")
     g.add_argument("--image-size", type=int, default=64, help="images are resized to SIZE x SIZE")
-    g.add_argument("--channels", type=int, default=3, choices=(1, 3), help="image channels")
+    g.add_argument("--channels", type=int, default=3, choices=runs.CHANNELS, help="image channels")
     g.add_argument("--split", default="0.6,0.2,0.2", help="train,val,test fractions of the patients")
     g.add_argument("--split-manifest", default=None, help="reuse the split in this CSV (a run's split.csv)")
     g.add_argument("--cache-dir", default=None, help="decoded-image cache ($PERCEIVER_CACHE, else $XDG_CACHE_HOME/... or ~/.cache/...)")
@@ -191,7 +191,8 @@ def check_settings(args):
         (0 <= args.label_smoothing < 1, f"--label-smoothing {args.label_smoothing} must be in [0, 1)"),
         (args.clip_norm >= 0, f"--clip-norm {args.clip_norm} must be zero or positive"),
         (args.early_stop >= 0, f"--early-stop {args.early_stop} must be zero (off) or positive"),
-        (args.image_size >= 4, f"--image-size {args.image_size} must be at least 4"),
+        (runs.MIN_IMAGE_SIZE <= args.image_size <= runs.MAX_IMAGE_SIZE,
+         f"--image-size {args.image_size} must be from {runs.MIN_IMAGE_SIZE} to {runs.MAX_IMAGE_SIZE}"),
         (args.phantom_patients >= 5, f"--phantom-patients {args.phantom_patients} must be at least 5"),
         (args.phantom_slices >= 1, f"--phantom-slices {args.phantom_slices} must be at least 1"),
         (args.cpu_devices >= 1, f"--cpu-devices {args.cpu_devices} must be at least 1"),

@@ -72,7 +72,7 @@ from perceiver import dataset  # noqa: E402
 from perceiver import metrics  # noqa: E402
 from perceiver import phantom  # noqa: E402
 from perceiver import runs  # noqa: E402
-from perceiver.errors import EXIT_USAGE, UsageError  # noqa: E402
+from perceiver.errors import UsageError, run_command  # noqa: E402
 
 ROWS = ("lr", "cnn", "perceiver")
 DEFAULT_OUT_DIR = REPO / "bench" / "results"
@@ -288,12 +288,9 @@ def load_data(args, run, settings):
                          progress=sys.stderr.isatty())
     manifest = run["split"] if run is not None else args.split_manifest
     size = int(settings["image_size"])
-    try:
-        data = dataset.prepare_data(root, ratios=dataset.DEFAULT_RATIOS, seed=args.seed, manifest=manifest,
-                                    size=(size, size), channels=int(settings["channels"]),
-                                    cache_dir=settings.get("cache_dir"), progress=sys.stderr.isatty())
-    except dataset.DataError as e:
-        raise UsageError(str(e)) from None
+    data = dataset.prepare_data(root, ratios=dataset.DEFAULT_RATIOS, seed=args.seed, manifest=manifest,
+                                size=(size, size), channels=int(settings["channels"]),
+                                cache_dir=settings.get("cache_dir"), progress=sys.stderr.isatty())
     counts = {s: len(data.paths[s]) for s in dataset.SPLITS}
     empty = [s for s, n in counts.items() if n == 0]
     if empty:
@@ -581,10 +578,7 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the log
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        return run(check_args(build_parser().parse_args(argv)), argv)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return run_command(lambda: run(check_args(build_parser().parse_args(argv)), argv))
     except ChildError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

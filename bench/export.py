@@ -28,7 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from perceiver import classifier  # noqa: E402
-from perceiver.errors import EXIT_USAGE, UsageError  # noqa: E402
+from perceiver.errors import UsageError, run_command  # noqa: E402
 
 OUT_NAMES = {"keras": "m.keras", "savedmodel": "m_savedmodel", "onnx": "m.onnx", "litert": "m.tflite"}
 
@@ -115,14 +115,14 @@ def main(argv=None):
     p.add_argument("--run", default=str(REPO / "goliath"), help="run folder or .keras file (default: goliath)")
     p.add_argument("--images", type=int, default=32, help="images per format (default: 32)")
     args = p.parse_args(argv)
-    try:
+
+    def body():
         if args.images < 1:
             raise UsageError(f"--images {args.images} must be at least 1.")
         print(table(measure(args.run, args.images)))
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    return 0
+        return 0
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

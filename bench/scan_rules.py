@@ -24,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from perceiver import calibration  # noqa: E402
 from perceiver import metrics  # noqa: E402
 from perceiver import runs  # noqa: E402
-from perceiver.errors import EXIT_USAGE, UsageError  # noqa: E402
+from perceiver.errors import run_command  # noqa: E402
 
 
 def measure(logits, labels, scans, temperature, threshold):
@@ -56,17 +56,13 @@ def main(argv=None):
     p.add_argument("--run", default=str(REPO / "goliath"), help="run folder (default: goliath/)")
     p.add_argument("--min-confidence", type=float, default=None, help="threshold (default: the run's)")
     args = p.parse_args(argv)
-    try:
-        loaded = runs.load_run(args.run)
-    except runs.RunError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    return run_command(lambda: scan_rules(args))
+
+
+def scan_rules(args):
+    loaded = runs.load_run(args.run)
     threshold = args.min_confidence or loaded.min_confidence or calibration.DEFAULT_MIN_CONFIDENCE
-    try:
-        logits, labels, scans = calibration.split_logits(loaded, runs.data_root(loaded.config), "test")
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    logits, labels, scans = calibration.split_logits(loaded, runs.data_root(loaded.config), "test")
     rows = measure(logits, labels, scans, loaded.temperature, threshold)
     text = markdown(rows, threshold)
     print(text)

@@ -29,7 +29,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from perceiver import runs  # noqa: E402
-from perceiver.errors import EXIT_USAGE, UsageError  # noqa: E402
+from perceiver.errors import UsageError, run_command  # noqa: E402
 
 
 
@@ -101,20 +101,20 @@ def main(argv=None):
                         help="where the run folders go (default: runs/seeds/)")
     parser.add_argument("--train-args", default="", help="more train.py flags, in one string (default: none)")
     args = parser.parse_args(argv)
+    return run_command(lambda: seeds(args))
+
+
+def seeds(args):
+    if any(s < 0 for s in args.seeds) or len(set(args.seeds)) != len(args.seeds):
+        raise UsageError(f"--seeds {args.seeds}: give distinct seeds of zero or more.")
     try:
-        if any(s < 0 for s in args.seeds) or len(set(args.seeds)) != len(args.seeds):
-            raise UsageError(f"--seeds {args.seeds}: give distinct seeds of zero or more.")
-        try:
-            train_args = shlex.split(args.train_args)
-        except ValueError as e:
-            raise UsageError(f"--train-args {args.train_args!r} cannot be split into flags ({e}).") from None
-        if any(t.split("=")[0] in ("--seed", "--out", "--resume") for t in train_args):
-            raise UsageError("--train-args must not hold --seed, --out or --resume; bench/seeds.py sets them.")
-        args.runs_dir.mkdir(parents=True, exist_ok=True)
-        rows = [one_seed(s, args.runs_dir.resolve(), train_args) for s in args.seeds]
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        train_args = shlex.split(args.train_args)
+    except ValueError as e:
+        raise UsageError(f"--train-args {args.train_args!r} cannot be split into flags ({e}).") from None
+    if any(t.split("=")[0] in ("--seed", "--out", "--resume") for t in train_args):
+        raise UsageError("--train-args must not hold --seed, --out or --resume; bench/seeds.py sets them.")
+    args.runs_dir.mkdir(parents=True, exist_ok=True)
+    rows = [one_seed(s, args.runs_dir.resolve(), train_args) for s in args.seeds]
     text = markdown(rows)
     runs.atomic_write_json(args.runs_dir / "seeds.json", dict(rows=rows, train_args=train_args))
     runs.atomic_write_text(args.runs_dir / "seeds.md", text + "\n")

@@ -226,10 +226,7 @@ def calibrate_run(run_dir, *, min_confidence=DEFAULT_MIN_CONFIDENCE):
     writes calibration.json, reliability.png and model.keras, and when the run has a metrics.json, its calibration
     and per-scan sections and report.html; each only when its content changes (see the module docstring)."""
     run_dir = pathlib.Path(run_dir)
-    try:
-        loaded = runs.load_run(run_dir)
-    except runs.RunError as e:
-        raise UsageError(str(e)) from None
+    loaded = runs.load_run(run_dir, check_model_file=False)  # the model.keras this refit writes again
     metrics_path = run_dir / runs.METRICS
     saved = None
     if metrics_path.is_file():

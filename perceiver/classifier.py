@@ -40,13 +40,93 @@ import os
 import pathlib
 import sys
 import warnings
+import zipfile
 
 from perceiver import fileio
 from perceiver import runs
 from perceiver.errors import UsageError, add_common_flags, run_command, start_command
 
 FORMATS = ("keras", "savedmodel", "onnx", "litert")
+DEFAULT_CLASSES = ("left", "right")  # the names of a two-output .keras file that is not this project's classifier
 METADATA = "perceiver_classifier.json"  # a SavedModel folder's (and a .tflite file's sidecar) class names etc.
+
+
+def load_model(path, *, weights="best", classes=None):
+    """The one loader of a model for inference: a run folder (rebuilt from config.json and its weights,
+    `runs.load_run`) or a `.keras` file (safe mode, `read_keras`).
+
+    A run's own model.keras beside its config.json is cross-checked against it and against calibration.json: the
+    classes, the input size and channels and the calibration are recorded in both, and a disagreement (one file
+    edited or replaced) is refused rather than one of them believed.
+
+    Args:
+        path: str | Path. A run folder, or a `.keras` file.
+        weights: str. "best" or "last" weights of a run folder. Defaults to "best".
+        classes: list[str] | None. Class names for a `.keras` file that holds another model than this project's
+            classifier. Defaults to left, right for two outputs.
+
+    Returns:
+        runs.LoadedRun.
+
+    Raises:
+        UserError (UsageError, runs.RunError): one sentence when the path holds no usable model.
+    """
+    path = pathlib.Path(path)
+    if path.suffix == ".keras":
+        return _load_keras_file(path, classes)
+    if classes is not None:
+        raise UsageError("--classes applies only to a .keras file; a run folder names its classes in config.json.")
+    return runs.load_run(path, weights=weights)
+
+
+def _load_keras_file(path, classes):
+    from perceiver.modules import PerceiverClassifier
+
+    model = read_keras(path)
+    if isinstance(model, PerceiverClassifier):  # train.py's model.keras: classes and calibration inside
+        if classes is not None and list(classes) != model.class_names:
+            raise UsageError(f"{path} names its classes ({','.join(model.class_names)}); leave out --classes.")
+        c = model.perceiver.config
+        config = _cross_check(path, model) if _in_its_run(path) else {}  # then its test split can be classified
+        return runs.LoadedRun(run_dir=path.parent, config=config, model=model.perceiver,
+                              classes=list(model.class_names), image_size=tuple(c.input_shape[:2]),
+                              channels=int(c.input_shape[2]), weights_path=path, temperature=model.temperature,
+                              min_confidence=model.min_confidence)
+    config = getattr(model, "config", None)  # a Perceiver knows its shapes; another model may declare them
+    try:
+        shape = tuple(config.input_shape) if config is not None else tuple(model.input_shape[1:])
+        outputs = int(config.num_classes) if config is not None else int(model.output_shape[-1])
+    except (AttributeError, TypeError, ValueError):
+        shape, outputs = None, None
+    if shape is None or len(shape) != 3 or None in shape:
+        raise UsageError(f"{path} does not take fixed-size images (its input shape is {shape}).")
+    if classes is None:
+        if outputs != 2:
+            raise UsageError(f"{path} has {outputs} outputs; name them in order with --classes a,b,c.")
+        classes = list(DEFAULT_CLASSES)
+    if len(classes) != outputs:
+        raise UsageError(f"--classes names {len(classes)} classes but {path} has {outputs} outputs.")
+    return runs.LoadedRun(run_dir=path.parent, config={}, model=model, classes=list(classes),
+                          image_size=tuple(int(v) for v in shape[:2]), channels=int(shape[2]), weights_path=path)
+
+
+def _in_its_run(path):
+    """Whether the .keras file `path` is a run's own model.keras, beside its config.json."""
+    return path.name == runs.MODEL_FILE and (path.parent / runs.CONFIG).is_file()
+
+
+def _cross_check(path, model):
+    """config.json of the run folder holding model.keras (`path`), after checking that the run's files agree with
+    each other (`runs.check_agreement`: model.keras against config.json and calibration.json).
+
+    Raises:
+        runs.RunError: naming the files and what differs.
+    """
+    run_dir = path.parent
+    config = runs.read_config(run_dir)
+    runs.check_input_size(config["data"], model.perceiver.config, run_dir / runs.CONFIG)
+    runs.check_agreement(run_dir, config, model.perceiver.config, *runs.read_calibration(run_dir))
+    return config
 
 
 def load(path="goliath", *, weights="best"):
@@ -61,22 +141,21 @@ def load(path="goliath", *, weights="best"):
         modules.PerceiverClassifier (a keras.Model), with `class_names`, `temperature` and `min_confidence`.
 
     Raises:
-        UsageError: one sentence when the path holds no usable model.
+        UserError: one sentence when the path holds no usable model (`load_model`).
     """
     from perceiver.modules import PerceiverClassifier
 
     path = pathlib.Path(path)
-    if path.suffix == ".keras":
-        model = read_keras(path)
-        if not isinstance(model, PerceiverClassifier):
-            raise UsageError(f"{path} holds a {type(model).__name__}, not a classifier with its classes and "
-                             "pre-processing; classify with driver.py --run and --classes, or export a run folder.")
-        return model
-    try:
+    if path.suffix != ".keras":
         loaded = runs.load_run(path, weights=weights)
-    except runs.RunError as e:
-        raise UsageError(str(e).rstrip(".") + ".") from None
-    return PerceiverClassifier.wrap(loaded.model, loaded.classes, loaded.temperature, loaded.min_confidence)
+        return PerceiverClassifier.wrap(loaded.model, loaded.classes, loaded.temperature, loaded.min_confidence)
+    model = read_keras(path)
+    if not isinstance(model, PerceiverClassifier):
+        raise UsageError(f"{path} holds a {type(model).__name__}, not a classifier with its classes and "
+                         "pre-processing; classify with driver.py --run and --classes, or export a run folder.")
+    if _in_its_run(path):
+        _cross_check(path, model)
+    return model
 
 
 def read_keras(path):
@@ -84,7 +163,7 @@ def read_keras(path):
     recorded beside it (a run's model.keras; a file shared alone has none and its zip CRC still catches damage).
 
     Raises:
-        UsageError: one sentence naming the file.
+        UsageError, runs.RunError: one sentence naming the file.
     """
     import keras
 
@@ -93,11 +172,13 @@ def read_keras(path):
     path = pathlib.Path(path)
     if not path.is_file():
         raise UsageError(f"model file {path} does not exist; pass a .keras file or a run folder.")
+    runs.verify_checksum(path, warn=False)
+    if not zipfile.is_zipfile(path):  # Keras says "File not found" for a truncated or empty file
+        raise UsageError(f"{path} is not a complete .keras file (a .keras file is a zip archive, and this one of "
+                         f"{path.stat().st_size:,} bytes has no readable zip directory: truncated, or another kind "
+                         "of file); copy it again, or export it again from its run folder.")
     try:
-        runs.verify_checksum(path, warn=False)
         return keras.saving.load_model(path, safe_mode=True, compile=False)
-    except runs.RunError as e:
-        raise UsageError(str(e)) from None
     except Exception as e:  # a damaged zip, an unknown layer, a lambda refused by safe mode, ...
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UsageError(f"cannot load {path} in safe mode: {first}") from None

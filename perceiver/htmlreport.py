@@ -642,10 +642,7 @@ def run_report(run_dir, out=None):
         UsageError: when the folder is no finished run (no config.json or metrics.json) or the file cannot be written.
     """
     run_dir = pathlib.Path(run_dir)
-    try:
-        config = runs.read_config(run_dir)
-    except runs.RunError as e:
-        raise UsageError(str(e)) from None
+    config = runs.read_config(run_dir)
     metrics_path = run_dir / runs.METRICS
     if not metrics_path.is_file():
         raise UsageError(f"{run_dir} has no {runs.METRICS}: the run has not finished its evaluation, so there is "

@@ -334,10 +334,7 @@ def test_split_inputs(loaded, data_root=None):
     if not split_path.is_file():
         raise UsageError(f"{loaded.run_dir} has no {runs.SPLIT} to take test images from; pass images to classify.")
     root = data_root or str(runs.data_root(loaded.config))
-    try:
-        records, split = dataset.read_manifest(split_path, root=root)
-    except dataset.DataError as e:
-        raise UsageError(str(e)) from None
+    records, split = dataset.read_manifest(split_path, root=root)
     test = [r for r in records if split[r.path] == "test"]
     if not test:
         raise UsageError(f"{split_path} lists no test images.")

@@ -54,6 +54,8 @@ ACC_PLOT, LOSS_PLOT = "acc.png", "loss.png"  # training and validation per epoch
 CONFUSION_PLOT, ROC_PLOT, RELIABILITY_PLOT = "confusion.png", "roc.png", "reliability.png"  # the test split's
 PLOTS = (ACC_PLOT, LOSS_PLOT, CONFUSION_PLOT, ROC_PLOT, RELIABILITY_PLOT)
 TENSORBOARD = "tensorboard"  # a folder: Keras' TensorBoard logs
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 4, 1024  # train.py's --image-size, and what config.json may record: one home
+CHANNELS = (1, 3)  # train.py's --channels
 RUN_FILES = (CONFIG, BEST_WEIGHTS, LAST_WEIGHTS, STATE, HISTORY, METRICS, SPLIT, CALIBRATION,
              MODEL_FILE, REPORT, *PLOTS, TENSORBOARD)  # everything train.py writes: no command's output may replace one
 
@@ -364,8 +366,76 @@ def _shape_difference(weights_path, model):
     return "; ".join(p for p in parts if p) or None
 
 
-def load_run(run_dir, *, weights="best", dtype=None):
+def check_input_size(data, model_config, path):
+    """The (height, width) and channels that `data` (config.json's data section) records, checked as strictly as
+    train.py's --image-size and --channels and against the model's own input shape, which records them too.
+
+    Returns:
+        ((height, width), channels).
+
+    Raises:
+        RunError: naming `path`: a size outside 4 to MAX_IMAGE_SIZE (100000 x 100000 asked for 15 GB before the first
+            image failed), channels other than 1 or 3, or a data section that disagrees with the model.
+    """
+    size, channels = data.get("image_size"), data.get("channels")
+    integers = isinstance(size, list) and len(size) == 2 and all(type(v) is int for v in size)
+    if not integers or not all(MIN_IMAGE_SIZE <= v <= MAX_IMAGE_SIZE for v in size):
+        raise RunError(f"{path} records the image size {size!r}, not two whole numbers from {MIN_IMAGE_SIZE} to "
+                       f"{MAX_IMAGE_SIZE} as train.py's --image-size allows; restore the file or train the run again.")
+    if type(channels) is not int or channels not in CHANNELS:
+        raise RunError(f"{path} records {channels!r} channels, not 1 or 3 as train.py's --channels allows; restore "
+                       "the file or train the run again.")
+    if (*size, channels) != tuple(model_config.input_shape):
+        raise RunError(f"{path} records images of {size[0]} x {size[1]} x {channels} but its model takes "
+                       f"{' x '.join(map(str, model_config.input_shape))}; the file was edited: restore it or train "
+                       "the run again.")
+    return tuple(size), channels
+
+
+def check_agreement(run_dir, config, model_config, temperature, min_confidence):
+    """Checks that the run's model.keras, if it has one, records what config.json and calibration.json record: the
+    classes, the model's settings (its input size and channels among them) and the calibration. The loader of a run
+    folder uses the weights, not model.keras, but a program given model.keras alone uses it, so the two must not tell
+    different answers. Reads model.keras's own config.json from the zip (no Keras, no weights).
+
+    Raises:
+        RunError: naming the files and what differs, or a model.keras that is damaged.
+    """
+    from perceiver.modules import PerceiverConfig
+
+    run_dir = pathlib.Path(run_dir)
+    path = run_dir / MODEL_FILE
+    if not path.is_file():
+        return
+    verify_checksum(path, warn=False)
+    fix = f"restore the file that was changed, or write model.keras again with python -m perceiver.calibration {run_dir}"
+    try:
+        with zipfile.ZipFile(path) as z:
+            saved = json.loads(z.read("config.json"))["config"]
+        recorded = (list(saved["class_names"]), PerceiverConfig.from_dict(saved["perceiver_config"]),
+                    float(saved["temperature"]), saved["min_confidence"])
+    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as e:
+        raise RunError(f"{path} cannot be read ({first_line(e)}); it is damaged: {fix}.") from None
+    classes = list(config["data"].get("classes", []))
+    differ = []
+    if recorded[0] != classes:
+        differ.append(f"classes ({','.join(recorded[0])} in {MODEL_FILE}, {','.join(map(str, classes))} in {CONFIG})")
+    if recorded[1] != model_config:
+        differ.append(f"model settings (input {' x '.join(map(str, recorded[1].input_shape))} in {MODEL_FILE}, "
+                      f"{' x '.join(map(str, model_config.input_shape))} in {CONFIG})")
+    if (run_dir / CALIBRATION).is_file() and recorded[2:] != (temperature, min_confidence):
+        differ.append(f"calibration (temperature {recorded[2]:g} and threshold {recorded[3]} in {MODEL_FILE}, "
+                      f"{temperature:g} and {min_confidence} in {CALIBRATION})")
+    if differ:
+        raise RunError(f"the files of the run {run_dir} disagree on the {'; and the '.join(differ)}: one of them was "
+                       f"edited or replaced; {fix}.")
+
+
+def load_run(run_dir, *, weights="best", dtype=None, check_model_file=True):
     """Rebuilds the model of `run_dir` from config.json and loads its best (or `weights="last"`) weights.
+
+    With `check_model_file` (all but the command that rewrites model.keras), model.keras must agree with config.json
+    and calibration.json (`check_agreement`).
 
     Raises RunError with one sentence when the folder, its config or its weights do not fit together.
     """
@@ -383,6 +453,7 @@ def load_run(run_dir, *, weights="best", dtype=None):
         raise RunError(
             f"{run_dir / CONFIG} lists {len(classes)} classes but its model has {model_config.num_classes} outputs."
         )
+    image_size, channels = check_input_size(data, model_config, run_dir / CONFIG)
     weights_path = run_dir / (BEST_WEIGHTS if weights == "best" else LAST_WEIGHTS)
     if not weights_path.is_file():
         raise RunError(f"{run_dir} has no {weights_path.name}; train to the end of an epoch or pass another --run.")
@@ -398,13 +469,15 @@ def load_run(run_dir, *, weights="best", dtype=None):
             "weights were trained in, or retrain with this config"
         ) from None
     temperature, min_confidence = read_calibration(run_dir, warn_unverified=True)
+    if check_model_file:
+        check_agreement(run_dir, config, model_config, temperature, min_confidence)
     return LoadedRun(
         run_dir=run_dir,
         config=config,
         model=model,
         classes=classes,
-        image_size=tuple(data["image_size"]),
-        channels=int(data["channels"]),
+        image_size=image_size,
+        channels=channels,
         weights_path=weights_path,
         temperature=temperature,
         min_confidence=min_confidence,

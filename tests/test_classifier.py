@@ -17,7 +17,7 @@ from perceiver import dataset
 import driver
 from perceiver import images
 from perceiver import runs
-from perceiver.errors import UsageError
+from perceiver.errors import UsageError, UserError
 from perceiver.metrics import softmax
 from perceiver.modules import PerceiverClassifier, Preprocess, build_model, resize_weights
 
@@ -100,7 +100,7 @@ def test_keras_file_round_trip_in_safe_mode_keeps_classes_and_calibration(tiny, 
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 1
     path.write_bytes(bytes(data))
-    with pytest.raises(UsageError, match="does not match the SHA-256"):
+    with pytest.raises(UserError, match="does not match the SHA-256"):
         classifier.load(path)
 
 

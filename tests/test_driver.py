@@ -426,7 +426,7 @@ def test_mismatched_weights_are_refused_clearly(env, tmp_path):
     config["model"]["latent_dim"] = 64  # the weights were made for 32
     config["train"]["preset"] = "tiny"
     runs.write_config(bad, config)  # with its checksum: the weights, not the edit, are what must be refused here
-    with pytest.raises(driver.UsageError, match="do not fit the model"):
+    with pytest.raises(driver.UserError, match="do not fit the model"):
         driver.load(bad)
     proc = _cli(env["paths"][0], "--run", bad)
     assert proc.returncode == driver.EXIT_USAGE

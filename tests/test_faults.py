@@ -9,18 +9,23 @@ import json
 import os
 import re
 import shutil
+import pathlib
 import subprocess
 import sys
+import tempfile
 
 import h5py
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
+from perceiver import classifier
 from perceiver import dataset
 from perceiver import phantom
 from perceiver import runs
 import train
 from perceiver import volumes
+from perceiver.errors import UsageError
 from perceiver.modules import PerceiverConfig, build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -567,6 +572,82 @@ def test_a_garbage_checksum_file_is_named_as_such_not_as_damaged_weights(knees, 
     proc = _cli("driver.py", knees, "--run", run)
     assert proc.returncode == 2 and _one_sentence(proc.stderr), proc.stderr
     assert "model.weights.h5.sha256 is not a SHA-256 record" in proc.stderr and "damaged" not in proc.stderr
+
+
+def _edit_config(run, edit):
+    config = json.loads((run / runs.CONFIG).read_text())
+    edit(config)
+    runs.write_config(run, config)  # with a matching checksum: the values themselves must be what is refused
+
+
+def _goliath_model_config():
+    return PerceiverConfig.from_dict(json.loads(open(os.path.join(GOLIATH, runs.CONFIG)).read())["model"])
+
+
+@given(size=st.one_of(st.integers(-10**9, 10**9).map(lambda n: [n, 64]), st.integers(-10**9, 10**9).map(lambda n: [64, n]),
+                      st.lists(st.integers(1, 2000), min_size=0, max_size=4),
+                      st.sampled_from([None, "64", [64.0, 64], [True, 64], {"h": 64}, [[64], 64]])),
+       channels=st.one_of(st.integers(-5, 9), st.sampled_from([None, "3", 3.0, True])))
+@settings(max_examples=300, deadline=None)
+def test_a_recorded_input_size_is_range_checked_and_cross_checked_with_the_model(size, channels):
+    """Whatever config.json records as the image size and channels, it is used only when train.py's flags could have
+    written it and the model records the same: 100000 x 100000 asked for 15 GB before failing per input."""
+    model_config = _goliath_model_config()
+    data = {"image_size": size, "channels": channels}
+    try:
+        got = runs.check_input_size(data, model_config, "run/config.json")
+    except runs.RunError as e:
+        assert str(e).startswith("run/config.json records") and "\n" not in str(e)
+    else:
+        assert got == ((64, 64), 3) and size == [64, 64] and channels == 3 and type(channels) is int
+
+
+@pytest.mark.parametrize("edit, said", [
+    (lambda c: c["data"].update(image_size=[100000, 100000]), "records the image size [100000, 100000], not two "
+                                                              "whole numbers from 4 to 1024"),
+    (lambda c: c["data"].update(channels=1), "records images of 64 x 64 x 1 but its model takes 64 x 64 x 3"),
+    (lambda c: c["data"].update(classes=c["data"]["classes"][::-1]), "disagree on the classes (left,right in "
+                                                                     "model.keras, right,left in config.json)"),
+])
+def test_a_config_json_edited_with_its_checksum_is_still_refused_naming_it(knees, tmp_path, edit, said):
+    """An edit that keeps config.json's checksum valid (a user who ran sha256sum again) is still caught: by the
+    ranges of train.py's flags and by what model.keras records, for the run folder and for its model.keras."""
+    run = _goliath_copy(tmp_path)
+    _edit_config(run, edit)
+    for target in (run, run / runs.MODEL_FILE):
+        proc = _cli("driver.py", knees, "--run", target)
+        assert proc.returncode == 2 and _one_sentence(proc.stderr), proc.stderr
+        assert said in proc.stderr and "config.json" in proc.stderr, proc.stderr
+
+
+def test_model_keras_and_calibration_json_that_disagree_are_refused(knees, tmp_path):
+    """calibration.json refitted by hand (with its checksum) but model.keras left as it was: a program given the
+    folder and one given model.keras alone would answer differently, so neither is believed."""
+    run = _goliath_copy(tmp_path)
+    saved = json.loads((run / runs.CALIBRATION).read_text())
+    saved["temperature"] = 0.5
+    runs.atomic_write_json(run / runs.CALIBRATION, saved)
+    runs.write_checksum(run / runs.CALIBRATION)
+    for target in (run, run / runs.MODEL_FILE):
+        proc = _cli("driver.py", knees, "--run", target)
+        assert proc.returncode == 2 and _one_sentence(proc.stderr), proc.stderr
+        assert "disagree on the calibration (temperature 0.403521 and threshold 0.9 in model.keras, 0.5 and 0.9 in " \
+               "calibration.json)" in proc.stderr, proc.stderr
+    # the refit is the repair: it writes model.keras again from the folder, and then both agree
+    assert _module("perceiver.calibration", run).returncode == 0
+    assert _cli("driver.py", knees, "--run", run).returncode == 0
+
+
+@given(keep=st.floats(0, 0.999))
+@settings(max_examples=25, deadline=None)
+def test_a_truncated_keras_file_is_called_truncated_not_missing(keep):
+    """Keras says "File not found" for a cut .keras file; the loader says what it is, at any cut."""
+    data = open(os.path.join(GOLIATH, runs.MODEL_FILE), "rb").read()
+    with tempfile.TemporaryDirectory() as folder:
+        path = pathlib.Path(folder) / "cut.keras"
+        path.write_bytes(data[: int(len(data) * keep)])
+        with pytest.raises(UsageError, match=r"cut.keras is not a complete .keras file \(a .keras file is a zip"):
+            classifier.read_keras(path)
 
 
 def test_the_shipped_run_verifies_every_file_that_decides_an_answer():
