@@ -85,11 +85,13 @@ from tqdm import tqdm
 from perceiver import calibration
 from perceiver import classifier
 from perceiver import dataset
+from perceiver import fileio
 from perceiver import htmlreport
 from perceiver import metrics
 from perceiver import runs
 from perceiver import verdicts
-from perceiver.errors import EXIT_USAGE, UsageError, UserError, add_common_flags, run_command, start_command  # noqa: F401
+from perceiver.errors import (EXIT_USAGE, UsageError, UserError,  # noqa: F401  (driver.UserError etc. for callers)
+                              add_common_flags, drop_stdout, run_command, start_command)
 from perceiver.inputs import InputError, decode_chunk, display_image, find_inputs, internal_error, test_split_inputs
 from perceiver.plots import explain_figure
 from perceiver.reports import SIDES, flag_label, format_summary, format_table, report_test_split, write_results
@@ -376,15 +378,15 @@ def _fill(r, probs, classes):
 
 
 # === Explaining ===
-def _explain_name(path, used):
-    """A file name in the --explain folder for input `path`, not yet in `used` (which it joins)."""
+def _explain_name(path, used, folder):
+    """A file name in the --explain `folder` for input `path`, not yet in `used` (which it joins) nor in the folder."""
     base = os.path.basename(path)
     for ext in (".nii.gz",) + NIFTI_EXTENSIONS + DICOM_EXTENSIONS + (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"):
         if base.lower().endswith(ext):
             base = base[: -len(ext)]
             break
     name, k = f"{base}.explain.png", 2
-    while name in used:
+    while name in used or os.path.lexists(os.path.join(folder, name)):  # never over a file that came meanwhile
         name, k = f"{base}.explain-{k}.png", k + 1
     used.add(name)
     return name
@@ -420,7 +422,7 @@ def explain(loaded, inputs, results, images, out_dir, *, per_slice=False, progre
         flagged = r.expected is not None and pred != r.expected
         flag = f"   {flag_label(r, loaded.classes)}" if flagged else ""
         volume = (f"   volume: {r.predicted} p={r.probability:.3f}" if k is not None else "")
-        path = out_dir / _explain_name(stem, used)
+        path = out_dir / _explain_name(stem, used, out_dir)
         explain_figure(str(path), gray, maps, title=os.path.basename(item.path) + where,
                        subtitle=f"predicted {pred}  p={prob:.3f}{volume}{expected}{flag}", flagged=flagged)
         written.append(str(path))
@@ -490,7 +492,8 @@ def build_parser():
                    help="also write a self-contained HTML report: the counts, a card per scan with its slices and "
                         "attention, a table that sorts and filters (default: none)")
     g.add_argument("--explain", default=None, metavar="OUTDIR",
-                   help="write a PNG per input: the image beside each cross-attend's attention map (default: none)")
+                   help="write a PNG per input into OUTDIR, a new or empty folder: the image beside each "
+                   "cross-attend's attention map (default: none)")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
     g = p.add_argument_group("export (no INPUT)")
@@ -527,7 +530,7 @@ def check_outputs(args, inputs=()):
     """Checks every output path before any work, so that a typo costs no classification: the folder of
     --results-file and --report exists, the path is not a folder, and it is none of the inputs, no file of the run (a
     results file written over a scan or over model.weights.h5 would destroy it) and not the other output; the
-    --explain folder is a folder (it is created now).
+    --explain folder is a new or empty folder (it is created now), and no two outputs are the same path.
 
     Raises:
         UsageError: naming the option and the path.
@@ -544,10 +547,14 @@ def check_outputs(args, inputs=()):
             if not os.access(folder, os.W_OK):
                 raise UsageError(f"cannot write {option} {path}: its folder is not writable.")
             _refuse_overwriting(path, inputs, pathlib.Path(args.run or DEFAULT_RUN), option)
-    if args.results_file and args.report and (pathlib.Path(args.results_file).resolve()
-                                              == pathlib.Path(args.report).resolve()):
-        raise UsageError(f"--results-file and --report are both {args.report}; pass two different files.")
+    named = [(option, pathlib.Path(value).resolve()) for option, value in
+             (("--results-file", args.results_file), ("--report", args.report), ("--explain", args.explain)) if value]
+    for i, (option, path) in enumerate(named):  # the outputs must not replace each other either
+        for other, other_path in named[i + 1:]:
+            if path == other_path:
+                raise UsageError(f"{option} and {other} are both {path}; pass a different path to each.")
     if args.explain is not None:
+        check_explain_folder(args.explain)
         make_explain_folder(args.explain)
 
 
@@ -567,6 +574,26 @@ def _refuse_overwriting(path, inputs, run, option="--results-file"):
                          "another path.")
 
 
+def check_explain_folder(folder):
+    """Refuses an --explain folder that already holds files: explanation images never replace a file this run did not
+    write (an input named like an explanation was overwritten when the folder was the inputs' own), and the names
+    of a run's images depend on its inputs, so a new or empty folder per run is the one rule that needs no guessing.
+
+    Raises:
+        UsageError: naming the folder, how many entries it holds and one of them.
+    """
+    folder = pathlib.Path(folder)
+    if not folder.is_dir():
+        return
+    try:
+        entries = sorted(p.name for p in folder.iterdir() if not fileio.is_leftover(p.name))
+    except OSError as e:
+        raise UsageError(f"cannot read the --explain folder {folder}: {e.strerror or e}.") from None
+    if entries:
+        raise UsageError(f"--explain {folder} already holds {len(entries):,} entr{'ies' if len(entries) > 1 else 'y'} "
+                         f"(such as {entries[0]}), and explanations never replace a file; pass a new or empty folder.")
+
+
 def make_explain_folder(folder):
     """Creates the --explain folder (and its parents) if needed; returns it as a Path.
 
@@ -583,7 +610,7 @@ def make_explain_folder(folder):
     return folder
 
 
-def run(args, out=sys.stdout):
+def run(args, out=None):
     """Runs the command line; returns the exit status. Raises UsageError for mistakes the user can fix.
 
     The results file, the report and the explanations are written before the table is printed, so a reader that
@@ -600,7 +627,7 @@ def run(args, out=sys.stdout):
         return export(args, out)
     fmt = args.results_format or ("json" if str(args.results_file or "").lower().endswith(".json") else "csv")
     test_mode = not args.inputs
-    inputs, ignored = find_inputs(args.inputs) if not test_mode else ([], 0)  # before loading: a typo fails at once
+    inputs, ignored = find_inputs(args.inputs) if not test_mode else ([], None)  # before loading: a typo fails at once
     check_outputs(args, inputs)
     loaded = load(args.run, weights=args.weights, classes=classes)
     threshold = confidence_threshold(args.min_confidence, loaded, len(loaded.classes))
@@ -651,7 +678,7 @@ def run(args, out=sys.stdout):
     return EXIT_FAILED if counts["failed"] or counts["failed_files"] else EXIT_OK
 
 
-def export(args, out=sys.stdout):
+def export(args, out=None):
     """--export: the run's model as one self-describing file (classifier.export); nothing is classified."""
     if args.export is None:
         raise UsageError("--format applies only with --export OUT.")
@@ -666,16 +693,18 @@ def export(args, out=sys.stdout):
     return EXIT_OK
 
 
-def _print_to_pipe(text, out):
-    """Writes text to `out`; when the reader has gone (a closed pipe), drops the rest without a traceback."""
+def _print_to_pipe(text, out=None):
+    """Writes text to `out` (standard output by default); when the reader has gone (a closed pipe), drops the rest
+    without a traceback. A full device is left to `errors.run_command`, which says so."""
+    out = sys.stdout if out is None else out
     try:
         out.write(text)
         out.flush()
     except BrokenPipeError:
         if out is sys.stdout:  # Python flushes stdout again at exit: point it at /dev/null so that it stays quiet
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
+            drop_stdout()
+    except OSError as e:  # a full device: errors.run_command says so, naming what could not be written
+        raise OSError(e.errno, e.strerror, "standard output" if out is sys.stdout else str(out)) from None
 
 
 def main(argv=None):

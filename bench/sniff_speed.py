@@ -60,7 +60,7 @@ def main(argv=None):
         t = time.perf_counter()
         found, ignored = inputs.find_inputs([folder])
         times.append(time.perf_counter() - t)
-        assert len(found) == 1 and ignored == args.files, (len(found), ignored)
+        assert len(found) == 1 and ignored == {"type": args.files}, (len(found), ignored)
     first, rest = times[0], times[1:]
     median = statistics.median(rest)
     print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; Python {platform.python_version()}")

@@ -276,6 +276,7 @@ def save_keras(model, path):
 
     train.py writes every run's model.keras this way (and calibration.py again when it refits the temperature)."""
     path = pathlib.Path(path)
+    fileio.ensure_space(path, runs.weights_bytes(model))  # its weights are HDF5 too (see fileio.ensure_space)
     tmp = fileio.temporary_name(path)  # keeps the ".keras" ending that Keras requires
     try:
         model.save(tmp)

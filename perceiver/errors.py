@@ -12,6 +12,7 @@ characters as a visible backslash escape instead of failing; files written by th
 """
 
 import contextlib
+import errno
 import importlib.abc
 import importlib.util
 import os
@@ -39,22 +40,69 @@ def first_line(error):
     return text.splitlines()[0] if text else type(error).__name__
 
 
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full device, a quota, a file-size limit
+EXIT_FAILED = 1  # the command could not finish its work (a full disk, standard output lost)
+
+
 def run_command(body, *, interrupted="interrupted."):
     """Runs a command's `body()` and returns its exit status; the one place that turns a `UserError` into
-    `error: MESSAGE` on stderr and exit status 2, and Ctrl-C into `error: <interrupted>` and 130."""
+    `error: MESSAGE` on stderr and exit status 2, Ctrl-C into `error: <interrupted>` and 130, and a device that ran
+    out of space (`OUT_OF_SPACE`), for a file or for standard output, into one sentence saying so and exit status 1.
+
+    What was written before is whole (every file is written atomically, `fileio`) and no temporary file is left;
+    standard output is flushed here, so that an error writing it is reported here too, not as a traceback at exit."""
     try:
-        return body()
+        status = body()
+        if sys.stdout is not None:
+            sys.stdout.flush()
+        return status
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"error: {interrupted}", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno not in OUT_OF_SPACE:
+            raise
+        drop_stdout()  # what could not be printed is dropped: the flush at exit must not fail again
+        print(f"error: could not write {e.filename or 'the output'}: {e.strerror} (the device is full, or a quota "
+              "or file-size limit was reached); free some space and run the command again (the files written before "
+              "are whole, and no partial file was left).", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def drop_stdout():
+    """Points standard output at /dev/null (a reader that has gone, a full device): Python flushes stdout again at
+    exit, and that flush must stay quiet; text still buffered is discarded, not written."""
+    if sys.stdout is None:
+        return
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+
+
+def stdout_or_devnull():
+    """sys.stdout, or, when the command was started with standard output closed (`cmd >&-`, where Python makes it
+    None), /dev/null after a one-line warning: results go to the files the command writes."""
+    if sys.stdout is None:
+        print("warning: standard output is closed, so what this command prints is dropped; the files it writes are "
+              "written as usual.", file=sys.stderr)
+        sys.stdout = open(os.devnull, "w")
+    return sys.stdout
 
 
 def console_safe():
     """Lets stdout and stderr print any text: a character the encoding lacks (a file name's undecodable byte) is
-    printed as a backslash escape instead of raising UnicodeEncodeError in the middle of a table."""
+    printed as a backslash escape instead of raising UnicodeEncodeError in the middle of a table. A closed stdout
+    becomes /dev/null, with a warning (`stdout_or_devnull`)."""
+    stdout_or_devnull()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.reconfigure(errors="backslashreplace")

@@ -10,6 +10,7 @@ data it names). On a file system that cannot fsync a folder (some network mounts
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -44,11 +45,30 @@ def atomic(path):
     try:
         yield tmp
         replace(tmp, path)
+    except OSError as e:
+        if e.filename is None:  # a write() says what failed, not where: name the file the user asked for
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
     finally:
         if tmp.is_dir() and not tmp.is_symlink():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+
+
+def ensure_space(path, nbytes):
+    """Raises the OSError of a full device (ENOSPC, naming `path`) when the folder of `path` has less than `nbytes`
+    free. For writers that cannot fail cleanly: HDF5 (Keras weights), whose write into a full disk ends in a cascade
+    of tracebacks and a segmentation fault that leaves its temporary file behind; asking first keeps the failure a
+    sentence (`errors.run_command`). A file system that cannot say (statvfs fails) is let through."""
+    path = pathlib.Path(path)
+    try:
+        free = shutil.disk_usage(path.parent if str(path.parent) else ".").free
+    except OSError:
+        return
+    if free < nbytes:
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: {nbytes / 2**20:,.2f} MiB needed, "
+                                    f"{free / 2**20:,.2f} MiB free", str(path))
 
 
 def json_text(obj, *, indent=2):

@@ -442,7 +442,7 @@ def _table(scans, classes):
 def _counts_html(counts):
     labels = {"scans": "scans", "slices": "slices", "classified": "classified", "uncertain": "uncertain",
               "flagged": "flagged", "failed": "failed scans", "failed_files": "inputs failed",
-              "ignored": "files ignored"}
+              "ignored": "entries ignored"}
     return '<dl class="counts">' + "".join(
         f'<div class="{name}"><dt>{labels[name]}</dt><dd id="count-{name}" data-count="{int(counts.get(name, 0))}">'
         f"{int(counts.get(name, 0)):,}</dd></div>" for name in COUNTS) + "</dl>"

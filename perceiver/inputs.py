@@ -98,41 +98,59 @@ def _supported():
     return ", ".join(e.lstrip(".") for e in dataset.IMAGE_EXTENSIONS + DICOM_EXTENSIONS + NIFTI_EXTENSIONS)
 
 
+
+
 def find_inputs(specs):
     """Expands INPUTs (files, folders searched recursively, globs) into Inputs, in order, without duplicates.
 
+    Inside a folder, a sub-folder that is a symbolic link is not followed (a loop, or a link out of the archive,
+    would otherwise pull in other scans or never end); one that cannot be read is passed over. Neither is silent:
+    each is named in a warning on stderr and counted among the ignored entries. A link named on the command line
+    is followed: name a linked folder to include it.
+
     Returns:
-        (inputs, ignored): list[Input], and the number of files in folders or glob matches that are not a supported
-        type (a README beside the scans, say).
+        (inputs, ignored): list[Input], and a collections.Counter of the entries met in folders or glob matches and
+        passed over, by reason (verdicts.IGNORED's keys): files of an unsupported type, pipes and other special files,
+        linked and unreadable sub-folders.
 
     Raises:
         UsageError: for a path that does not exist, a glob that matches nothing, a named file of an unsupported type,
             or when nothing at all is found.
     """
-    inputs, seen, ignored = [], set(), 0
+    inputs, seen, ignored = [], set(), collections.Counter()
 
     def add(path, named):
-        nonlocal ignored
         if not regular_file(path):  # a pipe, socket or device: opening it to sniff could wait forever
             if named:
                 raise UsageError(f"{path} is not a regular file (a pipe, socket or device); pass image files or "
                                  "folders.")
-            ignored += 1
+            ignored["special"] += 1
             return
         kind = input_kind(path)
         if kind is None:
             if named:
                 raise UsageError(f"{path} is not a supported file type; supported: {_supported()}.")
-            ignored += 1
+            ignored["type"] += 1
             return
         key = os.path.abspath(path)
         if key not in seen:
             seen.add(key)
             inputs.append(Input(path, kind))
 
+    def unreadable(error):
+        ignored["unreadable"] += 1
+        print(f"warning: skipped the folder {error.filename}: it cannot be read ({error.strerror or error}); "
+              "its files are not classified.", file=sys.stderr)
+
     def walk(folder):
-        for root, dirs, files in os.walk(folder):
+        for root, dirs, files in os.walk(folder, onerror=unreadable):
             dirs.sort()
+            for name in [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+                dirs.remove(name)
+                ignored["link"] += 1
+                print(f"warning: skipped the folder {os.path.join(root, name)}: it is a symbolic link, and links "
+                      "inside a folder are not followed; name it on the command line to include it.",
+                      file=sys.stderr)
             for name in sorted(files):
                 if not name.startswith("."):
                     add(os.path.join(root, name), named=False)

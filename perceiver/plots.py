@@ -284,7 +284,9 @@ def explain_figure(out_path, gray, maps, *, title, subtitle, flagged=False):
     fig.text(0.02, 1 - 0.22 / fig_h, title, color=FOREGROUND, fontsize=10, fontweight="bold", ha="left", va="top")
     fig.text(0.02, 1 - 0.5 / fig_h, subtitle, color="#ff7b72" if flagged else "#8b949e", fontsize=9, ha="left",
              va="top", fontweight="bold" if flagged else "normal")
-    fig.savefig(out_path, dpi=110, facecolor=BACKGROUND)
+    buf = io.BytesIO()  # written whole and atomically: a full disk leaves no half image (fileio)
+    fig.savefig(buf, format="png", dpi=110, facecolor=BACKGROUND)
+    fileio.atomic_write_bytes(out_path, buf.getvalue())
     return fig
 
 

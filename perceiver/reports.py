@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import pathlib
 
+from perceiver import fileio
 from perceiver import records
 from perceiver import runs
 from perceiver.errors import UsageError
 from perceiver.metrics import confusion_counts
+from perceiver.verdicts import IGNORED
 
 SIDES = ("left", "right")
 
@@ -85,7 +86,9 @@ def format_summary(counts, classes):
         text += f"; {n:,} input{'s' if n != 1 else ''} could not be classified"
     if counts.get("ignored"):
         m = counts["ignored"]
-        text += f" ({m:,} other file{'s' if m != 1 else ''} ignored: not a supported type)"
+        reasons = counts.get("ignored_by_reason") or {"type": m}
+        why = ", ".join(f"{n:,} {IGNORED[k][n != 1]}" for k, n in reasons.items() if k in IGNORED)
+        text += f" ({m:,} other entr{'ies' if m != 1 else 'y'} ignored: {why})"
     return text
 
 
@@ -115,10 +118,9 @@ def write_results(path, scans, classes, *, fmt, run, counts, settings):
     if path.parent and not path.parent.exists():
         raise UsageError(f"the folder of --results-file {path} does not exist.")
     if fmt == "json":
-        # allow_nan=False: never the bare NaN that JSON does not have (driver.py makes a non-finite output a failure)
-        text = json.dumps({"schema": 2, "run": str(run), "classes": list(classes), "settings": settings,
-                           "summary": counts, "scans": [_scan_dict(s, classes) for s in scans]}, indent=2,
-                          allow_nan=False) + "\n"
+        # strict: never the bare NaN that JSON does not have (driver.py makes a non-finite output a failure)
+        text = fileio.json_text({"schema": 2, "run": str(run), "classes": list(classes), "settings": settings,
+                                 "summary": counts, "scans": [_scan_dict(s, classes) for s in scans]})
     else:
         text = _csv_text(scans, classes)
     try:

@@ -120,10 +120,21 @@ def verdict(scan, classes, min_confidence):
     return scan
 
 
-def counts(scans, ignored=0):
-    """The summary: scans classified (a confident side), uncertain, flagged (of the classified), failed; slices."""
+IGNORED = {  # why inputs.find_inputs passed over an entry in a folder: (one, several), in the summary's words
+    "type": ("file of another type", "files of another type"),  # a README beside the scans, say
+    "special": ("pipe, socket or device", "pipes, sockets or devices"),  # opening one to sniff could wait forever
+    "link": ("linked folder, not followed", "linked folders, not followed"),
+    "unreadable": ("unreadable folder", "unreadable folders"),
+}
+
+
+def counts(scans, ignored=None):
+    """The summary: scans classified (a confident side), uncertain, flagged (of the classified), failed; slices; and
+    the entries passed over while searching the inputs (`ignored`: a Counter by reason, `IGNORED`), in all and
+    by reason."""
+    ignored = {k: int(n) for k, n in (ignored or {}).items() if n}
     return {"scans": len(scans), "classified": sum(s.verdict not in (UNCERTAIN, "failed") for s in scans),
             "uncertain": sum(s.verdict == UNCERTAIN for s in scans), "flagged": sum(s.flagged for s in scans),
             "failed": sum(s.verdict == "failed" for s in scans),
             "failed_files": sum(s.failed for s in scans), "slices": sum(s.slices for s in scans),
-            "ignored": int(ignored)}
+            "ignored": sum(ignored.values()), "ignored_by_reason": ignored}

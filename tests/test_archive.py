@@ -158,7 +158,7 @@ def test_dicom_files_are_found_by_content_whatever_their_name(scans, predictor, 
     (folder / "notes.txt").write_text("not an image\n")
     (folder / "colours.icc").write_bytes(b"\0" * 200)
     found, ignored = inputs.find_inputs([folder])
-    assert [(item.kind, len(item.files)) for item in found] == [("dicom-series", SLICES)] and ignored == 2
+    assert [(item.kind, len(item.files)) for item in found] == [("dicom-series", SLICES)] and ignored == {"type": 2}
     renamed = driver.classify(predictor, found, workers=1)[0]
     original = _classify(predictor, [scans["RIGHT"][0].parent])[str(scans["RIGHT"][0].parent)]
     assert renamed.error is None and (renamed.predicted, renamed.probability) == (original.predicted,

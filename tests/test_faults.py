@@ -154,6 +154,89 @@ def test_a_closed_pipe_loses_no_results_and_prints_no_traceback(knees, tmp_path)
     assert sum(r["level"] == "slice" for r in rows) == images  # every slice is in the file
 
 
+# === Writes survive a full disk and a closed or full standard output ===
+def _run_limited(args, *, max_file_bytes=None, patch="", cwd=REPO):
+    """Runs a command of the project with a file-size limit (the kernel then fails each write past it with EFBIG, as
+    a full disk fails it with ENOSPC, for every writer: Python's, HDF5's, Pillow's) and/or a patch applied first."""
+    import resource
+    import signal
+
+    def limit():
+        if max_file_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails instead of killing
+
+    script, *rest = map(str, args)
+    code = (f"import runpy, sys\n{patch}\nsys.argv = {[script, *rest]!r}\n"
+            f"runpy.run_path({os.path.join(REPO, script)!r}, run_name='__main__')\n")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=300, preexec_fn=limit)
+
+
+def _leftovers(folder):
+    return [p for p in pathlib.Path(folder).rglob("*") if p.name.startswith(".tmp-")]
+
+
+def test_a_full_disk_at_the_first_weights_save_is_one_sentence_and_leaves_no_temporary_file(tmp_path):
+    """HDF5 writing into a full disk printed pages of tracebacks, crashed with a segmentation fault and left
+    .tmp-PID-last.weights.h5 behind: the space is now asked for first (fileio.ensure_space)."""
+    data = tmp_path / "data"
+    phantom.generate(data, patients=10, slices=2, height=64, width=72, progress=False)
+    patch = ("import shutil, collections\n"
+             "shutil.disk_usage = lambda path: collections.namedtuple('u', 'total used free')(10**9, 10**9, 1000)")
+    proc = _run_limited(["train.py", "--data", data, "--preset", "tiny", "--image-size", "16", "--epochs", "1",
+                         "--out", tmp_path / "run", "--quiet"], patch=patch)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert error == [f"error: could not write {tmp_path / 'run' / runs.BEST_WEIGHTS}: No space left on device: "
+                     f"{error[0].split('device: ')[1].split(' (')[0]} (the device is full, or a quota or file-size "
+                     "limit was reached); free some space and run the command again (the files written before are "
+                     "whole, and no partial file was left)."], proc.stderr
+    assert "MiB needed, 0.00 MiB free" in error[0] and not _leftovers(tmp_path / "run")
+
+
+def test_a_write_cut_short_by_the_kernel_names_the_file_and_leaves_nothing_half_written(knees, tmp_path):
+    """The explanation images are larger than the limit, the results file is not: it is written whole, the first
+    image that does not fit is named in one sentence, and no partial or temporary file is left."""
+    out = tmp_path / "r.csv"
+    proc = _run_limited(["driver.py", knees, "--results-file", out, "--explain", tmp_path / "ex"],
+                        max_file_bytes=40_000)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert re.fullmatch(rf"error: could not write {re.escape(str(tmp_path / 'ex'))}/\S+\.explain\.png: File too "
+                        r"large \(the device is full, .*", proc.stderr.strip()), proc.stderr
+    rows = list(csv.DictReader(open(out, newline="")))
+    assert sum(r["level"] == "slice" for r in rows) == len(dataset.discover(knees).records)
+    assert not list((tmp_path / "ex").iterdir()) and not _leftovers(tmp_path)
+
+
+def test_a_full_standard_output_is_one_sentence_after_the_files_are_written(knees, tmp_path):
+    out = tmp_path / "r.csv"
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, os.path.join(REPO, "driver.py"), knees, "--results-file", out],
+                              stdout=full, stderr=subprocess.PIPE, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+    assert proc.stderr.strip().startswith("error: could not write standard output: No space left on device (the "
+                                          "device is full"), proc.stderr
+    assert _one_sentence(proc.stderr) and out.stat().st_size > 0
+
+
+@pytest.mark.parametrize("command", [["driver.py", "--report", "REPORT"]])
+def test_a_closed_standard_output_is_said_once_and_the_files_are_written(knees, tmp_path, command):
+    """`driver.py ... --report r.html >&-` ended in a traceback: Python makes a closed stdout None."""
+    args = [str(tmp_path / "r.html") if a == "REPORT" else str(tmp_path / "out") if a == "OUT" else a
+            for a in command]
+    if command[0] == "driver.py":
+        args.insert(1, str(knees))
+    proc = subprocess.run([sys.executable, os.path.join(REPO, args[0]), *args[1:]], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, cwd=REPO, timeout=300,
+                          preexec_fn=lambda: os.close(1))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip() == ("warning: standard output is closed, so what this command prints is dropped; the "
+                                   "files it writes are written as usual."), proc.stderr
+    assert (tmp_path / "r.html").is_file() if command[0] == "driver.py" else any((tmp_path / "out").glob("*.png"))
+
+
 @pytest.mark.parametrize("option", ["results-folder", "results-is-dir", "explain-is-file", "report-folder",
                                     "report-is-dir", "report-is-the-results-file"])
 def test_an_output_that_cannot_be_written_is_refused_before_any_work(knees, tmp_path, option):
@@ -468,6 +551,37 @@ def test_a_symlink_loop_is_not_reported_as_missing(tmp_path, command):
     assert "does not exist" not in proc.stderr and _one_sentence(proc.stderr)
 
 
+def test_linked_and_unreadable_sub_folders_are_named_and_counted_never_passed_over_silently(knees, tmp_path):
+    """driver.py skipped a linked sub-folder and an unreadable one without a word. Tests run as root, whom chmod
+    does not stop, so the unreadable folder is one that vanishes between listing and reading (os.walk's error path,
+    the same one a permission error takes)."""
+    scans = tmp_path / "scans"
+    (scans / "a").mkdir(parents=True)
+    shutil.copy(sorted(knees.glob("*.png"))[0], scans / "a")
+    os.symlink(knees, scans / "linked")  # a link inside the archive: not followed
+    os.symlink(scans, scans / "a" / "loop")  # a loop: must not hang nor count twice
+    code = ("import os, sys, driver\n"
+            "real = os.scandir\n"
+            "def scandir(path='.'):\n"
+            "    if os.path.basename(os.fspath(path)) == 'gone': raise PermissionError(13, 'Permission denied', path)\n"
+            "    return real(path)\n"
+            "os.scandir = scandir\n"
+            "sys.exit(driver.main(sys.argv[1:]))\n")
+    (scans / "gone").mkdir()
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+    proc = subprocess.run([sys.executable, "-c", code, scans, "--results-file", tmp_path / "r.json"],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: skipped the folder")]
+    assert len(warnings) == 3, proc.stderr
+    assert any(f"{scans / 'linked'}: it is a symbolic link" in w for w in warnings)
+    assert any(f"{scans / 'a' / 'loop'}: it is a symbolic link" in w for w in warnings)
+    assert any(f"{scans / 'gone'}: it cannot be read (Permission denied)" in w for w in warnings)
+    assert "(3 other entries ignored: 2 linked folders, not followed, 1 unreadable folder)" in proc.stdout
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["summary"]["ignored_by_reason"] == {"link": 2, "unreadable": 1} and len(saved["scans"]) == 1
+
+
 def test_dataset_summary_fails_alike_on_an_empty_folder_and_on_one_without_a_usable_image(tmp_path):
     empty, junk = tmp_path / "empty", tmp_path / "junk"
     empty.mkdir()
@@ -511,6 +625,49 @@ def test_a_results_file_or_report_never_overwrites_an_input_or_the_run(knees, tm
     proc = _cli("driver.py", knees, "--run", run, option, path)
     assert proc.returncode == 2 and _one_sentence(proc.stderr) and "would destroy it" in proc.stderr, proc.stderr
     assert path.read_bytes() == before
+
+
+def test_explanations_into_the_inputs_folder_are_refused_before_any_work(knees, tmp_path):
+    """`driver.py DIR --explain DIR` overwrote an input named like an explanation (k.png's is k.explain.png); an
+    --explain folder that already holds files is now refused before the model loads, and nothing is touched."""
+    scans = tmp_path / "scans"
+    shutil.copytree(knees, scans)
+    first = sorted(scans.glob("*.png"))[0]
+    shutil.copy(first, scans / (first.stem + ".explain.png"))  # a user's image, and an input too
+    before = {p.name: p.read_bytes() for p in scans.iterdir()}
+    proc = _cli("driver.py", scans, "--explain", scans)
+    assert proc.returncode == 2 and _one_sentence(proc.stderr), proc.stderr
+    assert f"--explain {scans} already holds {len(before)} entries" in proc.stderr, proc.stderr
+    assert {p.name: p.read_bytes() for p in scans.iterdir()} == before
+
+
+@pytest.mark.parametrize("pair", [("--report", "--explain"), ("--results-file", "--explain"),
+                                  ("--results-file", "--report")])
+def test_two_outputs_on_one_path_are_refused_before_any_work(knees, tmp_path, pair):
+    """--report and --explain on one path failed only after the work (the report was a folder by then)."""
+    target = tmp_path / "out"
+    proc = _cli("driver.py", knees, pair[0], target, pair[1], target)
+    assert proc.returncode == 2 and _one_sentence(proc.stderr), proc.stderr
+    assert f"{pair[0]} and {pair[1]} are both {target}" in proc.stderr and not target.exists()
+
+
+@given(stems=st.lists(st.sampled_from(["a", "a.explain", "b_slice0", "scan.series-1.2"]), min_size=1, max_size=8),
+       present=st.sets(st.sampled_from(["a.explain.png", "a.explain-2.png", "a.explain-3.png", "a.explain.explain.png",
+                                        "b_slice0.explain.png", "scan.series-1.2.explain.png"])))
+@settings(max_examples=200, deadline=None)
+def test_an_explanation_name_is_never_a_file_already_there(stems, present):
+    """Whatever the folder holds (files that came after the check, or a library caller's folder), the names chosen
+    for a run's explanations are new, distinct and explanation names."""
+    import driver
+
+    with tempfile.TemporaryDirectory() as folder:
+        for name in present:
+            pathlib.Path(folder, name).write_text("keep")
+        used, chosen = set(), []
+        for stem in stems:
+            chosen.append(driver._explain_name(stem, used, folder))
+        assert len(set(chosen)) == len(chosen) and not set(chosen) & present
+        assert all(re.fullmatch(r".+\.explain(-\d+)?\.png", name) for name in chosen)
 
 
 @pytest.mark.parametrize("option", ["--results-file", "--report"])
@@ -584,7 +741,8 @@ def _goliath_model_config():
     return PerceiverConfig.from_dict(json.loads(open(os.path.join(GOLIATH, runs.CONFIG)).read())["model"])
 
 
-@given(size=st.one_of(st.integers(-10**9, 10**9).map(lambda n: [n, 64]), st.integers(-10**9, 10**9).map(lambda n: [64, n]),
+@given(size=st.one_of(st.integers(-10**9, 10**9).map(lambda n: [n, 64]),
+                      st.integers(-10**9, 10**9).map(lambda n: [64, n]),
                       st.lists(st.integers(1, 2000), min_size=0, max_size=4),
                       st.sampled_from([None, "64", [64.0, 64], [True, 64], {"h": 64}, [[64], 64]])),
        channels=st.one_of(st.integers(-5, 9), st.sampled_from([None, "3", 3.0, True])))
