@@ -40,7 +40,7 @@ from perceiver import htmlreport
 from perceiver import phantom
 from perceiver import runs
 from perceiver.errors import UsageError, add_common_flags, run_command, start_command
-from perceiver.metrics import classification_metrics
+from perceiver.metrics import classification_metrics, shown
 from perceiver.plots import plot_roc, plot_run
 
 # Keras (and modules.py, recipe.py, TensorFlow) are imported inside the functions that use them, on purpose:
@@ -600,9 +600,9 @@ def _train(args, run_dir):
     if record.best_epoch < 0:
         raise UsageError("no epoch finished with a finite loss, so there are no weights to evaluate; lower --lr.")
     metrics = evaluate(args, run_dir, mconfig, data, record)
-    print(f"test: accuracy {metrics['accuracy']:.4f} ({metrics['correct']}/{metrics['images']} images), "
-          f"loss {metrics['loss']:.4f}, ROC-AUC {metrics['roc_auc']:.4f}, per-patient accuracy "
-          f"{metrics['per_patient']['accuracy']:.4f} ({metrics['per_patient']['correct']}/"
+    print(f"test: accuracy {shown(metrics, 'accuracy')} ({metrics['correct']}/{metrics['images']} images), "
+          f"loss {shown(metrics, 'loss')}, ROC-AUC {shown(metrics, 'roc_auc')}, per-patient accuracy "
+          f"{shown(metrics['per_patient'], 'accuracy')} ({metrics['per_patient']['correct']}/"
           f"{metrics['per_patient']['total']}); best epoch {record.best_epoch}")
     print(calibration.describe(metrics["calibration"]))
     print(f"run folder: {run_dir}")
