@@ -20,6 +20,7 @@ from perceiver import dataset, fileio, htmlreport, images, metrics, phantom, rec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--preset", "tiny", "--image-size", "16", "--batch-size", "16", "--no-xla", "--quiet"]
+HALVES = (0.5, 0.25, 0.25)
 SMALL = dict(patients=2, slices=2, height=32, width=32, progress=False, workers=1)
 
 
@@ -94,3 +95,191 @@ def test_a_group_with_no_members_has_a_null_accuracy():
     assert vote == {"accuracy": None, "accuracy_undefined": "the test split holds no groups", "correct": 0,
                     "total": 0}
     assert metrics.shown(vote, "accuracy") == "undefined (the test split holds no groups)"
+
+
+def test_the_dataset_summary_json_is_strict_and_names_what_it_passed_over(knees, tmp_path):
+    proc = _cli("dataset.py", "summary", knees, "--json", "--no-cache")
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads(proc.stdout)
+    assert s["schema"] == 2 and s["passed_over"] == [] and s["duplicates"] == []
+
+
+# === Rule 6: the image cache index is untrusted input ===
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-3, 12) | st.floats(allow_nan=False) | st.text(max_size=4),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                     max_leaves=12)
+
+
+def _index_edits():
+    """Edits of a sound cache index that keep it valid JSON: a key dropped, a value replaced by any JSON value, or a
+    list where the object belongs."""
+    keys = st.sampled_from(["version", "n", "ok_index", "skipped", "sha256", "created"])
+    return st.one_of(st.tuples(st.just("drop"), keys, st.none()), st.tuples(st.just("set"), keys, _JSON),
+                     st.tuples(st.just("list"), st.none(), st.none()),
+                     st.tuples(st.just("set"), st.sampled_from(["ok_index", "skipped"]),
+                               st.lists(st.integers(-2, 12), max_size=8)))
+
+
+@pytest.fixture(scope="module")
+def cached(knees, tmp_path_factory):
+    """The knees' images decoded into a cache, with the sound index's text."""
+    paths = sorted(r.path for r in dataset.discover(knees).records)
+    cache = tmp_path_factory.mktemp("cache")
+    first = dataset.load_images(paths, size=(8, 8), cache_dir=cache, progress=False, workers=1)
+    (index,) = cache.glob("*.json")
+    return paths, cache, index, index.read_text(), first.images
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edit=_index_edits())
+def test_a_cache_index_of_the_wrong_shape_means_a_rebuild_never_a_traceback(cached, capsys, edit):
+    paths, cache, index, sound, pixels = cached
+    meta = json.loads(sound)
+    how, key, value = edit
+    if how == "drop":
+        meta.pop(key)
+    elif how == "set":
+        meta[key] = value
+    else:
+        meta = list(meta.items())
+    index.write_text(json.dumps(meta))
+    capsys.readouterr()
+    again = dataset.load_images(paths, size=(8, 8), cache_dir=cache, progress=False, workers=1)
+    err = capsys.readouterr().err
+    assert np.array_equal(again.images, pixels) and again.ok == paths
+    if not again.from_cache:  # the edit was caught: one warning line, and the entry is written again
+        assert err.count("\n") == 1 and "are damaged" in err and "decoding them again" in err
+    else:  # an edit that changes nothing the cache relies on (its creation time, say)
+        assert err == ""
+    index.write_text(sound)
+
+
+@pytest.mark.parametrize("meta", [
+    {"ok_index": "0123"}, {"ok_index": [[0]]}, {"ok_index": [0, 0, 1, 2]}, {"ok_index": [7, 0, 1, 2]},
+    {"skipped": {"0": "x"}}, {"skipped": [[99, "missing: gone"]]}, {"n": "8"}, {"n": True}, {"sha256": None}])
+def test_the_cases_of_a_wrong_cache_index_are_each_a_rebuild(cached, capsys, meta):
+    paths, cache, index, sound, pixels = cached
+    index.write_text(json.dumps({**json.loads(sound), **meta}))
+    capsys.readouterr()
+    again = dataset.load_images(paths, size=(8, 8), cache_dir=cache, progress=False, workers=1)
+    assert not again.from_cache and np.array_equal(again.images, pixels)
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+# === Rule 5: duplicate images are reported, louder across splits ===
+def test_duplicate_images_are_counted_and_named_louder_across_splits(knees, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    for p in knees.glob("*.png"):
+        (data / p.name).write_bytes(p.read_bytes())
+    found = dataset.discover(data)
+    split = dataset.split_by_patient(found.records, ratios=HALVES, seed=0)
+    # a train image copied under the name of a test patient with a knee of the same side (the split, which depends on
+    # each patient's set of sides, stays as it was): the same pixels in training and test, a leak
+    original, patient = next((r, t.patient) for r in found.records for t in found.records
+                             if split[r.path] == "train" and split[t.path] == "test" and r.label == t.label)
+    train_img = original.path
+    copy = data / os.path.basename(train_img).replace(original.patient, patient)
+    copy.write_bytes(open(train_img, "rb").read())  # the same pixels under a test patient's name: a leak
+    capsys.readouterr()
+    prepared = dataset.prepare_data(data, ratios=HALVES, seed=0, size=(8, 8), cache=False, workers=1,
+                                    progress=False)
+    assert prepared.split[str(copy)] == "test" and prepared.split[train_img] == "train"
+    err = capsys.readouterr().err
+    assert prepared.duplicates == [sorted([train_img, str(copy)])]
+    assert err.count("\n") == 1 and "1 image under" in err and "span splits" in err and "optimistic" in err
+    s = dataset.summarize(data, ratios=HALVES, seed=0, size=(8, 8), cache=False, workers=1)
+    assert [sorted(g["splits"]) for g in s["duplicates"]] == [["test", "train"]]
+    assert "1 group across splits (leak" in dataset.format_summary(s)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.lists(st.integers(0, 3), min_size=1, max_size=12))
+def test_duplicate_groups_are_exactly_the_equal_images(rows):
+    palette = np.arange(4 * 2 * 2 * 1, dtype=np.uint8).reshape(4, 2, 2, 1)
+    pixels = palette[rows]
+    paths = [f"p{i}" for i in range(len(rows))]
+    expected = [[f"p{i}" for i, r in enumerate(rows) if r == v] for v in dict.fromkeys(rows)]
+    assert images.duplicate_groups(pixels, paths) == [g for g in expected if len(g) > 1]
+
+
+# === Rule 4, the data side: folders not searched are named and counted ===
+def _class_folders(knees, root):
+    """left/ and right/ class folders with the knees' images, under `root`."""
+    for p in knees.glob("*.png"):
+        side = "left" if "LEFT" in p.name.upper() else "right"
+        (root / side).mkdir(parents=True, exist_ok=True)
+        (root / side / p.name).write_bytes(p.read_bytes())
+    return root
+
+
+def test_a_linked_folder_is_named_and_not_followed(knees, tmp_path, capsys):
+    data = _class_folders(knees, tmp_path / "data")
+    outside = _class_folders(knees, tmp_path / "outside")
+    os.symlink(outside / "left", data / "left" / "more")  # a link out of the data folder
+    os.symlink(data, data / "right" / "loop")  # and one back into it
+    found = dataset.discover(data)
+    assert [(os.path.relpath(p, data), r) for p, r in found.passed_over] == [
+        ("left/more", "linked-folder: a symbolic link to a folder, not followed"),
+        ("right/loop", "linked-folder: a symbolic link to a folder, not followed")]
+    assert not any("outside" in r.path or "/more/" in r.path or "/loop/" in r.path for r in found.records)
+    capsys.readouterr()
+    prepared = dataset.prepare_data(data, ratios=HALVES, size=(8, 8), cache=False, workers=1, progress=False)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "warning: 2 folders under" in err and "left/more (linked-folder" in err
+    assert len(prepared.passed_over) == 2
+    proc = _cli("dataset.py", "summary", data, "--no-cache", "--split", "0.5,0.25,0.25")
+    assert proc.returncode == 0 and "folders not searched 2" in proc.stdout, proc.stdout + proc.stderr
+    assert "  right/loop  linked-folder: a symbolic link to a folder, not followed" in proc.stdout
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(bad=st.sets(st.sampled_from(["left", "right", "left/a", "right/b/c"]), max_size=3))
+def test_a_folder_that_cannot_be_listed_is_named_never_passed_over(knees, tmp_path_factory, monkeypatch, bad):
+    """Tests run as root, whom chmod 000 does not stop: os.scandir is made to refuse the chosen folders instead."""
+    data = _class_folders(knees, tmp_path_factory.mktemp("unreadable") / "data")
+    for sub in bad:
+        (data / sub).mkdir(parents=True, exist_ok=True)
+    refused = {os.path.normpath(data / sub) for sub in bad}
+    real = os.scandir
+
+    def scandir(path="."):
+        if os.path.normpath(os.fspath(path)) in refused:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    try:
+        found = dataset.discover(data)
+    except records.DataError as e:  # both class folders refused: no image left, and the message says why
+        assert {"left", "right"} <= bad and "not searched" in str(e) and "unreadable-folder" in str(e)
+        return
+    reachable = {p for p in refused if not any(p.startswith(q + os.sep) for q in refused)}  # under a refused
+    assert {p for p, _ in found.passed_over} == reachable                                   # one: never reached
+    assert all(r == "unreadable-folder: the folder cannot be listed (Permission denied)" for _, r in found.passed_over)
+    assert not any(r.path.startswith(tuple(q + os.sep for q in refused)) for r in found.records)
+
+
+def test_a_data_folder_that_cannot_be_listed_is_one_sentence(knees, monkeypatch):
+    real = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda path=".": (_ for _ in ()).throw(PermissionError(13, "Permission denied", path))
+                        if os.path.normpath(os.fspath(path)) == str(knees) else real(path))
+    with pytest.raises(records.DataError, match=r"^cannot read the data folder .* \(Permission denied\): check"):
+        dataset.discover(knees)
+
+
+# === Rule 6: split.csv is untrusted input ===
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(st.characters(blacklist_categories=["Cs"]), max_size=200), header=st.booleans())
+def test_a_damaged_split_csv_is_one_sentence_naming_it(knees, tmp_path, text, header):
+    path = tmp_path / "split.csv"
+    path.write_text(("path,patient,label,split,scan,visit,slice\n" if header else "") + text, encoding="utf-8",
+                    errors="surrogateescape")
+    try:
+        recs, split = dataset.read_manifest(path, root=knees)
+    except records.DataError as e:
+        assert str(path) in str(e) and "\n" not in str(e).strip()
+        return
+    for r in recs:  # what it accepts is a set of images inside the data folder, each in one split
+        assert os.path.commonpath([str(knees), r.path]) == str(knees) and "\0" not in r.path
+        assert split[r.path] in records.SPLITS
