@@ -283,3 +283,114 @@ def test_a_damaged_split_csv_is_one_sentence_naming_it(knees, tmp_path, text, he
     for r in recs:  # what it accepts is a set of images inside the data folder, each in one split
         assert os.path.commonpath([str(knees), r.path]) == str(knees) and "\0" not in r.path
         assert split[r.path] in records.SPLITS
+
+
+# === Rule 6: resuming on other data is refused; history.csv is untrusted input ===
+def _copy_set(knees, data):
+    data.mkdir(parents=True)
+    for p in knees.glob("*.png"):
+        (data / p.name).write_bytes(p.read_bytes())
+    return data
+
+
+def _prepared_with_manifest(data, manifest, **kw):
+    return dataset.prepare_data(data, manifest=manifest, size=(8, 8), cache=False, workers=1, progress=False, **kw)
+
+
+def test_resume_data_that_lost_or_changed_an_image_is_refused_and_additions_are_said(knees, tmp_path, capsys):
+    data = _copy_set(knees, tmp_path / "data")
+    found = dataset.discover(data)
+    manifest = tmp_path / "split.csv"
+    dataset.write_manifest(manifest, found.records, dataset.split_by_patient(found.records, ratios=HALVES), root=data)
+    dataset.check_same_data(manifest, _prepared_with_manifest(data, manifest))  # unchanged: accepted in silence
+    assert capsys.readouterr().err == ""
+    extra = data / found.records[0].path.replace(found.records[0].patient, "OAI9999999").split(os.sep)[-1]
+    extra.write_bytes(b"")  # added since: left out, said in one line (it would not even decode)
+    dataset.check_same_data(manifest, _prepared_with_manifest(data, manifest))
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"1 image is under {data} but not in {manifest}" in err and "leaves it out" in err
+    for change in ("removed", "emptied"):
+        victim = found.records[1 if change == "removed" else 2].path
+        saved = open(victim, "rb").read()
+        os.remove(victim) if change == "removed" else open(victim, "wb").close()
+        with pytest.raises(records.DataError) as caught:
+            dataset.check_same_data(manifest, _prepared_with_manifest(data, manifest))
+        message = str(caught.value)
+        assert message.startswith(f"1 of the {len(found.records)} images that {manifest} lists are no longer usable")
+        assert os.path.basename(victim) in message and "restore it, or start a new run with another --out" in message
+        assert ("missing" if change == "removed" else "empty") in message and "\n" not in message
+        open(victim, "wb").write(saved)
+
+
+HISTORY_HEAD = ",".join(runs.HISTORY_COLUMNS) + "\n"
+
+
+def _row(epoch, loss="0.5"):
+    return f"{epoch},{loss},0.8,0.6,0.7,0.001,1.5\n"
+
+
+@pytest.mark.parametrize("text, kept, why", [
+    (HISTORY_HEAD + _row(1) + _row(2), 2, None),
+    (HISTORY_HEAD + _row(1) + _row(2, "abc"), 1, "not a number"),
+    (HISTORY_HEAD + _row(1), 1, "holds 1 of the 2 epochs"),
+    (HISTORY_HEAD + _row(2) + _row(1), 0, "row 1 is not epoch 1"),
+    ("epoch,loss\n1,0.5\n2,0.4\n", 0, "lacks a column"),
+    ("\0\0\0garbage", 0, None),
+    ("", 0, "holds 0 of the 2 epochs"),
+])
+def test_a_damaged_history_csv_keeps_its_sound_rows_with_one_warning(tmp_path, capsys, text, kept, why):
+    import train
+
+    path = tmp_path / runs.HISTORY
+    path.write_text(text)
+    rows = train._resume_history(path, 2)
+    err = capsys.readouterr().err
+    assert [r["epoch"] for r in rows] == list(range(1, kept + 1))
+    assert all(set(r) == set(runs.HISTORY_COLUMNS) and all(math.isfinite(v) for v in r.values()) for r in rows)
+    if kept == 2:
+        assert err == ""
+    else:
+        assert err.count("\n") == 1 and f"{path} is damaged" in err and (why is None or why in err), err
+    runs.write_history(path, rows)  # what the resumed run writes back is accepted
+
+
+@pytest.mark.slow
+def test_a_run_with_a_one_class_test_split_and_its_resumes(knees, tmp_path):
+    """End to end: metrics.json holds a null ROC-AUC with its reason and the summary line says why; a resume after
+    an image was removed is refused in one sentence, after one was added it goes on with a warning line, and a
+    damaged history.csv is written again from its sound rows."""
+    data = _copy_set(knees, tmp_path / "data")
+    found = dataset.discover(data)
+    sides = {}
+    for r in found.records:
+        sides.setdefault(r.patient, set()).add(r.label)
+    one_sided = sorted(p for p, s in sides.items() if len(s) == 1)
+    test, val = one_sided[0], one_sided[-1]
+    split = {r.path: "test" if r.patient == test else "val" if r.patient == val else "train" for r in found.records}
+    manifest = tmp_path / "mine.csv"
+    dataset.write_manifest(manifest, found.records, split, root=data)
+    out = tmp_path / "run"
+    proc = _cli("train.py", "--data", data, "--split-manifest", manifest, "--out", out, "--epochs", "1", *TINY)
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((out / runs.METRICS).read_text())
+    assert m["roc_auc"] is None and m["roc_auc_undefined"] == metrics.ONE_CLASS
+    assert "ROC-AUC undefined (the test split holds images of one class only)" in proc.stdout
+    assert "undefined (the test split holds images of one class only)" in (out / runs.REPORT).read_text()
+
+    victim = next(r.path for r in found.records if split[r.path] == "train")
+    saved = open(victim, "rb").read()
+    os.remove(victim)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    proc = _cli("train.py", "--out", out, "--resume", "--data", data, "--quiet")
+    assert proc.returncode == 2 and _one_sentence(proc.stderr), proc.stderr
+    assert f"1 of the {len(found.records)} images that {out / runs.SPLIT} lists are no longer usable" in proc.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # refused before it wrote anything
+
+    open(victim, "wb").write(saved)
+    (data / os.path.basename(victim).replace(found.records[0].patient[:3], "OAI9")).write_bytes(b"")
+    (out / runs.HISTORY).write_text(HISTORY_HEAD + _row(1, "oops"))
+    proc = _cli("train.py", "--out", out, "--resume", "--data", data, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "not in" in proc.stderr and "the resumed run leaves it out" in proc.stderr
+    assert f"{out / runs.HISTORY} is damaged" in proc.stderr and "Traceback" not in proc.stderr
+    assert (out / runs.HISTORY).read_text() == HISTORY_HEAD  # its one row was damaged: none kept
