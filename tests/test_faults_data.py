@@ -394,3 +394,82 @@ def test_a_run_with_a_one_class_test_split_and_its_resumes(knees, tmp_path):
     assert "not in" in proc.stderr and "the resumed run leaves it out" in proc.stderr
     assert f"{out / runs.HISTORY} is damaged" in proc.stderr and "Traceback" not in proc.stderr
     assert (out / runs.HISTORY).read_text() == HISTORY_HEAD  # its one row was damaged: none kept
+
+
+# === Rule 6: phantom.json is untrusted input; the generator replaces only what it can prove it wrote ===
+USER_IMAGE = "OAI9999999_BaseLine_3_de3d1_SAG_3D_DESS_WE_LEFT.nii.gz_0.png"
+
+
+def _phantom_edits():
+    keys = st.sampled_from(["parameters", "counts", "files", "sha256"])
+    return st.lists(st.one_of(
+        st.tuples(st.just("drop"), keys, st.none()),
+        st.tuples(st.just("set"), keys, _JSON),
+        st.tuples(st.just("claim"), st.none(), st.none()),  # the user's image added to its files
+        st.tuples(st.just("hash"), st.text("0123456789abcdef", min_size=64, max_size=64), st.none()),
+        st.tuples(st.just("garbage"), st.binary(max_size=20), st.none())), min_size=1, max_size=3)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits=_phantom_edits(), patients=st.sampled_from([2, 3]))
+def test_no_edit_of_phantom_json_makes_the_generator_touch_a_users_image(tmp_path_factory, edits, patients):
+    out = tmp_path_factory.mktemp("phantom")
+    first = phantom.generate(out, **SMALL)
+    mine = out / USER_IMAGE
+    user_bytes = first[0].read_bytes()[:-30] + b"my own pixels, my own bytes..."  # a PNG-looking file of the user's
+    mine.write_bytes(user_bytes)
+    meta_path = out / "phantom.json"
+    for how, key, value in edits:
+        if how == "garbage":
+            meta_path.write_bytes(key)
+            continue
+        try:
+            meta = json.loads(meta_path.read_text())
+        except ValueError:
+            continue
+        if not isinstance(meta, dict):
+            continue
+        if how == "drop":
+            meta.pop(key, None)
+        elif how == "set":
+            meta[key] = value
+        elif how == "claim" and isinstance(meta.get("files"), list):
+            meta["files"].append(USER_IMAGE)
+        elif how == "hash" and isinstance(meta.get("sha256"), dict):
+            meta["sha256"][USER_IMAGE] = key
+        meta_path.write_text(json.dumps(meta))
+    try:
+        phantom.generate(out, **{**SMALL, "patients": patients})
+    except ValueError as e:
+        assert "did not write or cannot prove it wrote" in str(e)
+    assert mine.read_bytes() == user_bytes
+
+
+def test_an_edited_phantom_json_no_longer_deletes_a_users_image(tmp_path, capsys):
+    """The issue's case: a user's image named in phantom.json's files once made a rerun delete it."""
+    phantom.generate(tmp_path, **SMALL)
+    mine = tmp_path / USER_IMAGE
+    mine.write_bytes(b"a user's scan")
+    meta = json.loads((tmp_path / "phantom.json").read_text())
+    meta["files"].append(USER_IMAGE)
+    (tmp_path / "phantom.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=f"1 knee image that phantom.py did not write .*e.g. {USER_IMAGE}"):
+        phantom.generate(tmp_path, **{**SMALL, "patients": 3})
+    assert mine.read_bytes() == b"a user's scan"
+
+
+def test_a_damaged_phantom_json_is_treated_as_absent_with_a_warning(tmp_path, capsys):
+    first = phantom.generate(tmp_path, **SMALL)
+    pixels = {p.name: p.read_bytes() for p in first}
+    (tmp_path / "phantom.json").write_text('["not", "the record"]')
+    capsys.readouterr()
+    again = phantom.generate(tmp_path, **SMALL)  # its own images, proven by their pixels: written again
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "phantom.json is damaged (it is not a JSON object); treated as absent" in err
+    assert {p.name: p.read_bytes() for p in again} == pixels
+    meta = json.loads((tmp_path / "phantom.json").read_text())
+    assert sorted(meta["sha256"]) == sorted(pixels) and meta["files"] == sorted(pixels)
+    (tmp_path / "phantom.json").write_text("{")  # and with other settings, nothing it cannot prove is touched
+    with pytest.raises(ValueError, match="cannot prove it wrote"):
+        phantom.generate(tmp_path, **{**SMALL, "patients": 3, "seed": 1})
+    assert {p.name: p.read_bytes() for p in again} == pixels
