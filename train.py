@@ -292,7 +292,8 @@ def _check_manifest_found(manifest, root, data):
 
 def _resume_history(path, start):
     """The rows of history.csv for epochs 1..`start` (those before the resume), as floats; history.csv is untrusted
-    input. Rows are kept while each is epoch i+1 with every column a finite number; from the first row that is not
+    input. Rows are kept while each is epoch i+1 with every column a number, finite but for the accuracies (NaN when
+    Keras did not report one, as `epoch_callback` writes them); from the first row that is not
     (a damaged or edited file, rows missing), the rest is dropped with a warning line, and history.csv is written
     again with the kept rows at once: the curves then lack those epochs, while the training itself (weights,
     optimizer, best epoch: the checksummed resume state) is unaffected."""
@@ -309,8 +310,9 @@ def _resume_history(path, start):
         except (KeyError, TypeError, ValueError):
             problem = f"its row for epoch {len(kept) + 1} lacks a column or holds a value that is not a number"
             break
-        if values["epoch"] != len(kept) + 1 or not all(math.isfinite(values[c]) for c in ("epoch", "seconds")):
-            problem = f"its row {len(kept) + 1} is not epoch {len(kept) + 1}"
+        finite = ("loss", "val_loss", "learning_rate", "seconds")
+        if values["epoch"] != len(kept) + 1 or not all(math.isfinite(values[c]) for c in finite):
+            problem = f"its row {len(kept) + 1} is not epoch {len(kept) + 1} with finite losses"
             break
         kept.append({**values, "epoch": len(kept) + 1})
     if len(kept) < start:

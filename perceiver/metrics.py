@@ -152,7 +152,7 @@ def classification_metrics(logits, labels, records, classes, label_smoothing, te
     k = len(classes)
     confusion = confusion_counts(labels, predicted, k)
     finite = bool(np.isfinite(logits).all())
-    probs = softmax(logits)
+    probs = softmax(logits) if finite else None  # a NaN or infinite logit: no ROC-AUC (nor its warnings)
     if not finite:
         auc, auc_why = None, NOT_FINITE
         auc_note = f"positive class {classes[1]!r}" if k == 2 else "macro average of one-vs-rest"
