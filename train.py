@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import datetime
 import json
 import math
@@ -40,7 +41,7 @@ from perceiver import htmlreport
 from perceiver import phantom
 from perceiver import runs
 from perceiver.errors import UsageError, add_common_flags, run_command, start_command
-from perceiver.metrics import classification_metrics
+from perceiver.metrics import classification_metrics, shown
 from perceiver.plots import plot_roc, plot_run
 
 # Keras (and modules.py, recipe.py, TensorFlow) are imported inside the functions that use them, on purpose:
@@ -290,6 +291,39 @@ def _check_manifest_found(manifest, root, data):
                          f"{root}; pass the data folder it was written for with --data.")
 
 
+def _resume_history(path, start):
+    """The rows of history.csv for epochs 1..`start` (those before the resume), as floats; history.csv is untrusted
+    input. Rows are kept while each is epoch i+1 with every column a number, finite but for the accuracies (NaN when
+    Keras did not report one, as `epoch_callback` writes them); from the first row that is not
+    (a damaged or edited file, rows missing), the rest is dropped with a warning line, and history.csv is written
+    again with the kept rows at once: the curves then lack those epochs, while the training itself (weights,
+    optimizer, best epoch: the checksummed resume state) is unaffected."""
+    try:
+        rows = runs.read_history(path)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        rows, problem = [], f"it cannot be read ({e})"
+    else:
+        problem = None
+    kept = []
+    for row in rows[:start]:
+        try:
+            values = {c: float(row[c]) for c in runs.HISTORY_COLUMNS}
+        except (KeyError, TypeError, ValueError):
+            problem = f"its row for epoch {len(kept) + 1} lacks a column or holds a value that is not a number"
+            break
+        finite = ("loss", "val_loss", "learning_rate", "seconds")
+        if values["epoch"] != len(kept) + 1 or not all(math.isfinite(values[c]) for c in finite):
+            problem = f"its row {len(kept) + 1} is not epoch {len(kept) + 1} with finite losses"
+            break
+        kept.append({**values, "epoch": len(kept) + 1})
+    if len(kept) < start:
+        problem = problem or f"it holds {len(kept)} of the {start} epochs run"
+        print(f"warning: {path} is damaged ({problem}); the resumed run keeps its first {len(kept)} rows and writes "
+              f"it again, so the curves lack epochs {len(kept) + 1} to {start}.", file=sys.stderr, flush=True)
+        runs.write_history(path, kept)  # now: the report and the plots read it back even if no epoch is left to run
+    return kept
+
+
 def prepare(args, manifest):
     if args.data is None:
         root = phantom.default_root(args.phantom_patients, args.phantom_slices, args.seed)
@@ -309,7 +343,12 @@ def prepare(args, manifest):
     except dataset.DataError as e:
         raise UsageError(str(e)) from None
     counts = {s: len(data.paths[s]) for s in dataset.SPLITS}
-    if manifest is not None:
+    if args.resume:  # the data the run started with, or a refusal in one sentence (dataset.check_same_data)
+        try:
+            dataset.check_same_data(manifest, data)
+        except dataset.DataError as e:
+            raise UsageError(str(e)) from None
+    elif manifest is not None:
         _check_manifest_found(manifest, root, data)
     for name, n in counts.items():
         if n == 0:
@@ -319,7 +358,8 @@ def prepare(args, manifest):
         raise UsageError(f"{root} has only the class {data.classes}; a classifier needs at least two.")
     print(f"data: {len(data.records):,} images of {len(data.classes)} classes {data.classes}; "
           f"train {counts['train']:,} / val {counts['val']:,} / test {counts['test']:,} images, split by patient "
-          f"({data.source}); {len(data.skipped)} skipped; loaded in {time.time() - t0:.1f} s"
+          f"({data.source}); {len(data.skipped)} skipped; {len(data.passed_over)} folders not searched; "
+          f"{sum(len(g) - 1 for g in data.duplicates or [])} duplicate images; loaded in {time.time() - t0:.1f} s"
           f"{' from cache' if data.from_cache else ''}", flush=True)
     for path, reason in data.skipped[:5]:
         print(f"  skipped {path}: {reason}")
@@ -592,7 +632,7 @@ def _train(args, run_dir):
     start, progress = 0, ([], math.inf, -1)
     if args.resume:
         start, best_val, best_epoch = runs.load_state(run_dir / runs.STATE, model)
-        progress = (runs.read_history(run_dir / runs.HISTORY)[:start], best_val, best_epoch)
+        progress = (_resume_history(run_dir / runs.HISTORY, start), best_val, best_epoch)
         print(f"resuming {run_dir} after epoch {start} (best validation loss {best_val:.4f} at epoch {best_epoch})")
     print(f"model: preset {args.preset}, {model.count_params():,} parameters, backend {keras.backend.backend()}, "
           f"{replicas} device(s); {args.epochs} epochs of {steps} steps, batch {args.batch_size}, "
@@ -601,9 +641,9 @@ def _train(args, run_dir):
     if record.best_epoch < 0:
         raise UsageError("no epoch finished with a finite loss, so there are no weights to evaluate; lower --lr.")
     metrics = evaluate(args, run_dir, mconfig, data, record)
-    print(f"test: accuracy {metrics['accuracy']:.4f} ({metrics['correct']}/{metrics['images']} images), "
-          f"loss {metrics['loss']:.4f}, ROC-AUC {metrics['roc_auc']:.4f}, per-patient accuracy "
-          f"{metrics['per_patient']['accuracy']:.4f} ({metrics['per_patient']['correct']}/"
+    print(f"test: accuracy {shown(metrics, 'accuracy')} ({metrics['correct']}/{metrics['images']} images), "
+          f"loss {shown(metrics, 'loss')}, ROC-AUC {shown(metrics, 'roc_auc')}, per-patient accuracy "
+          f"{shown(metrics['per_patient'], 'accuracy')} ({metrics['per_patient']['correct']}/"
           f"{metrics['per_patient']['total']}); best epoch {record.best_epoch}")
     print(calibration.describe(metrics["calibration"]))
     print(f"run folder: {run_dir}")

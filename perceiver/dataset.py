@@ -61,8 +61,19 @@ data folder often holds a README or a JSON beside the slices). Every other file 
     too-large       more than MAX_PIXELS pixels (a decompression bomb, or not a slice)
     corrupt         any other decoding failure
 
-Summary JSON (`--json`, `summarize()`), schema 1; keys are only ever added under a new schema number:
-    schema          int, 1
+Folders not searched, and duplicates, are named, never passed over in silence; `prepare_data` prints one warning line
+for each kind (on stderr), and the summary lists them:
+    linked-folder     a sub-folder that is a symbolic link: not followed (records.py's docstring says why)
+    unreadable-folder a sub-folder that cannot be listed (permission denied, an I/O error)
+    duplicates        images whose decoded pixels are identical at the size trained on (images.duplicate_groups):
+                      the model sees one image twice. Within one split a copy only weighs its image twice; across
+                      splits it leaks (the same image is trained on and tested, so the test figures are optimistic)
+                      and the warning says so first. Neither refuses the data: real sets hold copies (a slice
+                      exported twice), and removing them is the user's call.
+
+Summary JSON (`--json`, `summarize()`), schema 2; keys are only ever added under a new schema number (2 added
+"passed_over" and "duplicates"):
+    schema          int, 2
     root            str, absolute data folder
     layout          "akoa" | "folders"
     classes         list[str], sorted; label index i is classes[i]
@@ -80,6 +91,9 @@ Summary JSON (`--json`, `summarize()`), schema 1; keys are only ever added under
     skipped         list of {"path": str (relative to root when under it), "code": str, "reason": str}
     skipped_by_code {code: int}
     ignored_by_extension {".ext": int}, files that are not an image type
+    passed_over     list of {"path": str, "code": "linked-folder" | "unreadable-folder", "reason": str}
+    duplicates      list of {"paths": [str, ...], "splits": [str, ...]} (paths as in "skipped"; a group's splits
+                    in its paths' order) | null when not decoded
 
 Pixel scaling happens in one place, `normalize` (batches.py); `load_image` (images.py, which says how images are
 resized) + `normalize` is the whole preprocessing at inference.
@@ -88,7 +102,6 @@ resized) + `normalize` is the whole preprocessing at inference.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections import Counter
@@ -96,6 +109,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from perceiver import fileio
 from perceiver.errors import add_common_flags, console_safe, run_command
 
 # The public names of records.py, images.py and batches.py, re-exported so that `dataset.X` keeps working.
@@ -116,7 +130,7 @@ __all__ = [
     # batches.py
     "PIXEL_OFFSET", "PIXEL_SCALE", "Augment", "augment_batch", "denormalize", "make_dataset", "normalize",
     # this module
-    "PreparedData", "format_summary", "main", "prepare_data", "summarize",
+    "PreparedData", "check_same_data", "data_warnings", "format_summary", "main", "prepare_data", "summarize",
 ]
 
 
@@ -138,6 +152,8 @@ class PreparedData:
         source: str. "computed" or "manifest".
         from_cache: bool. Whether images came from the disk cache.
         ignored: list[str]. Files that are not an image type (not counted as skipped).
+        passed_over: list[tuple[str, str]]. Sub-folders not searched and why (records.Discovery.passed_over).
+        duplicates: list[list[str]] | None. Groups of usable images with identical pixels; None when not decoded.
     """
 
     root: str
@@ -152,11 +168,15 @@ class PreparedData:
     source: str = "computed"
     from_cache: bool = False
     ignored: list = field(default_factory=list)
+    passed_over: list = field(default_factory=list)
+    duplicates: list | None = None
 
 
 def prepare_data(root, *, ratios=DEFAULT_RATIOS, seed=0, manifest=None, decode=True, size=DEFAULT_SIZE, channels=3,
-                 cache_dir=None, cache=True, workers=None, progress=True):
+                 cache_dir=None, cache=True, workers=None, progress=True, warn=True):
     """Discovers, splits by patient (or reads the manifest's split), decodes, and groups arrays by split.
+
+    With `warn`, prints `data_warnings` (folders not searched, duplicate images) on stderr, one line each.
 
     The split is made on the labelled files before decoding, so a file that later fails to decode never moves a
     patient between splits. With `manifest`, its records and split are used; files on disk that it does not list
@@ -179,13 +199,13 @@ def prepare_data(root, *, ratios=DEFAULT_RATIOS, seed=0, manifest=None, decode=T
     else:
         records, split = found.records, split_by_patient(found.records, ratios=ratios, seed=seed)
         classes, layout, source = found.classes, found.layout, "computed"
-    from_cache = False
+    from_cache, duplicates = False, None
     if decode:
         loaded = load_images([r.path for r in records], size=size, channels=channels, cache_dir=cache_dir,
                              cache=cache, workers=workers, progress=progress)
         skipped += loaded.skipped
         records = [records[i] for i in loaded.ok_index]
-        from_cache = loaded.from_cache
+        from_cache, duplicates = loaded.from_cache, loaded.duplicates
     all_images = loaded.images if decode else None
     labels_all = labels_to_indices(records, classes)
     images_by, labels_by, paths_by = ({} if decode else None), {}, {}
@@ -195,8 +215,72 @@ def prepare_data(root, *, ratios=DEFAULT_RATIOS, seed=0, manifest=None, decode=T
         paths_by[name] = [records[i].path for i in idx]
         if decode:
             images_by[name] = all_images[idx]
-    return PreparedData(found.root, layout, classes, records, {r.path: split[r.path] for r in records}, skipped,
-                        images_by, labels_by, paths_by, source, from_cache, found.ignored)
+    data = PreparedData(found.root, layout, classes, records, {r.path: split[r.path] for r in records}, skipped,
+                        images_by, labels_by, paths_by, source, from_cache, found.ignored, found.passed_over,
+                        duplicates)
+    if warn:
+        for line in data_warnings(data):
+            print(line, file=sys.stderr, flush=True)
+    return data
+
+
+def check_same_data(manifest, data):
+    """Checks that `data`, prepared with the split in `manifest` (a run's split.csv, which lists the images the run
+    started with, every one usable then), is still that data: `train.py --resume` must not go on with fewer images in
+    silence.
+
+    An image the manifest lists that is now missing, unreadable, of another label or no longer decodes is refused.
+    Images added since are left out (the run started without them), with a warning line on stderr.
+
+    Raises:
+        DataError: naming the manifest, the count and one image with its reason.
+    """
+    listed = {r.path for r in read_manifest(manifest, root=data.root)[0]}
+    gone = [(path, reason) for path, reason in data.skipped if path in listed]
+    if gone:
+        path, reason = gone[0]
+        raise DataError(f"{len(gone):,} of the {len(listed):,} images that {manifest} lists are no longer usable "
+                        f"under {data.root} (e.g. {_relative(path, data.root)}: {reason}); resume needs the data the "
+                        "run started with: restore it, or start a new run with another --out.")
+    added = [path for path, reason in data.skipped if reason.startswith("not-in-manifest")]
+    if added:
+        n = len(added)
+        print(f"warning: {n:,} image{'s are' if n != 1 else ' is'} under {data.root} but not in {manifest} (added "
+              f"since the run started, e.g. {_relative(added[0], data.root)}); the resumed run leaves "
+              f"{'them' if n != 1 else 'it'} out, as it started without {'them' if n != 1 else 'it'}.",
+              file=sys.stderr, flush=True)
+
+
+def _relative(path, root):
+    p = os.path.abspath(path)
+    return os.path.relpath(p, root).replace(os.sep, "/") if p.startswith(root.rstrip(os.sep) + os.sep) else p
+
+
+def data_warnings(data):
+    """One warning line for the folders not searched and one for the duplicate images of `data`; none when there
+    are none. Copies across splits are named first: they leak (the module docstring says why)."""
+    lines = []
+    if data.passed_over:
+        n = len(data.passed_over)
+        named = "; ".join(f"{_relative(p, data.root)} ({reason})" for p, reason in data.passed_over[:3])
+        lines.append(f"warning: {n} folder{'s' if n != 1 else ''} under {data.root} {'were' if n != 1 else 'was'} "
+                     f"not searched, so the images in them are not used: {named}"
+                     f"{f' and {n - 3} more' if n > 3 else ''}.")
+    if data.duplicates:
+        copies = sum(len(g) - 1 for g in data.duplicates)
+        across = [g for g in data.duplicates if len({data.split[p] for p in g}) > 1]
+        first = across[0] if across else data.duplicates[0]
+        example = " = ".join(f"{_relative(p, data.root)} ({data.split[p]})" for p in first[:2])
+        if across:
+            lines.append(f"warning: {copies} image{'s' if copies != 1 else ''} under {data.root} repeat another's "
+                         f"pixels exactly, and {len(across)} such group{'s' if len(across) != 1 else ''} span "
+                         f"splits, so the same image is trained on and tested and the test figures are optimistic "
+                         f"(e.g. {example}); remove the copies.")
+        else:
+            lines.append(f"warning: {copies} image{'s' if copies != 1 else ''} under {data.root} repeat another's "
+                         f"pixels exactly, each within one split, so it weighs twice (e.g. {example}); remove the "
+                         "copies.")
+    return lines
 
 
 # === Summary ===
@@ -211,7 +295,8 @@ def summarize(root, *, ratios=DEFAULT_RATIOS, seed=0, manifest=None, decode=True
     docstring)."""
     size = _check_size(size)
     data = prepare_data(root, ratios=ratios, seed=seed, manifest=manifest, decode=decode, size=size,
-                        channels=channels, cache_dir=cache_dir, cache=cache, workers=workers, progress=progress)
+                        channels=channels, cache_dir=cache_dir, cache=cache, workers=workers, progress=progress,
+                        warn=False)  # the summary lists them
 
     def counts(records, with_scans=True):
         per_label = {}
@@ -230,16 +315,21 @@ def summarize(root, *, ratios=DEFAULT_RATIOS, seed=0, manifest=None, decode=True
         splits[name] = {**part, "per_label": part_labels}
 
     def rel(p):
-        p = os.path.abspath(p)
-        return os.path.relpath(p, data.root).replace(os.sep, "/") if p.startswith(data.root + os.sep) else p
+        return _relative(p, data.root)
 
     skipped = []
     for path, reason in data.skipped:
         code, detail = _code_of(reason)
         skipped.append({"path": rel(path), "code": code, "reason": detail})
     manual = data.source == "manifest"
+    passed_over = []
+    for path, reason in data.passed_over:
+        code, detail = _code_of(reason)
+        passed_over.append({"path": rel(path), "code": code, "reason": detail})
+    duplicates = None if data.duplicates is None else [
+        {"paths": [rel(p) for p in g], "splits": [data.split[p] for p in g]} for g in data.duplicates]
     return {
-        "schema": 1,
+        "schema": 2,
         "root": data.root,
         "layout": data.layout,
         "classes": list(data.classes),
@@ -256,6 +346,8 @@ def summarize(root, *, ratios=DEFAULT_RATIOS, seed=0, manifest=None, decode=True
         "skipped_by_code": dict(sorted(Counter(s["code"] for s in skipped).items())),
         "ignored_by_extension": dict(sorted(Counter(os.path.splitext(p)[1].lower() or "(none)"
                                                     for p in data.ignored).items())),
+        "passed_over": passed_over,
+        "duplicates": duplicates,
     }
 
 
@@ -291,6 +383,17 @@ def format_summary(s, *, max_skipped=20):
     if s["ignored_by_extension"]:
         ignored = s["ignored_by_extension"]
         lines.append("ignored, not image types: " + ", ".join(f"{k} {v:,}" for k, v in ignored.items()))
+    if s["passed_over"]:
+        lines.append(f"folders not searched {len(s['passed_over']):,}")
+        lines += [f"  {item['path']}  {item['code']}: {item['reason']}" for item in s["passed_over"][:max_skipped]]
+    if s["duplicates"]:
+        groups = s["duplicates"]
+        across = [g for g in groups if len(set(g["splits"])) > 1]
+        lines.append(f"duplicates {sum(len(g['paths']) - 1 for g in groups):,} images (identical pixels), "
+                     f"{len(across):,} group{'s' if len(across) != 1 else ''} across splits"
+                     + (" (leak: the same image trained on and tested)" if across else ""))
+        for g in (across + [g for g in groups if g not in across])[:max_skipped]:
+            lines.append("  " + " = ".join(f"{p} ({split})" for p, split in zip(g["paths"], g["splits"])))
     return "\n".join(lines)
 
 
@@ -346,7 +449,7 @@ def _summary_command(args):
                         manifest=args.manifest, decode=not args.no_decode, size=_parse_size(args.size),
                         channels=args.channels, cache_dir=args.cache_dir, cache=not args.no_cache,
                         workers=args.workers, progress=sys.stderr.isatty())
-    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    print(fileio.json_text(summary).rstrip("\n") if args.json else format_summary(summary))
     if summary["images"] == 0:  # as for an empty folder: nothing here can be trained on
         print(f"error: no usable image in {args.dir}; the reasons are listed above.", file=sys.stderr)
         return 2

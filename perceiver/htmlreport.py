@@ -590,16 +590,18 @@ def _confusion_table(cm):
 
 def _metric_rows(m):
     """(id, name, value, shown, definition) for each test metric in metrics.json that the run has."""
-    rows = [("accuracy", "accuracy per image", m["accuracy"], f"{m['accuracy']:.4f} ({m['correct']:,}/"
+    from perceiver.metrics import shown  # here: scipy and scikit-learn load in ~1.2 s, and driver.py imports this module
+    # an undefined figure is null with a "<name>_undefined" reason (metrics' docstring): shown as "undefined (why)"
+    rows = [("accuracy", "accuracy per image", m["accuracy"], f"{shown(m, 'accuracy')} ({m['correct']:,}/"
              f"{m['images']:,} images)", "the share of test images whose most probable class is the true one"),
-            ("loss", "test loss", m["loss"], f"{m['loss']:.4f}", m.get("loss_definition", "mean cross-entropy")),
-            ("roc_auc", "ROC-AUC", m["roc_auc"], f"{m['roc_auc']:.4f}",
+            ("loss", "test loss", m["loss"], shown(m, "loss"), m.get("loss_definition", "mean cross-entropy")),
+            ("roc_auc", "ROC-AUC", m["roc_auc"], shown(m, "roc_auc"),
              "area under the ROC curve: the chance that a random image of the positive class scores above a random "
              f"other image ({m.get('roc_auc_definition', '')})")]
     for key, name in (("per_patient", "per-patient vote"), ("per_scan", "per-scan verdict")):
         if key in m:
             g = m[key]
-            rows.append((f"{key}_accuracy", f"{name} accuracy", g["accuracy"], f"{g['accuracy']:.4f} "
+            rows.append((f"{key}_accuracy", f"{name} accuracy", g["accuracy"], f"{shown(g, 'accuracy')} "
                          f"({g['correct']:,}/{g['total']:,})", g.get("definition", "")))
     c = m.get("calibration")
     if c:
@@ -661,8 +663,9 @@ def run_report(run_dir, out=None):
                  ("backend", _text(config.get("backend", ""))),
                  ("versions", _text(", ".join(f"{k} {v}" for k, v in config.get("versions", {}).items())))])
     metric_rows = "".join(
-        f"<tr><td>{_text(name)}</td><td class='num' id='metric-{key}' data-value='{value!r}'>{_text(shown)}</td>"
-        f"<td class='def'>{_text(definition)}</td></tr>" for key, name, value, shown, definition in _metric_rows(m))
+        f"<tr><td>{_text(name)}</td><td class='num' id='metric-{key}' "
+        f"data-value='{'null' if value is None else repr(value)}'>{_text(text)}</td>"
+        f"<td class='def'>{_text(definition)}</td></tr>" for key, name, value, text, definition in _metric_rows(m))
     curves = "".join(_figure(run_dir, name, f"Training and validation {what} per epoch, and the test {what} of the "
                              "kept epoch's weights") for _, name, what in CURVES)
     figures = (_figure(run_dir, runs.ROC_PLOT, "ROC on the test split")

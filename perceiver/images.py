@@ -10,7 +10,12 @@ preprocessing at inference.
 The cache: one entry per (ordered path list, each file's size and mtime, target size, channels, decoder version), a
 `.npy` of the pixels and a `.json` index written after it. The index records the count, dtype, shape and the SHA-256
 of the pixels; an entry that fails any check when read (damaged, truncated, overwritten) is decoded again and
-replaced, with a one-line warning, never used.
+replaced, with a one-line warning, never used. The index is untrusted input like any file read back: valid JSON of
+the wrong shape (a list, a missing key, a string where numbers belong, positions out of range, counts that do not add
+up) is a damaged entry too (`_index_problem`), never a traceback.
+
+Duplicates: `LoadResult.duplicates` lists the groups of images whose decoded pixels are identical at the size trained
+on (what the model sees is then the same image); dataset.py reports them.
 
 A file that cannot be used is skipped with a reason `"<code>: <sentence>"`: missing, unreadable, empty, not-image,
 truncated, too-large or corrupt (dataset.py's docstring says what each means).
@@ -32,7 +37,7 @@ import time
 import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -228,6 +233,7 @@ class LoadResult:
         ok_index: np.ndarray. int64 positions of `ok` in the input list.
         skipped: list[tuple[str, str]]. (path, "code: reason") for files that could not be used.
         from_cache: bool. True when read from the disk cache.
+        duplicates: list[list[str]]. Groups (two or more paths, in input order) of images with identical pixels.
     """
 
     images: np.ndarray
@@ -235,6 +241,23 @@ class LoadResult:
     ok_index: np.ndarray
     skipped: list
     from_cache: bool = False
+    duplicates: list = field(default_factory=list)
+
+
+def duplicate_groups(images, paths):
+    """Groups of `paths` whose `images` rows are identical pixel for pixel, in input order (a group by its first
+    member); a hash of each row (BLAKE2b, 128 bits) finds the candidates, their bytes confirm them."""
+    by_digest = {}
+    for i, row in enumerate(images):
+        by_digest.setdefault(hashlib.blake2b(np.ascontiguousarray(row).data, digest_size=16).digest(), []).append(i)
+    groups = []
+    for members in by_digest.values():
+        while len(members) > 1:  # a hash collision would leave rows of unequal bytes in their own groups
+            same = [i for i in members if np.array_equal(images[i], images[members[0]])]
+            if len(same) > 1:
+                groups.append(same)
+            members = [i for i in members if i not in same]
+    return [[paths[i] for i in group] for group in sorted(groups)]
 
 
 def default_cache_dir():
@@ -274,23 +297,47 @@ def _cache_read(cache_dir, key, paths, size, channels):
         with open(meta_path, encoding="utf-8") as f:
             meta = json.load(f)
         images = np.load(os.path.join(cache_dir, key + ".npy"), allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, RecursionError) as e:
         return None, f"it cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-    if not isinstance(meta, dict):
-        return None, "its index is not a JSON object"
-    ok_index = np.asarray(meta.get("ok_index", []), dtype=np.int64)
-    if meta.get("version") != CACHE_VERSION or meta.get("n") != len(paths):
-        return None, "its index does not describe these images"
+    problem = _index_problem(meta, len(paths))
+    if problem:
+        return None, problem
+    ok_index = np.asarray(meta["ok_index"], dtype=np.int64)
     if images.dtype != np.uint8 or images.shape != (len(ok_index), size[0], size[1], channels):
         return None, f"its pixels are {images.dtype} {images.shape}, not the images its index lists"
-    if meta.get("sha256") != _pixels_sha256(images):
+    if meta["sha256"] != _pixels_sha256(images):
         return None, "its pixels do not match their recorded checksum"
     try:
         os.utime(meta_path)  # mark as recently used
     except OSError:
         pass
-    skipped = [(paths[i], reason) for i, reason in meta.get("skipped", [])]
+    skipped = [(paths[i], reason) for i, reason in meta["skipped"]]
     return LoadResult(images, [paths[i] for i in ok_index], ok_index, skipped, from_cache=True), None
+
+
+def _whole(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _index_problem(meta, n):
+    """Why a cache index (parsed JSON, untrusted) cannot describe `n` images as `_cache_write` writes them; None when
+    it can: a JSON object with this CACHE_VERSION, "n", a sorted "ok_index" and "skipped" [position, reason] pairs
+    that together name each of the n positions exactly once, and a "sha256" string."""
+    if not isinstance(meta, dict):
+        return "its index is not a JSON object"
+    if meta.get("version") != CACHE_VERSION or not _whole(meta.get("n")) or meta["n"] != n:
+        return "its index does not describe these images"
+    ok, skipped = meta.get("ok_index"), meta.get("skipped")
+    if not isinstance(ok, list) or not all(_whole(i) for i in ok) or ok != sorted(ok):
+        return "its index's ok_index is not a sorted list of positions"
+    if not isinstance(skipped, list) or not all(isinstance(s, list) and len(s) == 2 and _whole(s[0])
+                                                and isinstance(s[1], str) for s in skipped):
+        return "its index's skipped is not a list of [position, reason] pairs"
+    if sorted(ok + [i for i, _ in skipped]) != list(range(n)):
+        return "its index does not name each image exactly once"
+    if not isinstance(meta.get("sha256"), str):
+        return "its index has no checksum of the pixels"
+    return None
 
 
 def _cache_write(cache_dir, key, images, ok_index, failed, n):
@@ -302,7 +349,7 @@ def _cache_write(cache_dir, key, images, ok_index, failed, n):
     with fileio.atomic(npy) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, images, allow_pickle=False)
-    fileio.atomic_write_bytes(js, json.dumps(meta).encode("utf-8"))
+    fileio.atomic_write_bytes(js, fileio.json_text(meta, indent=None).encode("utf-8"))
     entries = sorted((os.path.getmtime(os.path.join(cache_dir, f)), f[:-5]) for f in os.listdir(cache_dir)
                      if f.endswith(".json") and re.fullmatch(r"[0-9a-f]{40}\.json", f))
     for _, old in entries[:-CACHE_KEEP]:
@@ -342,6 +389,7 @@ def load_images(paths, *, size=DEFAULT_SIZE, channels=3, cache_dir=None, cache=T
         key = _cache_key(paths, size, channels, max_pixels)
         hit, damage = _cache_read(cache_dir, key, paths, size, channels)
         if hit is not None:
+            hit.duplicates = duplicate_groups(hit.images, hit.ok)
             return hit
         if damage:
             print(f"warning: the cached images {os.path.join(cache_dir, key)}.npy are damaged ({damage}); decoding "
@@ -363,8 +411,9 @@ def load_images(paths, *, size=DEFAULT_SIZE, channels=3, cache_dir=None, cache=T
             _decode_parallel(paths, size, channels, max_pixels, workers, out, failed, bar)
     ok_index = np.array([i for i in range(n) if i not in failed], dtype=np.int64)
     images = out if not failed else out[ok_index]
-    result = LoadResult(images, [paths[i] for i in ok_index], ok_index,
-                        [(paths[i], failed[i]) for i in sorted(failed)])
+    ok = [paths[i] for i in ok_index]
+    result = LoadResult(images, ok, ok_index, [(paths[i], failed[i]) for i in sorted(failed)],
+                        duplicates=duplicate_groups(images, ok))
     if key is not None:
         try:
             _cache_write(cache_dir, key, images, ok_index, failed, n)

@@ -2,13 +2,39 @@
 
 The curves and scores come from `sklearn.metrics` and the softmax from `scipy.special` (both on the design card), so
 train.py, driver.py, bench/ and the tests compute them the same way; only the majority vote per knee is ours.
+
+An undefined figure is never NaN (metrics.json is strict JSON, `fileio.json_text`): it is `null`, and beside it a
+field named `<figure>_undefined` holds the reason in words, e.g. `"roc_auc": null, "roc_auc_undefined": "the test
+split holds images of one class only"`; inside "per_patient" and "per_scan", `"accuracy": null` with
+`"accuracy_undefined"`. A defined figure has no `_undefined` field. Readers (train.py's summary line, the run report)
+show "undefined (<reason>)" instead (`shown`).
 """
 
 import numpy as np
 from scipy import special
 from sklearn import metrics as skm
 
-__all__ = ["confusion_counts", "softmax", "calibrated", "cross_entropy", "roc_curve", "group_vote", "classification_metrics"]
+__all__ = ["confusion_counts", "softmax", "calibrated", "cross_entropy", "roc_curve", "group_vote", "classification_metrics",
+           "defined", "shown"]
+
+ONE_CLASS = "the test split holds images of one class only"  # why a ROC-AUC is undefined
+NOT_FINITE = "the model's test outputs hold NaN or infinite values"  # why a loss is undefined
+
+
+def defined(name, value, reason):
+    """`{name: value}` for a finite number; `{name: None, name + "_undefined": reason}` for NaN, infinity or None,
+    the one way metrics.json says that a figure is undefined (see the module docstring)."""
+    if value is not None and np.isfinite(value):
+        return {name: float(value)}
+    return {name: None, f"{name}_undefined": reason}
+
+
+def shown(figures, name, fmt="{:.4f}"):
+    """A figure of a metrics dict as text: `fmt` of its value, or "undefined (<reason>)" when it is null."""
+    value = figures.get(name)
+    if value is None:
+        return f"undefined ({figures.get(f'{name}_undefined', 'no reason recorded')})"
+    return fmt.format(value)
 
 
 def confusion_counts(labels, predicted, num_classes):
@@ -94,8 +120,11 @@ def group_accuracy(groups, labels, probs):
     members = grouped(groups)
     probs, labels = np.asarray(probs), np.asarray(labels)
     correct = sum(int(scan_probabilities(probs[idx]).argmax() == labels[idx[0]]) for idx in members.values())
-    return {"accuracy": correct / len(members) if members else float("nan"), "correct": correct,
-            "total": len(members)}
+    return {**_group_accuracy(correct, len(members), "scans"), "correct": correct, "total": len(members)}
+
+
+def _group_accuracy(correct, total, what):
+    return defined("accuracy", correct / total if total else None, f"the test split holds no {what}")
 
 
 def per_scan(scans, labels, logits, temperature=1.0):
@@ -110,35 +139,44 @@ def group_vote(groups, labels, predicted):
     members = grouped(groups)
     labels, predicted = np.asarray(labels), np.asarray(predicted)
     correct = sum(int(np.bincount(predicted[idx]).argmax() == labels[idx[0]]) for idx in members.values())
-    return {"accuracy": correct / len(members) if members else float("nan"), "correct": correct,
-            "total": len(members)}
+    return {**_group_accuracy(correct, len(members), "groups"), "correct": correct, "total": len(members)}
 
 
 def classification_metrics(logits, labels, records, classes, label_smoothing, temperature=1.0):
     """metrics.json's test metrics. The per-scan verdicts use `scan_probabilities` of the slices' probabilities
     calibrated by `temperature`, as driver.py does; the per-knee figure is the benchmark's majority vote
-    (bench/baselines.py's column)."""
+    (bench/baselines.py's column). A figure that is undefined (one class in the test split, no images, outputs that
+    are not finite) is None with its reason (`defined`), never NaN."""
+    logits, labels = np.asarray(logits, np.float64), np.asarray(labels)
     predicted = logits.argmax(axis=1)
     k = len(classes)
     confusion = confusion_counts(labels, predicted, k)
-    probs = softmax(logits)
-    if k == 2:
-        auc = roc_curve(probs[:, 1], labels == 1)[2]
+    finite = bool(np.isfinite(logits).all())
+    probs = softmax(logits) if finite else None  # a NaN or infinite logit: no ROC-AUC (nor its warnings)
+    if not finite:
+        auc, auc_why = None, NOT_FINITE
+        auc_note = f"positive class {classes[1]!r}" if k == 2 else "macro average of one-vs-rest"
+    elif k == 2:
+        auc, auc_why = roc_curve(probs[:, 1], labels == 1)[2], ONE_CLASS
         auc_note = f"positive class {classes[1]!r}"
     else:
         aucs = [roc_curve(probs[:, i], labels == i)[2] for i in range(k)]
-        auc = float(np.nanmean(aucs))
-        auc_note = "macro average of one-vs-rest"
+        present = [a for a in aucs if np.isfinite(a)]
+        auc = float(np.mean(present)) if present else None
+        auc_why = "no class has both its own images and others' in the test split"
+        auc_note = "macro average of one-vs-rest" + (f", over the {len(present)} of {k} classes present in the test "
+                                                     "split" if 0 < len(present) < k else "")
     correct = int((predicted == labels).sum())
+    loss = cross_entropy(logits, labels, label_smoothing) if finite and len(labels) else None
     return {
         "split": "test",
         "images": int(len(labels)),
-        "accuracy": correct / len(labels),
+        **defined("accuracy", correct / len(labels) if len(labels) else None, "the test split holds no images"),
         "correct": correct,
-        "loss": cross_entropy(logits, labels, label_smoothing),
+        **defined("loss", loss, NOT_FINITE if len(labels) else "the test split holds no images"),
         "loss_definition": f"mean cross-entropy over the {len(labels)} test images (label smoothing "
                            f"{label_smoothing})",
-        "roc_auc": auc,
+        **defined("roc_auc", auc, auc_why),
         "roc_auc_definition": auc_note,
         "confusion_matrix": {"classes": classes, "rows": "true class", "columns": "predicted class",
                              "counts": confusion.tolist()},

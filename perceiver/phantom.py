@@ -74,7 +74,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gzip
+import hashlib
 import importlib
+import io
 import json
 import math
 import multiprocessing
@@ -808,10 +810,15 @@ def scan_pixels(seed, spec, slices, height=HEIGHT, width=WIDTH):
 
 
 def _write_scan(job):
+    """Writes a scan's slices as PNGs; returns {file name: SHA-256 of the bytes written} for phantom.json."""
     out_dir, seed, spec, slices, height, width = job
+    digests = {}
     for i, pixels in enumerate(scan_pixels(seed, spec, slices, height, width)):
-        Image.fromarray(pixels, mode="L").save(Path(out_dir) / spec.filename(i), format="PNG", compress_level=1)
-    return slices
+        buffer = io.BytesIO()
+        Image.fromarray(pixels, mode="L").save(buffer, format="PNG", compress_level=1)
+        (Path(out_dir) / spec.filename(i)).write_bytes(buffer.getvalue())
+        digests[spec.filename(i)] = hashlib.sha256(buffer.getvalue()).hexdigest()
+    return digests
 
 
 def _parameters(patients, seed, slices, height, width):
@@ -820,22 +827,108 @@ def _parameters(patients, seed, slices, height, width):
 
 def _reusable(out, params, paths):
     """Whether folder `out` already holds the complete set made with `params` (its phantom.json says so)."""
-    meta_path = out / "phantom.json"
-    if not meta_path.is_file() or (out / "phantom.partial").exists():
+    if (Path(out) / "phantom.partial").exists():
         return False
+    old = _read_record(Path(out) / "phantom.json", warn=False)
+    return old is not None and old["parameters"] == params and all(p.is_file() for p in paths)
+
+
+# phantom.json and phantom.partial are read back, so they are untrusted input: a damaged or edited one is treated as
+# absent (with one warning line), and neither ever decides alone that a file may be deleted or overwritten. A file is
+# the generator's own (`_ours`) only when its bytes match the SHA-256 that phantom.json recorded when it was written,
+# or its pixels are those that a recorded set of parameters renders under its name, or (an interrupted run's
+# half-written file) phantom.partial lists it, it changed after phantom.partial was written and it is not an image.
+_LIMITS = dict(version=(VERSION, VERSION), patients=(1, 100_000), seed=(0, 2**63), slices=(1, 10_000),
+               height=(16, 8192), width=(16, 8192))
+
+
+def _parameters_problem(params):
+    if not isinstance(params, dict) or set(params) != set(_LIMITS):
+        return "its parameters are not those phantom.py records"
+    for key, (low, high) in _LIMITS.items():
+        value = params[key]
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            return f"its parameter {key} is {value!r}"
+    return None
+
+
+def _record_problem(record, partial):
+    """Why a parsed phantom.json (or, `partial`, phantom.partial) cannot be used; None when it can."""
+    if not isinstance(record, dict):
+        return "it is not a JSON object"
+    params = record.get("parameters")
+    problem = next(filter(None, map(_parameters_problem, params)), None) if partial and isinstance(params, list) \
+        else "its parameters are not a list" if partial else _parameters_problem(params)
+    if problem:
+        return problem
+    files = record.get("files")
+    if not isinstance(files, list) or not all(isinstance(n, str) and FILE_RE.match(n) for n in files):
+        return "its files are not a list of image names"
+    digests = record.get("sha256", {})
+    if not isinstance(digests, dict) or not all(isinstance(v, str) and k in files for k, v in digests.items()):
+        return "its sha256 is not a map of its files to checksums"
+    return None
+
+
+def _read_record(path, *, partial=False, warn=True):
+    """phantom.json (or phantom.partial) as a dict, or None when absent; a damaged one is None with a warning."""
+    if not path.exists():
+        return None
     try:
-        old = json.loads(meta_path.read_text())
-    except (OSError, ValueError):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        problem = _record_problem(record, partial)
+    except (OSError, ValueError, RecursionError) as e:
+        problem = f"it cannot be read as JSON ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    if problem is None:
+        return record
+    if warn:
+        print(f"warning: {path} is damaged ({problem}); treated as absent: phantom.py replaces only images it can "
+              "prove it wrote.", file=sys.stderr, flush=True)
+    return None
+
+
+def _ours(path, meta, partial, candidates, renders):
+    """Whether the image file `path` can be proven the generator's own (the rules above `_LIMITS`)."""
+    name = path.name
+    try:
+        data = path.read_bytes()
+    except OSError:
         return False
-    return old.get("parameters") == params and all(p.is_file() for p in paths)
+    if meta is not None and meta.get("sha256", {}).get(name) == hashlib.sha256(data).hexdigest():
+        return True
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            pixels = np.asarray(im.convert("L")) if im.mode in ("L", "P", "1") else None
+    except Exception:  # not an image Pillow can decode: compared by the partial rule only
+        pixels = False
+    for params in candidates:  # renders: {params: {name: (spec, slice)}, (params, spec): the scan's pixels}
+        which = json.dumps(params, sort_keys=True)
+        if which not in renders:
+            renders[which] = {spec.filename(i): (spec, i) for spec in plan_population(params["patients"],
+                                                                                       params["seed"])
+                              for i in range(params["slices"])}
+        if name in renders[which] and isinstance(pixels, np.ndarray):
+            spec, i = renders[which][name]
+            key = (which, spec)
+            if key not in renders:
+                renders[key] = scan_pixels(params["seed"], spec, params["slices"], params["height"], params["width"])
+            if np.array_equal(pixels, renders[key][i]):
+                return True
+    if partial is not None and name in partial["files"] and pixels is False:
+        try:
+            return path.stat().st_mtime_ns >= (path.parent / "phantom.partial").stat().st_mtime_ns
+        except OSError:
+            return False
+    return False
 
 
 def _run_jobs(function, jobs, workers, progress):
     """Runs `function(job)` for every job, on `workers` processes (None: min(2, CPU count)), printing progress to
-    stderr (a live count on a terminal, else one line at the end) when `progress` is true."""
+    stderr (a live count on a terminal, else one line at the end) when `progress` is true; returns the results, in
+    the order they finished."""
     workers = min(2, os.cpu_count() or 1) if workers is None else max(1, int(workers))
     workers = min(workers, len(jobs))
-    done = 0
+    done, results = 0, []
 
     live = progress and sys.stderr.isatty()
 
@@ -845,19 +938,21 @@ def _run_jobs(function, jobs, workers, progress):
 
     if workers == 1:
         for job in jobs:
-            function(job)
+            results.append(function(job))
             done += 1
             report(done)
     else:
         # spawn, not fork: the caller may already run threads (TensorFlow) that a fork would copy half-locked
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            for _ in pool.imap_unordered(function, jobs, chunksize=1):
+            for result in pool.imap_unordered(function, jobs, chunksize=1):
+                results.append(result)
                 done += 1
                 report(done)
     if live:
         print(file=sys.stderr)
     elif progress:
         print(f"phantom: {len(jobs)}/{len(jobs)} scans", file=sys.stderr)
+    return results
 
 
 def _output_folder(out_dir, slices, height, width, what):
@@ -876,10 +971,12 @@ def generate(out_dir, *, patients=40, seed=0, slices=40, height=HEIGHT, width=WI
     """Writes a synthetic AKOA set into the flat folder `out_dir` and returns the sorted paths of its images.
 
     A folder that already holds the same set (its `phantom.json` matches and every image is there) is reused as it
-    is. `phantom.json` (parameters, counts and the file names) is written last, so a half-written set is never
-    reused; images of an earlier phantom set in the folder that the new plan does not contain are deleted. A folder
-    holding AKOA-named images that phantom.py did not write (by phantom.json's or an interrupted run's
-    phantom.partial's list) is refused: it never deletes or overwrites a file it did not write.
+    is. `phantom.json` (parameters, counts, the file names and each file's SHA-256) is written last, so a half-written
+    set is never reused; images of an earlier phantom set in the folder that the new plan does not contain are
+    deleted. phantom.json and phantom.partial are untrusted input: every AKOA-named image in the folder must be
+    proven the generator's own before it is deleted or overwritten (`_ours`: its recorded checksum, or the pixels
+    its recorded parameters render), else the run is refused: it never deletes or overwrites a file it did not
+    write, whatever those two files say.
 
     Args:
         out_dir: str or Path. Folder to write into (created if missing).
@@ -895,56 +992,44 @@ def generate(out_dir, *, patients=40, seed=0, slices=40, height=HEIGHT, width=WI
     names = sorted(spec.filename(i) for spec in specs for i in range(slices))
     paths = [out / n for n in names]
     params = _parameters(patients, seed, slices, height, width)
-    meta_path, partial = out / "phantom.json", out / "phantom.partial"
+    meta_path, partial_path = out / "phantom.json", out / "phantom.partial"
     if _reusable(out, params, paths):
         return paths
 
     out.mkdir(parents=True, exist_ok=True)
-    written = _files_written_before(out)
-    present = {p.name for p in out.iterdir() if FILE_RE.match(p.name)}
-    foreign = sorted(present - written)
+    meta = _read_record(meta_path)
+    partial = _read_record(partial_path, partial=True)
+    candidates = [params] + ([meta["parameters"]] if meta else []) + (partial["parameters"] if partial else [])
+    candidates = [c for i, c in enumerate(candidates) if c not in candidates[:i]]
+    present = sorted(p.name for p in out.iterdir() if FILE_RE.match(p.name))
+    renders = {}
+    foreign = [n for n in present if not _ours(out / n, meta, partial, candidates, renders)]
     if foreign:
         raise ValueError(
             f"{out} already holds {len(foreign)} knee image{'s' if len(foreign) != 1 else ''} that phantom.py did not "
-            f"write (e.g. {foreign[0]}); move them, or pick an empty folder: phantom.py never deletes or overwrites "
-            "files it did not write"
+            f"write or cannot prove it wrote (e.g. {foreign[0]}); move them, or pick an empty folder: phantom.py never "
+            "deletes or overwrites files it did not write"
         )
-    partial.write_text("".join(f"{n}\n" for n in sorted(written | set(names))))  # what this run may leave behind
+    # what this run may leave behind, and the parameters that prove it (a run killed before phantom.json is written)
+    fileio.atomic_write_bytes(partial_path, fileio.json_text(
+        dict(parameters=candidates, files=sorted(set(present) | set(names)))).encode("utf-8"))
     if meta_path.exists():
         meta_path.unlink()
-    for name in sorted(present - set(names)):
+    for name in sorted(set(present) - set(names)):
         (out / name).unlink()
 
-    _run_jobs(_write_scan, [(str(out), seed, spec, slices, height, width) for spec in specs], workers, progress)
+    digests = {}
+    for written in _run_jobs(_write_scan, [(str(out), seed, spec, slices, height, width) for spec in specs], workers,
+                             progress):
+        digests.update(written)
     left = sum(slices for spec in specs if spec.side == "LEFT")
     counts = dict(
         images=len(names), scans=len(specs), patients=patients, left_images=left, right_images=len(names) - left
     )
-    meta_path.write_text(json.dumps(dict(parameters=params, counts=counts, files=names), indent=2) + "\n")
-    partial.unlink()
+    fileio.atomic_write_bytes(meta_path, fileio.json_text(dict(
+        parameters=params, counts=counts, files=names, sha256=dict(sorted(digests.items())))).encode("utf-8"))
+    partial_path.unlink()
     return paths
-
-
-def _files_written_before(out):
-    """The image names that phantom.py wrote (or was writing) in `out`: those phantom.json lists, plus those an
-    interrupted run listed in phantom.partial. A phantom.json from before file lists were recorded stands for the
-    names its parameters plan, by this code."""
-    written = set()
-    partial = out / "phantom.partial"
-    if partial.is_file():
-        written |= {line.strip() for line in partial.read_text(errors="replace").splitlines() if line.strip()}
-    try:
-        meta = json.loads((out / "phantom.json").read_text())
-    except (OSError, ValueError):
-        return written
-    if isinstance(meta.get("files"), list):
-        return written | {str(n) for n in meta["files"]}
-    old = meta.get("parameters") or {}
-    try:
-        specs = plan_population(int(old["patients"]), int(old["seed"]))
-        return written | {spec.filename(i) for spec in specs for i in range(int(old["slices"]))}
-    except (KeyError, TypeError, ValueError):
-        return written
 
 
 # --------------------------------------------------------------------------------------------------------------------

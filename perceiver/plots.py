@@ -99,10 +99,11 @@ def _curve_figure(history, metrics, key, what):
     ax.plot(epochs, [float(r[key]) for r in history], "o-", label=f"training {what}", color="#1f77b4")
     ax.plot(epochs, [float(r[f"val_{key}"]) for r in history], "s-", label=f"validation {what}", color="#ff7f0e")
     test_value = metrics[key]
-    ax.plot([best], [test_value], "*", markersize=16, color=TEST_COLOUR,
-            label=f"test {what} at the kept epoch {best}: {test_value:.4f} ({metrics['images']} images, "
-                  "held-out patients)")
-    ax.axhline(test_value, color=TEST_COLOUR, linestyle=":", linewidth=1)
+    if test_value is not None:  # null when undefined (metrics' `*_undefined` fields say why): no star then
+        ax.plot([best], [test_value], "*", markersize=16, color=TEST_COLOUR,
+                label=f"test {what} at the kept epoch {best}: {test_value:.4f} ({metrics['images']} images, "
+                      "held-out patients)")
+        ax.axhline(test_value, color=TEST_COLOUR, linestyle=":", linewidth=1)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 2.5
     ax.set_xlim(min(epochs + [best]) - 0.5, max(epochs + [best]) + 0.5)
     ax.set_xlabel("epoch")
@@ -148,7 +149,8 @@ def plot_roc(run_dir, logits, labels, classes):
     targets = [1] if len(classes) == 2 else range(len(classes))
     for i in targets:
         fpr, tpr, auc = roc_curve(probs[:, i], labels == i)
-        ax.plot(fpr, tpr, label=f"{classes[i]} vs rest, AUC {auc:.4f}", linewidth=2)
+        area = f"AUC {auc:.4f}" if np.isfinite(auc) else "AUC undefined: the test split lacks one side"
+        ax.plot(fpr, tpr, label=f"{classes[i]} vs rest, {area}", linewidth=2)
     ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="chance")
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")

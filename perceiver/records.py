@@ -22,6 +22,13 @@ every label came from a file name, else "folders".
 Files whose extension is not an image type (IMAGE_EXTENSIONS) are ignored; every other file left out is skipped with a
 reason `"<code>: <sentence>"` (`_skip`). Discovery gives the codes no-label, no-patient, ambiguous-label and
 label-conflict; dataset.py's docstring lists them all.
+
+Folders not searched are named, never passed over in silence (`Discovery.passed_over`, with the codes
+linked-folder and unreadable-folder). A sub-folder that is a symbolic link is not followed: a link can lead out of the
+data folder (pulling in another set's images, or the same images twice under two names) or back into it (a loop),
+and a data set's meaning should not depend on where its links point; copy or move the folder in instead. A
+sub-folder that cannot be listed (permission denied, an I/O error) is named with the system's reason; a data folder
+that cannot be listed at all is an error. Hidden folders (a leading ".") are ignored, as before, and not named.
 """
 
 from __future__ import annotations
@@ -155,6 +162,8 @@ class Discovery:
         layout: str. "akoa" when every label came from a file name, else "folders".
         root: str. The absolute data root.
         ignored: list[str]. Files whose extension is not an image type.
+        passed_over: list[tuple[str, str]]. (folder, "code: reason") for every sub-folder not searched: a symbolic
+            link (linked-folder) or one that cannot be listed (unreadable-folder).
     """
 
     records: list
@@ -163,6 +172,7 @@ class Discovery:
     layout: str
     root: str = ""
     ignored: list = field(default_factory=list)
+    passed_over: list = field(default_factory=list)
 
 
 def _skip(code, detail):
@@ -177,10 +187,11 @@ def discover(root, *, extensions=IMAGE_EXTENSIONS):
         extensions: tuple[str]. File extensions to read, lower case with the dot. Defaults to IMAGE_EXTENSIONS.
 
     Returns:
-        A `Discovery`. Hidden files and folders (leading ".") are ignored.
+        A `Discovery`. Hidden files and folders (leading ".") are ignored; sub-folders that are symbolic links, or
+        that cannot be listed, are not searched and are named in `passed_over`.
 
     Raises:
-        DataError: if root is not a folder or holds no image with a readable label.
+        DataError: if root is not a folder, cannot be listed, or holds no image with a readable label.
     """
     root = os.path.abspath(os.fspath(root))
     if not os.path.exists(root) and os.path.lexists(root):
@@ -191,10 +202,28 @@ def discover(root, *, extensions=IMAGE_EXTENSIONS):
     if not os.path.isdir(root):
         raise DataError(f"{root} is not a folder: pass the folder that holds the images.")
     extensions = tuple(e.lower() for e in extensions)
-    records, skipped, ignored = [], [], []
+    records, skipped, ignored, passed_over = [], [], [], []
     from_folders = False
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+
+    def unreadable(error):  # os.walk's onerror: a folder it could not list
+        folder = os.path.normpath(error.filename or root)
+        why = error.strerror or str(error)
+        if folder == root:
+            raise DataError(f"cannot read the data folder {root} ({why}): check its permissions, or pass another "
+                            "folder.")
+        passed_over.append((folder, _skip("unreadable-folder", f"the folder cannot be listed ({why})")))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
+        kept = []
+        for d in sorted(dirnames):
+            if d.startswith("."):
+                continue
+            if os.path.islink(os.path.join(dirpath, d)):  # not followed: see the module docstring
+                passed_over.append((os.path.join(dirpath, d),
+                                    _skip("linked-folder", "a symbolic link to a folder, not followed")))
+                continue
+            kept.append(d)
+        dirnames[:] = kept
         rel_dir = os.path.relpath(dirpath, root)
         parts = [] if rel_dir == "." else rel_dir.split(os.sep)
         for fname in sorted(filenames):
@@ -241,11 +270,15 @@ def discover(root, *, extensions=IMAGE_EXTENSIONS):
         others = Counter(os.path.splitext(p)[1].lower() or "no extension" for p in ignored)
         note = (f" (also ignored, not image types: {', '.join(f'{k} {v}' for k, v in others.most_common(3))})"
                 if others else "")
+        if passed_over:
+            note += (f" (not searched: {len(passed_over)} folder{'s' if len(passed_over) != 1 else ''}, e.g. "
+                     f"{passed_over[0][0]}, {passed_over[0][1]})")
         raise DataError(f"no images with a readable label under {root}: expected AKOA file names or one "
                         f"sub-folder per class{note}.")
     records.sort(key=lambda r: r.path)
     classes = sorted({r.label for r in records})
-    return Discovery(records, skipped, classes, "folders" if from_folders else "akoa", root, ignored)
+    passed_over.sort()
+    return Discovery(records, skipped, classes, "folders" if from_folders else "akoa", root, ignored, passed_over)
 
 
 def labels_to_indices(labels, classes):
@@ -419,11 +452,14 @@ def read_manifest(path, *, root=None):
         raise DataError(f"cannot read manifest {path}: {e.strerror}.") from None
     with f:
         reader = csv.DictReader(f)
-        missing = [c for c in ("path", "patient", "label", "split") if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"manifest {path} lacks the column(s) {', '.join(missing)}: expected "
-                            f"{','.join(_MANIFEST_COLUMNS[:4])}.")
-        rows = list(reader)
+        try:  # a file read back is untrusted input: any damage is one sentence naming it
+            missing = [c for c in ("path", "patient", "label", "split") if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DataError(f"manifest {path} lacks the column(s) {', '.join(missing)}: expected "
+                                f"{','.join(_MANIFEST_COLUMNS[:4])}.")
+            rows = list(reader)
+        except (csv.Error, OSError) as e:
+            raise DataError(f"manifest {path} is damaged ({e}): write it again, or pass another.") from None
     if not rows:
         raise DataError(f"manifest {path} lists no images.")
     root_abs = os.path.abspath(os.fspath(root)) if root is not None else None
@@ -441,6 +477,9 @@ def read_manifest(path, *, root=None):
         p = row["path"]
         if not p or not row["label"] or not row["patient"]:
             raise DataError(f"manifest {path} line {line} has an empty path, label or patient.")
+        if None in row or "\0" in p:
+            why = "more fields than columns" if None in row else "a NUL byte in its path"
+            raise DataError(f"manifest {path} line {line} is damaged ({why}): write it again, or pass another.")
         if row["split"] not in SPLITS:
             raise DataError(f"manifest {path} line {line}: split {row['split']!r} is not one of "
                             f"{', '.join(SPLITS)}.")

@@ -541,7 +541,7 @@ def test_summary_json_counts_splits_and_skips(tmp_path, capsys):
     code = dataset.main(["summary", str(data), "--json", "--seed", "2", "--cache-dir", str(tmp_path / "c")])
     assert code == 0
     s = json.loads(capsys.readouterr().out)
-    assert s["schema"] == 1 and s["layout"] == "akoa" and s["classes"] == ["left", "right"] and s["decoded"]
+    assert s["schema"] == 2 and s["layout"] == "akoa" and s["classes"] == ["left", "right"] and s["decoded"]
     assert (s["images"], s["patients"], s["scans"]) == (8, 3, 4)  # patient 8's only file is corrupt
     assert s["per_label"] == {"left": {"images": 4, "patients": 2, "scans": 2},
                               "right": {"images": 4, "patients": 2, "scans": 2}}

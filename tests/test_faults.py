@@ -426,14 +426,21 @@ def test_rerunning_the_generator_keeps_images_a_user_added(tmp_path, name_clash)
     assert len(phantom.generate(tmp_path, **{**SMALL, "patients": 3})) > len(first)
 
 
-def test_an_interrupted_generator_run_is_finished_by_the_next(tmp_path):
+def test_an_interrupted_generator_run_is_finished_by_the_next(tmp_path, monkeypatch):
     """phantom.partial lists what the interrupted run may have written, so the next run may replace those files."""
-    first = phantom.generate(tmp_path, **SMALL)
-    (tmp_path / "phantom.json").unlink()  # as a run with 3 patients leaves the folder when it is killed
+    phantom.generate(tmp_path, **SMALL)
     planned = [spec.filename(i) for spec in phantom.plan_population(3, 0) for i in range(2)]
-    listed = sorted({p.name for p in first} | set(planned))
-    (tmp_path / "phantom.partial").write_text("".join(f"{n}\n" for n in listed))
-    (tmp_path / planned[-1]).write_bytes(b"half written")
+
+    def killed(function, jobs, workers, progress):  # a run with 3 patients, killed after its first scan
+        function(jobs[0])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(phantom, "_run_jobs", killed)
+    with pytest.raises(KeyboardInterrupt):
+        phantom.generate(tmp_path, **{**SMALL, "patients": 3})
+    monkeypatch.undo()
+    assert (tmp_path / "phantom.partial").is_file() and not (tmp_path / "phantom.json").exists()
+    (tmp_path / planned[-1]).write_bytes(b"half written")  # the file it was writing when killed
     paths = phantom.generate(tmp_path, **{**SMALL, "patients": 3})
     assert len(paths) == len(planned) and (tmp_path / planned[-1]).read_bytes()[:4] == b"\x89PNG"
 
