@@ -208,7 +208,8 @@ def onnx_metadata(model):
     """`metadata` as the ONNX file's string map: a string as it is, anything else (a list, a number) as JSON.
 
     Read back with `read_onnx_metadata`."""
-    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata(model).items()}
+    return {k: v if isinstance(v, str) else fileio.json_text(v, indent=None).rstrip("\n")
+            for k, v in metadata(model).items()}
 
 
 def read_onnx_metadata(props):
@@ -365,7 +366,7 @@ def export(model, out, fmt=None):
             model.export(tmp, format="tf_saved_model" if fmt == "savedmodel" else "litert",
                          input_signature=_input_spec(model, fmt), verbose=False)
             if fmt == "savedmodel":
-                (tmp / METADATA).write_text(json.dumps(metadata(model), indent=2) + "\n")
+                (tmp / METADATA).write_text(fileio.json_text(metadata(model)))
     if fmt == "litert":
         sidecar = out.with_name(out.name + ".json")
         runs.atomic_write_json(sidecar, metadata(model, fmt))

@@ -90,7 +90,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from perceiver import fileio
-from perceiver.errors import add_common_flags
+from perceiver.errors import add_common_flags, console_safe, drop_stdout
 
 VERSION = 3  # bump whenever the pictures change, so an old set on disk is not reused
 HEIGHT, WIDTH = 228, 260  # AKOA slice size (rows, columns)
@@ -1364,6 +1364,7 @@ def _parse_args(argv=None):
 
 
 def main(argv=None):
+    console_safe()  # a closed stdout: a warning, then /dev/null
     parser, args = _parse_args(argv)
     if args.sheet is not None and args.format != "png":
         parser.error("--sheet needs --format png: the contact sheet is made of the PNG slices")
@@ -1397,7 +1398,10 @@ def main(argv=None):
         if args.sheet is not None:
             contact_sheet(paths, args.sheet, per_side=args.sheet_per_side, seed=args.seed)
             print(f"wrote contact sheet {args.sheet}")
+        sys.stdout.flush()  # a full stdout fails here, inside the try, not as a traceback at exit
     except (ValueError, OSError, ImportError) as err:
+        if isinstance(err, OSError):
+            drop_stdout()  # what could not be printed is dropped: the flush at exit must not fail again
         parser.exit(2, f"phantom.py: error: {err}\n")
 
 

@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import pathlib
 import platform
 import re
@@ -220,6 +221,39 @@ def write_history(path, rows):
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, buffer.getvalue())
+
+
+def resume_history(path, start):
+    """The rows of history.csv for epochs 1..`start` (those before the resume), as floats; history.csv is untrusted
+    input. Rows are kept while each is epoch i+1 with every column a number, finite but for the accuracies (NaN when
+    Keras did not report one, as `epoch_callback` writes them); from the first row that is not
+    (a damaged or edited file, rows missing), the rest is dropped with a warning line, and history.csv is written
+    again with the kept rows at once: the curves then lack those epochs, while the training itself (weights,
+    optimizer, best epoch: the checksummed resume state) is unaffected."""
+    try:
+        rows = read_history(path)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        rows, problem = [], f"it cannot be read ({e})"
+    else:
+        problem = None
+    kept = []
+    for row in rows[:start]:
+        try:
+            values = {c: float(row[c]) for c in HISTORY_COLUMNS}
+        except (KeyError, TypeError, ValueError):
+            problem = f"its row for epoch {len(kept) + 1} lacks a column or holds a value that is not a number"
+            break
+        finite = ("loss", "val_loss", "learning_rate", "seconds")
+        if values["epoch"] != len(kept) + 1 or not all(math.isfinite(values[c]) for c in finite):
+            problem = f"its row {len(kept) + 1} is not epoch {len(kept) + 1} with finite losses"
+            break
+        kept.append({**values, "epoch": len(kept) + 1})
+    if len(kept) < start:
+        problem = problem or f"it holds {len(kept)} of the {start} epochs run"
+        print(f"warning: {path} is damaged ({problem}); the resumed run keeps its first {len(kept)} rows and writes "
+              f"it again, so the curves lack epochs {len(kept) + 1} to {start}.", file=sys.stderr, flush=True)
+        write_history(path, kept)  # now: the report and the plots read it back even if no epoch is left to run
+    return kept
 
 
 def save_state(path, model, epoch, best_val_loss, best_epoch):

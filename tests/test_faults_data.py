@@ -341,11 +341,9 @@ def _row(epoch, loss="0.5"):
     ("", 0, "holds 0 of the 2 epochs"),
 ])
 def test_a_damaged_history_csv_keeps_its_sound_rows_with_one_warning(tmp_path, capsys, text, kept, why):
-    import train
-
     path = tmp_path / runs.HISTORY
     path.write_text(text)
-    rows = train._resume_history(path, 2)
+    rows = runs.resume_history(path, 2)
     err = capsys.readouterr().err
     assert [r["epoch"] for r in rows] == list(range(1, kept + 1))
     assert all(set(r) == set(runs.HISTORY_COLUMNS) and all(math.isfinite(v) for v in r.values()) for r in rows)
