@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import datetime
 import json
 import math
@@ -34,15 +33,13 @@ import time
 import numpy as np
 
 from perceiver import calibration
-from perceiver import classifier
 from perceiver import dataset
 from perceiver import fileio
-from perceiver import htmlreport
+from perceiver import finish
 from perceiver import phantom
 from perceiver import runs
 from perceiver.errors import UsageError, add_common_flags, run_command, start_command
-from perceiver.metrics import classification_metrics, shown
-from perceiver.plots import plot_roc, plot_run
+from perceiver.metrics import shown
 
 # Keras (and modules.py, recipe.py, TensorFlow) are imported inside the functions that use them, on purpose:
 # setup_devices must run first (JAX reads XLA_FLAGS once, TensorFlow fixes its devices at first use), and main sets
@@ -213,10 +210,7 @@ def check_settings(args):
         for flag, field in dataset.Augment.SETTINGS.items():
             message = message.replace(f"Augment {field}=", f"--{flag.replace('_', '-')} ")
         raise UsageError(message) from None
-    try:
-        args.ratios = dataset._parse_floats(args.split, 3, "--split")
-    except dataset.DataError as e:
-        raise UsageError(str(e)) from None
+    args.ratios = dataset._parse_floats(args.split, 3, "--split")  # a DataError is a UserError: one sentence
 
 
 # ---------------------------------------------------------------------------------------------- devices
@@ -291,39 +285,6 @@ def _check_manifest_found(manifest, root, data):
                          f"{root}; pass the data folder it was written for with --data.")
 
 
-def _resume_history(path, start):
-    """The rows of history.csv for epochs 1..`start` (those before the resume), as floats; history.csv is untrusted
-    input. Rows are kept while each is epoch i+1 with every column a number, finite but for the accuracies (NaN when
-    Keras did not report one, as `epoch_callback` writes them); from the first row that is not
-    (a damaged or edited file, rows missing), the rest is dropped with a warning line, and history.csv is written
-    again with the kept rows at once: the curves then lack those epochs, while the training itself (weights,
-    optimizer, best epoch: the checksummed resume state) is unaffected."""
-    try:
-        rows = runs.read_history(path)
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        rows, problem = [], f"it cannot be read ({e})"
-    else:
-        problem = None
-    kept = []
-    for row in rows[:start]:
-        try:
-            values = {c: float(row[c]) for c in runs.HISTORY_COLUMNS}
-        except (KeyError, TypeError, ValueError):
-            problem = f"its row for epoch {len(kept) + 1} lacks a column or holds a value that is not a number"
-            break
-        finite = ("loss", "val_loss", "learning_rate", "seconds")
-        if values["epoch"] != len(kept) + 1 or not all(math.isfinite(values[c]) for c in finite):
-            problem = f"its row {len(kept) + 1} is not epoch {len(kept) + 1} with finite losses"
-            break
-        kept.append({**values, "epoch": len(kept) + 1})
-    if len(kept) < start:
-        problem = problem or f"it holds {len(kept)} of the {start} epochs run"
-        print(f"warning: {path} is damaged ({problem}); the resumed run keeps its first {len(kept)} rows and writes "
-              f"it again, so the curves lack epochs {len(kept) + 1} to {start}.", file=sys.stderr, flush=True)
-        runs.write_history(path, kept)  # now: the report and the plots read it back even if no epoch is left to run
-    return kept
-
-
 def prepare(args, manifest):
     if args.data is None:
         root = phantom.default_root(args.phantom_patients, args.phantom_slices, args.seed)
@@ -334,20 +295,14 @@ def prepare(args, manifest):
     else:
         root = pathlib.Path(args.data)
     t0 = time.time()
-    try:
-        data = dataset.prepare_data(
-            root, ratios=args.ratios, seed=args.seed, manifest=manifest, size=(args.image_size, args.image_size),
-            channels=args.channels, cache_dir=args.cache_dir, workers=args.workers,
-            progress=not args.quiet and sys.stderr.isatty(),
-        )
-    except dataset.DataError as e:
-        raise UsageError(str(e)) from None
+    data = dataset.prepare_data(  # a DataError is a UserError: one sentence from run_command
+        root, ratios=args.ratios, seed=args.seed, manifest=manifest, size=(args.image_size, args.image_size),
+        channels=args.channels, cache_dir=args.cache_dir, workers=args.workers,
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
     counts = {s: len(data.paths[s]) for s in dataset.SPLITS}
     if args.resume:  # the data the run started with, or a refusal in one sentence (dataset.check_same_data)
-        try:
-            dataset.check_same_data(manifest, data)
-        except dataset.DataError as e:
-            raise UsageError(str(e)) from None
+        dataset.check_same_data(manifest, data)
     elif manifest is not None:
         _check_manifest_found(manifest, root, data)
     for name, n in counts.items():
@@ -372,12 +327,15 @@ def prepare(args, manifest):
 
 
 def model_config(args, num_classes, channels):
-    from perceiver.modules import PerceiverConfig
+    import keras
+
+    from perceiver.modules import PerceiverConfig, default_attention_kernel
 
     size = (args.image_size, args.image_size, channels)
+    kernel = default_attention_kernel(keras.backend.backend())  # chosen here, once: the layers never ask the backend
     try:
         return PerceiverConfig.preset(args.preset, **{"input_shape": size, "num_classes": num_classes,
-                                                       **args.model_overrides})
+                                                       "attention_kernel": kernel, **args.model_overrides})
     except (TypeError, ValueError) as e:
         raise UsageError(f"model settings: {e}") from None
 
@@ -400,10 +358,7 @@ def prepare_run_folder(args):
         if not (run_dir / runs.CONFIG).is_file():
             raise UsageError(f"{run_dir} has a {runs.STATE} but no {runs.CONFIG}, so the settings it was trained with "
                              "are unknown and it cannot be resumed; start a new run with another --out.")
-        try:
-            saved = runs.read_config(run_dir)["train"]
-        except runs.RunError as e:
-            raise UsageError(str(e)) from None
+        saved = runs.read_config(run_dir)["train"]
         _check_resume_flags(args, saved, run_dir)
         for key, value in saved.items():
             if key not in _RUN_ONLY or key not in args.given:
@@ -566,8 +521,8 @@ def fit(args, run_dir, model, mconfig, data, steps, start, progress):
 
 
 def evaluate(args, run_dir, mconfig, data, record):
-    """Test metrics of the best weights, as driver.py will load them; writes metrics.json, the plots and report.html
-    (from those files, as `python -m perceiver.htmlreport RUN` does)."""
+    """Test metrics of the best weights, as driver.py will load them, and the end of the run (finish.finish_run:
+    calibration, metrics.json, model.keras, the plots, report.html); returns metrics.json's content."""
     from perceiver.modules import build_model
 
     model = build_model(mconfig)
@@ -579,21 +534,14 @@ def evaluate(args, run_dir, mconfig, data, record):
                                   training=False, class_names=data.classes)
         return np.asarray(model.predict(ds, verbose=0), dtype=np.float64)
 
-    logits = logits_of("test")
     by_path = {r.path: r for r in data.records}
     test_records = [by_path[p] for p in data.paths["test"]]
-    fitted = calibration.calibrate(run_dir, logits_of("val"), data.labels["val"], logits, data.labels["test"],
-                                   [r.scan for r in test_records])
-    metrics = classification_metrics(logits, data.labels["test"], test_records, data.classes, args.label_smoothing,
-                                      temperature=fitted["temperature"])
-    metrics.update(best_epoch=record.best_epoch, best_val_loss=record.best_val, epochs_run=len(record.history),
-                   stopped_by_nan=record.stopped_by_nan, stopped_early=record.stopped_early, calibration=fitted)
-    runs.atomic_write_json(run_dir / runs.METRICS, metrics)
-    classifier.write_run_model(run_dir, model, data.classes, fitted["temperature"], fitted["min_confidence"])
-    plot_run(run_dir, record.history, metrics)
-    plot_roc(run_dir, logits, data.labels["test"], data.classes)
-    htmlreport.run_report(run_dir)
-    return metrics
+    test = (logits_of("test"), data.labels["test"], [r.scan for r in test_records])
+    summary = dict(best_epoch=record.best_epoch, best_val_loss=record.best_val, epochs_run=len(record.history),
+                   stopped_by_nan=record.stopped_by_nan, stopped_early=record.stopped_early)
+    return finish.finish_run(run_dir, model, data.classes, (logits_of("val"), data.labels["val"]), test,
+                             trained={"records": test_records, "label_smoothing": args.label_smoothing,
+                                      "history": record.history, "summary": summary})
 
 
 def train(args):
@@ -632,7 +580,7 @@ def _train(args, run_dir):
     start, progress = 0, ([], math.inf, -1)
     if args.resume:
         start, best_val, best_epoch = runs.load_state(run_dir / runs.STATE, model)
-        progress = (_resume_history(run_dir / runs.HISTORY, start), best_val, best_epoch)
+        progress = (runs.resume_history(run_dir / runs.HISTORY, start), best_val, best_epoch)
         print(f"resuming {run_dir} after epoch {start} (best validation loss {best_val:.4f} at epoch {best_epoch})")
     print(f"model: preset {args.preset}, {model.count_params():,} parameters, backend {keras.backend.backend()}, "
           f"{replicas} device(s); {args.epochs} epochs of {steps} steps, batch {args.batch_size}, "

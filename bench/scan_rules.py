@@ -22,6 +22,7 @@ if str(REPO) not in sys.path:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from perceiver import calibration  # noqa: E402
+from perceiver import finish  # noqa: E402
 from perceiver import metrics  # noqa: E402
 from perceiver import runs  # noqa: E402
 from perceiver.errors import run_command  # noqa: E402
@@ -62,7 +63,7 @@ def main(argv=None):
 def scan_rules(args):
     loaded = runs.load_run(args.run)
     threshold = args.min_confidence or loaded.min_confidence or calibration.DEFAULT_MIN_CONFIDENCE
-    logits, labels, scans = calibration.split_logits(loaded, runs.data_root(loaded.config), "test")
+    logits, labels, scans = finish.split_logits(loaded, runs.data_root(loaded.config), "test")
     rows = measure(logits, labels, scans, loaded.temperature, threshold)
     text = markdown(rows, threshold)
     print(text)

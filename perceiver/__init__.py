@@ -6,9 +6,11 @@
                  images (decoding and the cache) and batches (scaling, augmentation, the batches Keras trains on)
     phantom      the synthetic knee MRI generator (the default data and the benchmark)
     recipe       the optimizer and loss
-    runs         the run folder's format; fileio, the durable atomic write every writer uses
+    runs         the run folder's format and its one loader; fileio, the durable atomic write and strict JSON
     metrics, calibration, verdicts
                  test metrics; the temperature and calibration scores; one verdict per scan
+    finish       the end of a run, one sequence for train.py and the refit: calibration.json, metrics.json,
+                 model.keras, the plots, report.html
     inputs, volumes
                  what driver.py classifies, and the DICOM and NIfTI readers with their header rules
     classifier   the model as one file (model.keras) and its exports
@@ -17,6 +19,6 @@
     errors       what every command shares: UsageError, --version, --verbose, the quiet TensorFlow start-up
 
 The seed project's names stay on top as front doors and command lines: train.py, driver.py, modules.py, dataset.py
-and phantom.py. The package's own commands run as `python -m perceiver.calibration RUN`, `python -m
+and phantom.py. The package's own commands run as `python -m perceiver.calibration RUN` (the refit: finish.py), `python -m
 perceiver.htmlreport RUN`, `python -m perceiver.classifier RUN --out OUT` and `python -m perceiver.plots RUN`.
 """

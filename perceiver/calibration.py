@@ -1,11 +1,13 @@
-"""Calibrated confidence: one temperature fitted on the validation split, how well calibrated a model is (expected
-calibration error, Brier score), and the one rule that turns slice probabilities into a scan's verdict.
+"""Calibrated confidence, the math: one temperature fitted on the validation split, how well calibrated a model is
+(expected calibration error, Brier score), and the calibration section of metrics.json. It sits low, beside
+metrics.py: it reads no file and writes none. The end of a run (finish.py) writes what it computes.
 
-    python -m perceiver.calibration goliath        # (re)fit a finished run's temperature; updates calibration.json,
-                                         # metrics.json["calibration"], reliability.png, model.keras, report.html
+    python -m perceiver.calibration goliath        # (re)fit a finished run's temperature (finish.refit_run): updates
+                                         # calibration.json, metrics.json["calibration"], reliability.png,
+                                         # model.keras, report.html
 
-train.py calls `calibrate` at the end of every run; driver.py reads the temperature and the default confidence
-threshold from the run's calibration.json (`runs.CALIBRATION`).
+driver.py reads the temperature and the default confidence threshold from the run's calibration.json
+(`runs.read_calibration`).
 
 Temperature scaling (Guo et al., "On Calibration of Modern Neural Networks", ICML 2017): the calibrated
 probabilities are `softmax(logits / T)` with one scalar T > 0 that minimises the negative log-likelihood of the
@@ -15,30 +17,20 @@ A scan's verdict comes from its slices' calibrated probabilities by the one rule
 (their mean; its docstring says why), which train.py's per-scan metric and driver.py both use.
 
 Refitting a run is idempotent: numbers that agree with the recorded ones to SETTLE_RTOL (or SETTLE_ATOL) are float
-noise (another CPU's kernels round the logits differently), and the recorded values are kept (`settled`); a file is
-written only when its content changes, model.keras only when its weights, configuration or calibration do. So
+noise (another CPU's kernels round the logits differently), and the recorded values are kept (`settled`); finish.py
+writes a file only when its content changes, model.keras only when its weights, configuration or calibration do. So
 `python -m perceiver.calibration goliath` on a clone leaves `git status` clean.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import pathlib
 import sys
 
 import numpy as np
 from scipy import optimize
 
-from perceiver import classifier
-from perceiver import dataset
-from perceiver import fileio
-from perceiver import htmlreport
 from perceiver import metrics
-from perceiver import plots
-from perceiver import runs
-from perceiver.errors import UsageError, add_common_flags, run_command, start_command
 
 DEFAULT_MIN_CONFIDENCE = 0.9  # below it a verdict is "uncertain" (driver.py --min-confidence overrides it)
 ECE_BINS = 15
@@ -156,27 +148,15 @@ def settled(fresh, recorded):
     return _recorded(fresh, recorded)
 
 
-def _write_json_if_changed(path, obj):
-    """Writes `obj` as the run folder's JSON (runs.atomic_write_json) unless the file already holds the same values."""
-    try:
-        if json.loads(pathlib.Path(path).read_text()) == obj:
-            return False
-    except (OSError, ValueError):  # missing or damaged: written
-        pass
-    runs.atomic_write_json(path, obj)
-    return True
-
-
 # === A run ===
-def calibrate(run_dir, val_logits, val_labels, test_logits, test_labels, test_scans, *,
-              min_confidence=DEFAULT_MIN_CONFIDENCE, recorded=None):
-    """Fits the temperature on the validation split, writes calibration.json and reliability.png, and returns the
-    "calibration" section for metrics.json: test ECE, Brier and NLL before and after, the reliability bins, and the
-    uncertain counts (slices and scans) at `min_confidence` with the accuracy on the rest.
+def section(val_logits, val_labels, test_logits, test_labels, test_scans, *, min_confidence=DEFAULT_MIN_CONFIDENCE,
+            recorded=None):
+    """Fits the temperature on the validation split and returns the "calibration" section for metrics.json: test
+    ECE, Brier and NLL before and after, the reliability bins, and the uncertain counts (slices and scans) at
+    `min_confidence` with the accuracy on the rest. Its RECORD_KEYS are calibration.json.
 
-    `recorded`, a run's earlier section (or its calibration.json), is kept where the refit agrees with it (`settled`);
-    each file is written only when its content changes."""
-    run_dir = pathlib.Path(run_dir)
+    `recorded`, a run's earlier section (or its calibration.json), is kept where the refit agrees with it
+    (`settled`)."""
     temperature = fit_temperature(val_logits, val_labels)
     before, after = metrics.calibrated(test_logits, 1.0), metrics.calibrated(test_logits, temperature)
     _, scan_probs, scan_labels, _ = by_scan(after, test_labels, test_scans)
@@ -188,7 +168,7 @@ def calibrate(run_dir, val_logits, val_labels, test_logits, test_labels, test_sc
                "test_after": calibration_scores(after, test_labels),
                "uncertain_at_min_confidence": {"slices": uncertain_report(after, test_labels, min_confidence),
                                                "scans": uncertain_report(scan_probs, scan_labels, min_confidence)},
-               "reliability": {"columns": list(plots.RELIABILITY_COLUMNS),
+               "reliability": {"columns": list(metrics.RELIABILITY_COLUMNS),
                                "before": [list(r) for r in reliability(before, test_labels)],
                                "after": [list(r) for r in reliability(after, test_labels)]},
                "definitions": {"ece": f"expected calibration error, {ECE_BINS} equal-width bins of the top-class "
@@ -198,62 +178,7 @@ def calibrate(run_dir, val_logits, val_labels, test_logits, test_labels, test_sc
                                "reliability": "per bin of the test split's top-class probability: its edges, the "
                                               "mean confidence, the accuracy and the images in it; empty bins left "
                                               "out"}}
-    section = settled(section, recorded)
-    record_path = run_dir / runs.CALIBRATION
-    if _write_json_if_changed(record_path, {k: section[k] for k in RECORD_KEYS}) or not runs.checksum_path(
-            record_path).is_file():
-        runs.write_checksum(record_path)  # it decides answers, so it is verified on load like the weights
-    plots.plot_reliability(run_dir, section["reliability"]["before"], section["reliability"]["after"],
-                           section["temperature"])
-    return section
-
-
-def split_logits(loaded, data_root, split):
-    """Logits, labels and scan ids of one split of a finished run (as recorded in its split.csv)."""
-    records, assignment = dataset.read_manifest(loaded.run_dir / runs.SPLIT, root=str(data_root))
-    chosen = [r for r in records if assignment[r.path] == split]
-    result = dataset.load_images([r.path for r in chosen], size=loaded.image_size, channels=loaded.channels,
-                                 progress=False)
-    if result.skipped:
-        raise UsageError(f"{len(result.skipped)} {split} images of {loaded.run_dir} cannot be read (first: "
-                         f"{result.skipped[0][0]}: {result.skipped[0][1]}); restore the data folder.")
-    logits = np.asarray(loaded.model.predict(dataset.normalize(result.images), batch_size=256, verbose=0), np.float64)
-    return logits, dataset.labels_to_indices(chosen, loaded.classes), [r.scan for r in chosen]
-
-
-def calibrate_run(run_dir, *, min_confidence=DEFAULT_MIN_CONFIDENCE):
-    """`calibrate` for a finished run folder: predicts its validation and test splits with the best weights, then
-    writes calibration.json, reliability.png and model.keras, and when the run has a metrics.json, its calibration
-    and per-scan sections and report.html; each only when its content changes (see the module docstring)."""
-    run_dir = pathlib.Path(run_dir)
-    loaded = runs.load_run(run_dir, check_model_file=False)  # the model.keras this refit writes again
-    metrics_path = run_dir / runs.METRICS
-    saved = None
-    if metrics_path.is_file():
-        saved = _read_json(metrics_path)
-        if saved is None:
-            raise UsageError(f"{metrics_path} is not readable JSON; restore it or train the run again.")
-    recorded = (saved or {}).get("calibration") or _read_json(run_dir / runs.CALIBRATION)
-    root = runs.data_root(loaded.config)
-    val = split_logits(loaded, root, "val")
-    test = split_logits(loaded, root, "test")
-    section = calibrate(run_dir, val[0], val[1], *test, min_confidence=min_confidence, recorded=recorded)
-    classifier.write_run_model(run_dir, loaded.model, loaded.classes, section["temperature"], min_confidence)
-    if saved is not None:
-        per_scan = metrics.per_scan(test[2], test[1], test[0], section["temperature"])
-        _write_json_if_changed(metrics_path, {**saved, "calibration": section,
-                                              "per_scan": settled(per_scan, saved.get("per_scan"))})
-        htmlreport.run_report(run_dir)  # it shows the calibration: written again (if it changed), never left stale
-    return section
-
-
-def _read_json(path):
-    """A run folder's JSON file as a dict, or None when it is missing or not a JSON object."""
-    try:
-        value = json.loads(pathlib.Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
+    return settled(section, recorded)
 
 
 def describe(section):
@@ -270,25 +195,7 @@ def _rest(level):
     return "none left" if level["accuracy_of_classified"] is None else f"{level['accuracy_of_classified']:.4f}"
 
 
-def main(argv=None):
-    start_command(argv)
-    p = argparse.ArgumentParser(prog="python -m perceiver.calibration", description="Fit a finished run's temperature on its "
-                                "validation split; report calibration on its test split.")
-    p.add_argument("run", help="run folder written by train.py")
-    p.add_argument("--min-confidence", type=float, default=DEFAULT_MIN_CONFIDENCE,
-                   help="default threshold stored with the run: below it driver.py answers 'uncertain'")
-    add_common_flags(p)
-    args = p.parse_args(argv)
+if __name__ == "__main__":  # the refit command keeps its name; it is the end of a run again, so it lives there
+    from perceiver import finish
 
-    def body():
-        if not 0.5 <= args.min_confidence < 1:
-            raise UsageError(f"--min-confidence {args.min_confidence} must be in [0.5, 1).")
-        with fileio.only_writer(args.run, command="python -m perceiver.calibration", create=False):
-            print(describe(calibrate_run(args.run, min_confidence=args.min_confidence)))
-        return 0
-
-    return run_command(body)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(finish.main())

@@ -19,6 +19,7 @@ __all__ = ["confusion_counts", "softmax", "calibrated", "cross_entropy", "roc_cu
 
 ONE_CLASS = "the test split holds images of one class only"  # why a ROC-AUC is undefined
 NOT_FINITE = "the model's test outputs hold NaN or infinite values"  # why a loss is undefined
+RELIABILITY_COLUMNS = ("lower", "upper", "confidence", "accuracy", "count")  # calibration.reliability's rows
 
 
 def defined(name, value, reason):

@@ -45,6 +45,12 @@ def _check_positive_int(name, value):
         raise ValueError(f"{name} must be a positive integer, got {value!r}.")
 
 
+def _check_kernel(kernel):
+    if kernel not in ATTENTION_KERNELS:
+        raise ValueError(f"attention_kernel must be one of {', '.join(ATTENTION_KERNELS)}, got {kernel!r}.")
+    return kernel
+
+
 def fourier_features(index_dims, num_bands, max_resolution=None, concat_pos=True, sine_only=False):
     """Fourier position features of a grid, as a float32 numpy array of shape `(prod(index_dims), channels)`.
 
@@ -155,19 +161,31 @@ class FourierPositionEncoding(layers.Layer):
         return config
 
 
-def _attend(q, k, v, num_heads, return_scores):
+NORM_EPSILON = 1e-5  # every LayerNormalization's epsilon
+ATTENTION_KERNELS = ("matmul", "fused")  # PerceiverConfig.attention_kernel, `_attend`
+
+
+def default_attention_kernel(backend):
+    """The attention kernel that trained fastest on CPU under `backend` (bench/RESULTS.md, "Profile and changes"):
+    "fused" (`keras.ops.dot_product_attention`, its flash kernel) under PyTorch, "matmul" under TensorFlow and JAX.
+    For whoever builds a config (train.py); the layers never ask the backend (shared/STYLE.md)."""
+    return "fused" if backend == "torch" else "matmul"
+
+
+def _attend(q, k, v, num_heads, return_scores, kernel="matmul"):
     """Multi-head scaled dot-product attention on `(batch, tokens, heads * head_dim)` tensors.
 
-    The kernel is picked per backend by measured training speed on CPU (bench/RESULTS.md, "Profile and changes"):
-    under PyTorch, `keras.ops.dot_product_attention` (its fused flash kernel); under TensorFlow and JAX, plain batched
-    matmuls with the softmax in float32, which made the whole training step faster than their
-    `dot_product_attention` (the one-head cross-attention needs no head axis; the scale goes onto the queries).
+    `kernel` (configuration, `ATTENTION_KERNELS`): "matmul", plain batched matmuls with the softmax in float32 (the
+    one-head cross-attention needs no head axis; the scale goes onto the queries), which made the whole training step
+    faster than `dot_product_attention` under TensorFlow and JAX; "fused", `keras.ops.dot_product_attention`, which
+    is faster under PyTorch. Attention scores, when asked for, always come from "matmul" (the fused kernel does not
+    return them).
     """
     batch = ops.shape(q)[0]
     head_dim = q.shape[-1] // num_heads
     v_head = v.shape[-1] // num_heads
     scale = 1.0 / math.sqrt(head_dim)
-    if not return_scores and keras.backend.backend() == "torch":
+    if not return_scores and kernel == "fused":
         q = ops.reshape(q, (batch, -1, num_heads, head_dim))  # (batch, queries, heads, head_dim)
         k = ops.reshape(k, (batch, -1, num_heads, head_dim))  # (batch, keys, heads, head_dim)
         v = ops.reshape(v, (batch, -1, num_heads, v_head))  # (batch, keys, heads, v_head)
@@ -231,7 +249,7 @@ class MLP(layers.Layer):
 
     def build(self, input_shape):
         width, policy = input_shape[-1], self.dtype_policy
-        self.norm = layers.LayerNormalization(epsilon=1e-5, dtype=policy, name="norm")
+        self.norm = layers.LayerNormalization(epsilon=NORM_EPSILON, dtype=policy, name="norm")
         self.fc1 = layers.Dense(width * self.widening_factor, activation="gelu", dtype=policy, name="fc1")
         self.fc2 = layers.Dense(width, dtype=policy, name="fc2")
         self.norm.build(input_shape)
@@ -275,7 +293,7 @@ class CrossAttention(layers.Layer):
         Jaegle et al., "Perceiver: General Perception with Iterative Attention", ICML 2021, section 2 and appendix.
     """
 
-    def __init__(self, num_heads=1, qk_dim=None, v_dim=None, widening_factor=1, **kwargs):
+    def __init__(self, num_heads=1, qk_dim=None, v_dim=None, widening_factor=1, attention_kernel="matmul", **kwargs):
         super().__init__(**kwargs)
         _check_positive_int("num_heads", num_heads)
         _check_positive_int("widening_factor", widening_factor)
@@ -287,6 +305,7 @@ class CrossAttention(layers.Layer):
         self.qk_dim = qk_dim
         self.v_dim = v_dim
         self.widening_factor = int(widening_factor)
+        self.attention_kernel = _check_kernel(attention_kernel)
 
     def build(self, latents_shape, inputs_shape):
         latent_dim, input_dim = latents_shape[-1], inputs_shape[-1]
@@ -296,8 +315,8 @@ class CrossAttention(layers.Layer):
         check_heads("Cross-attention value width", v, self.num_heads)
         self._qk, self._v = qk, v
         policy = self.dtype_policy
-        self.latent_norm = layers.LayerNormalization(epsilon=1e-5, dtype=policy, name="latent_norm")
-        self.input_norm = layers.LayerNormalization(epsilon=1e-5, dtype=policy, name="input_norm")
+        self.latent_norm = layers.LayerNormalization(epsilon=NORM_EPSILON, dtype=policy, name="latent_norm")
+        self.input_norm = layers.LayerNormalization(epsilon=NORM_EPSILON, dtype=policy, name="input_norm")
         self.query = layers.Dense(qk, dtype=policy, name="query")
         self.key_value = layers.Dense(qk + v, dtype=policy, name="key_value")  # keys and values in one matmul
         self.output_proj = layers.Dense(latent_dim, dtype=policy, name="output")
@@ -333,7 +352,7 @@ class CrossAttention(layers.Layer):
     def attend(self, latents, keys, values, return_attention_scores=False):
         """The block on precomputed keys and values (see `project_inputs`)."""
         q = self.query(self.latent_norm(latents))  # (batch, latents, qk)
-        attended, weights = _attend(q, keys, values, self.num_heads, return_attention_scores)
+        attended, weights = _attend(q, keys, values, self.num_heads, return_attention_scores, self.attention_kernel)
         x = latents + self.output_proj(attended)  # residual onto the un-normalised latents
         x = self.mlp(x)
         return (x, weights) if return_attention_scores else x
@@ -348,7 +367,8 @@ class CrossAttention(layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            num_heads=self.num_heads, qk_dim=self.qk_dim, v_dim=self.v_dim, widening_factor=self.widening_factor
+            num_heads=self.num_heads, qk_dim=self.qk_dim, v_dim=self.v_dim, widening_factor=self.widening_factor,
+            attention_kernel=self.attention_kernel,
         )
         return config
 
@@ -369,19 +389,20 @@ class SelfAttentionBlock(layers.Layer):
         (2, 8, 32)
     """
 
-    def __init__(self, num_heads=8, widening_factor=1, **kwargs):
+    def __init__(self, num_heads=8, widening_factor=1, attention_kernel="matmul", **kwargs):
         super().__init__(**kwargs)
         _check_positive_int("num_heads", num_heads)
         _check_positive_int("widening_factor", widening_factor)
         # === Config ===
         self.num_heads = int(num_heads)
         self.widening_factor = int(widening_factor)
+        self.attention_kernel = _check_kernel(attention_kernel)
 
     def build(self, latents_shape):
         width = latents_shape[-1]
         check_heads("latent_dim", width, self.num_heads)
         policy = self.dtype_policy
-        self.attn_norm = layers.LayerNormalization(epsilon=1e-5, dtype=policy, name="attn_norm")
+        self.attn_norm = layers.LayerNormalization(epsilon=NORM_EPSILON, dtype=policy, name="attn_norm")
         self.qkv = layers.Dense(3 * width, dtype=policy, name="qkv")  # queries, keys, values in one matmul
         self.output_proj = layers.Dense(width, dtype=policy, name="output")
         self.mlp = MLP(self.widening_factor, dtype=policy, name="mlp")
@@ -391,7 +412,7 @@ class SelfAttentionBlock(layers.Layer):
     def call(self, latents, return_attention_scores=False):
         qkv = self.qkv(self.attn_norm(latents))  # (batch, latents, 3 * width)
         q, k, v = ops.split(qkv, 3, axis=-1)
-        attended, weights = _attend(q, k, v, self.num_heads, return_attention_scores)
+        attended, weights = _attend(q, k, v, self.num_heads, return_attention_scores, self.attention_kernel)
         x = latents + self.output_proj(attended)
         x = self.mlp(x)
         return (x, weights) if return_attention_scores else x
@@ -401,7 +422,8 @@ class SelfAttentionBlock(layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(num_heads=self.num_heads, widening_factor=self.widening_factor)
+        config.update(num_heads=self.num_heads, widening_factor=self.widening_factor,
+                      attention_kernel=self.attention_kernel)
         return config
 
 
@@ -422,15 +444,17 @@ class LatentTransformer(layers.Layer):
         (2, 8, 32)
     """
 
-    def __init__(self, num_blocks=6, num_heads=8, widening_factor=1, **kwargs):
+    def __init__(self, num_blocks=6, num_heads=8, widening_factor=1, attention_kernel="matmul", **kwargs):
         super().__init__(**kwargs)
         _check_positive_int("num_blocks", num_blocks)
         # === Config ===
         self.num_blocks = int(num_blocks)
         self.num_heads = int(num_heads)
         self.widening_factor = int(widening_factor)
+        self.attention_kernel = _check_kernel(attention_kernel)
         self.blocks = [
-            SelfAttentionBlock(num_heads, widening_factor, dtype=self.dtype_policy, name=f"block_{i}")
+            SelfAttentionBlock(num_heads, widening_factor, attention_kernel, dtype=self.dtype_policy,
+                               name=f"block_{i}")
             for i in range(self.num_blocks)
         ]
 
@@ -448,7 +472,8 @@ class LatentTransformer(layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(num_blocks=self.num_blocks, num_heads=self.num_heads, widening_factor=self.widening_factor)
+        config.update(num_blocks=self.num_blocks, num_heads=self.num_heads, widening_factor=self.widening_factor,
+                      attention_kernel=self.attention_kernel)
         return config
 
 
@@ -536,6 +561,7 @@ class PerceiverConfig:
     share_latent_transformer: bool = True  # one latent Transformer for all repeats (paper: yes)
     preprocessor: str = "pixels"  # "pixels" (Perceiver paper) or "conv" (Perceiver IO's conv+maxpool, `ConvStem`)
     conv_channels: int = 64  # output channels of the "conv" pre-processor (Perceiver IO: 64)
+    attention_kernel: str = "matmul"  # "matmul" or "fused" (`_attend`; train.py picks `default_attention_kernel`)
 
     def __post_init__(self):
         hints = typing.get_type_hints(PerceiverConfig)
@@ -576,6 +602,7 @@ class PerceiverConfig:
             raise ValueError(f"config preprocessor must be one of {', '.join(PREPROCESSORS)}, got {self.preprocessor!r}.")
         if self.preprocessor == "conv" and len(self.input_shape) != 3:
             raise ValueError(f"the conv pre-processor needs 2-D images (H, W, channels), got {self.input_shape}.")
+        _check_kernel(self.attention_kernel)
         if self.conv_channels < 1:
             raise ValueError(f"config conv_channels must be at least 1, got {self.conv_channels}.")
         check_heads("latent_dim", self.latent_dim, self.num_self_attend_heads, "num_self_attend_heads")
@@ -686,7 +713,7 @@ class Perceiver(keras.Model):
         )
         cross = dict(
             num_heads=c.num_cross_attend_heads, qk_dim=c.cross_attend_qk_dim, widening_factor=c.cross_attend_widening,
-            dtype=policy,
+            attention_kernel=c.attention_kernel, dtype=policy,
         )
         # Only the distinct layers are tracked (so each shared weight is saved once); the repeat order is plain ints.
         if c.share_cross_attend_weights:
@@ -701,7 +728,7 @@ class Perceiver(keras.Model):
             self._cross_order = tuple(range(c.num_cross_attends))
         transformer = dict(
             num_blocks=c.num_self_attends_per_block, num_heads=c.num_self_attend_heads,
-            widening_factor=c.self_attend_widening, dtype=policy,
+            widening_factor=c.self_attend_widening, attention_kernel=c.attention_kernel, dtype=policy,
         )
         if c.share_latent_transformer:
             self.transformer_layers = [LatentTransformer(**transformer, name="latent_transformer")]
@@ -711,7 +738,7 @@ class Perceiver(keras.Model):
                 LatentTransformer(**transformer, name=f"latent_transformer_{i}") for i in range(c.num_cross_attends)
             ]
             self._transformer_order = tuple(range(c.num_cross_attends))
-        self.final_norm = layers.LayerNormalization(epsilon=1e-5, dtype=policy, name="final_norm")
+        self.final_norm = layers.LayerNormalization(epsilon=NORM_EPSILON, dtype=policy, name="final_norm")
         self.classifier = layers.Dense(c.num_classes, dtype="float32", name="logits")  # float32 logits always
 
     @property
@@ -761,16 +788,14 @@ class Perceiver(keras.Model):
         batch = ops.shape(x)[0]
         z = ops.cast(self.latents, self.compute_dtype)
         z = ops.broadcast_to(z[None], (batch,) + tuple(z.shape))  # (batch, latents, latent_dim)
-        projected = {}  # keys/values per distinct cross-attention layer: the shared one sees the same inputs
-        standardized = {}  # the inputs' LayerNorm statistics, shared by every layer with the same epsilon
+        standardized = standardize(x, NORM_EPSILON, self.compute_dtype)  # every cross-attention's input LayerNorm
+        projected = {}  # keys/values by position in cross_attend_layers: a shared layer projects the inputs once
         maps = []
-        for cross, transformer in zip(self.cross_attends, self.transformers):
-            if id(cross) not in projected:
-                eps = cross.input_norm.epsilon
-                if eps not in standardized:
-                    standardized[eps] = standardize(x, eps, self.compute_dtype)
-                projected[id(cross)] = cross.project_inputs(x, standardized[eps])
-            keys, values = projected[id(cross)]
+        for index, transformer in zip(self._cross_order, self.transformers):
+            cross = self.cross_attend_layers[index]
+            if index not in projected:
+                projected[index] = cross.project_inputs(x, standardized)
+            keys, values = projected[index]
             if return_attention:
                 z, weights = cross.attend(z, keys, values, return_attention_scores=True)
                 maps.append(weights)

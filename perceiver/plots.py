@@ -23,13 +23,14 @@ import numpy as np
 from PIL import Image
 
 from perceiver import fileio
+from perceiver import metrics
 from perceiver import runs
 from perceiver.errors import UsageError, add_common_flags, console_safe, run_command
 
 CURVES = (("accuracy", runs.ACC_PLOT, "accuracy"), ("loss", runs.LOSS_PLOT, "loss"))  # (history key, file, what is plotted)
 TEST_COLOUR = "#d62728"
 PNG_METADATA = {"Software": None}  # no matplotlib version in the file: the same figure is the same bytes
-RELIABILITY_COLUMNS = ("lower", "upper", "confidence", "accuracy", "count")  # calibration.reliability's rows
+RELIABILITY_COLUMNS = metrics.RELIABILITY_COLUMNS  # calibration.reliability's rows
 
 
 def _figure(**kwargs):

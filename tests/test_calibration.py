@@ -11,6 +11,7 @@ from helpers import tiny_run
 
 from perceiver import calibration
 from perceiver import classifier
+from perceiver import finish
 from perceiver import metrics
 from perceiver import runs
 
@@ -90,19 +91,23 @@ def test_a_refit_that_moves_only_in_rounding_keeps_the_recorded_numbers(tmp_path
     the recorded section is kept as it was. A real change (logits twice as large) is recorded."""
     logits, labels = _overconfident(n=600, seed=3)
     scans = [f"scan{i // 6}" for i in range(300)]
-    first = calibration.calibrate(tmp_path, logits[:300], labels[:300], logits[300:], labels[300:], scans)
+    def refit(val_logits, test_logits, recorded=None):  # the end of a run's first step: the section, then the file
+        fitted = calibration.section(val_logits, labels[:300], test_logits, labels[300:], scans, recorded=recorded)
+        finish.write_calibration(tmp_path, fitted)
+        return fitted
+
+    first = refit(logits[:300], logits[300:])
     recorded = json.loads(json.dumps(first))  # as metrics.json holds it
     assert recorded["reliability"]["columns"] == ["lower", "upper", "confidence", "accuracy", "count"]
     assert sum(r[4] for r in recorded["reliability"]["after"]) == 300
     noisy = logits * (1 + 1e-6 * np.random.default_rng(0).standard_normal(logits.shape))
-    fresh = calibration.calibrate(tmp_path, noisy[:300], labels[:300], noisy[300:], labels[300:], scans)
+    fresh = refit(noisy[:300], noisy[300:])
     assert fresh["temperature"] != first["temperature"]  # the noise does reach the fit
-    again = calibration.calibrate(tmp_path, noisy[:300], labels[:300], noisy[300:], labels[300:], scans,
-                                  recorded=recorded)
+    refit(logits[:300], logits[300:])
+    again = refit(noisy[:300], noisy[300:], recorded=recorded)
     assert again == recorded
     assert json.loads((tmp_path / "calibration.json").read_text())["temperature"] == first["temperature"]
-    changed = calibration.calibrate(tmp_path, 2 * logits[:300], labels[:300], 2 * logits[300:], labels[300:], scans,
-                                    recorded=recorded)
+    changed = refit(2 * logits[:300], 2 * logits[300:], recorded=recorded)
     assert changed["temperature"] == pytest.approx(2 * first["temperature"], rel=1e-3)
     assert json.loads((tmp_path / "calibration.json").read_text())["temperature"] == changed["temperature"]
     # a count is never "close": one image in another bin is a change
@@ -130,19 +135,19 @@ def test_refitting_a_run_twice_leaves_every_file_as_the_first_refit_wrote_it(fin
     same bytes again (a .keras zip records when it was saved, so rewriting model.keras would change it)."""
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
-    first = calibration.calibrate_run(run)
+    first = finish.refit_run(run)
     written = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir() if p.is_file()}
     assert {"calibration.json", "reliability.png", "model.keras", "model.keras.sha256", "metrics.json",
             "report.html"} <= set(written)
     assert json.loads(written["metrics.json"][0])["calibration"] == first
     time.sleep(1.1)  # a file written again now would show a later time
-    assert calibration.calibrate_run(run) == first
+    assert finish.refit_run(run) == first
     again = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir() if p.is_file()}
     assert again.keys() == written.keys()
     for name in written:
         assert again[name] == written[name], f"{name} was written again"
     # another threshold is a change, and reaches every file that records it
-    changed = calibration.calibrate_run(run, min_confidence=0.8)
+    changed = finish.refit_run(run, min_confidence=0.8)
     assert changed["min_confidence"] == 0.8
     assert json.loads((run / "calibration.json").read_text())["min_confidence"] == 0.8
     assert classifier.load(run / "model.keras").min_confidence == 0.8

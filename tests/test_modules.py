@@ -332,6 +332,32 @@ def test_serialisation_round_trips(tmp_path):
     np.testing.assert_allclose(ops.convert_to_numpy(fresh(x)), expected, atol=1e-6)
 
 
+def test_the_attention_kernel_is_configuration_and_the_layers_never_ask_the_backend(monkeypatch, tmp_path):
+    """shared/STYLE.md: code under modules.py never branches on the backend. Both kernels give the same answer, the
+    choice survives saving, and a forward pass with keras.backend.backend() made to fail still runs."""
+    keras.utils.set_random_seed(0)
+    x = _toy_batch(n=4)
+    matmul = build_model(TINY.replace(num_cross_attends=2, attention_kernel="matmul"))
+    fused = build_model(TINY.replace(num_cross_attends=2, attention_kernel="fused"))
+    fused.set_weights(matmul.get_weights())
+
+    def no_backend():
+        raise AssertionError("a layer asked keras.backend.backend()")
+
+    monkeypatch.setattr(keras.backend, "backend", no_backend)
+    expected = ops.convert_to_numpy(matmul(x))
+    np.testing.assert_allclose(ops.convert_to_numpy(fused(x)), expected, atol=1e-5)
+    assert {layer.attention_kernel for layer in fused._flatten_layers() if hasattr(layer, "attention_kernel")} == {
+        "fused"}
+    monkeypatch.undo()
+    fused.save(tmp_path / "fused.keras")
+    again = keras.saving.load_model(tmp_path / "fused.keras", safe_mode=True)
+    assert again.config.attention_kernel == "fused"
+    np.testing.assert_allclose(ops.convert_to_numpy(again(x)), expected, atol=1e-5)
+    _, maps = fused(x, return_attention=True)  # scores come from the matmul kernel, whatever the configuration
+    assert len(maps) == 2 and np.allclose(ops.convert_to_numpy(ops.sum(maps[0], axis=-1)), 1.0, atol=1e-5)
+
+
 def test_classifier_pre_processing_and_calibration_on_every_backend(tmp_path):
     """PerceiverClassifier under this backend: raw 8-bit images of any size, grey or RGB, give calibrated
     probabilities equal to the Perceiver on the training scaling, and survive a safe-mode round trip."""
@@ -435,6 +461,7 @@ def test_forward_flops_counts_the_matmuls():
         (dict(preprocessor="patches"), "preprocessor must be one of pixels, conv"),
         (dict(preprocessor="conv", input_shape=(6, 5, 4, 1)), "conv pre-processor needs 2-D images"),
         (dict(preprocessor="conv", conv_channels=0), "conv_channels must be at least 1"),
+        (dict(attention_kernel="flash"), "attention_kernel must be one of matmul, fused"),
     ],
 )
 def test_bad_config_fails_clearly(changes, message):

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from perceiver import classifier
+from perceiver import finish
 from perceiver import phantom
 from perceiver import plots
 from perceiver import runs
@@ -100,8 +101,6 @@ def test_metrics_are_consistent(smoke_run):
 
 
 def test_the_run_is_calibrated_on_its_validation_split(smoke_run):
-    from perceiver import calibration
-
     run_dir, proc = smoke_run
     m = json.loads((run_dir / "metrics.json").read_text())
     saved = json.loads((run_dir / "calibration.json").read_text())
@@ -115,7 +114,7 @@ def test_the_run_is_calibrated_on_its_validation_split(smoke_run):
     assert "temperature" in m["per_scan"]["definition"]
     assert "calibration: temperature" in proc.stdout
     # refitting from the saved run gives the same temperature (the same weights, the same validation images)
-    again = calibration.calibrate_run(run_dir)
+    again = finish.refit_run(run_dir)
     assert again["temperature"] == pytest.approx(saved["temperature"], rel=1e-3)
     assert classifier.load(run_dir / "model.keras").temperature == again["temperature"]  # refit reaches model.keras
 
@@ -275,7 +274,10 @@ def test_the_readme_reference_command_asks_for_what_goliath_was_trained_with():
     settings = train.settings_dict(args)
     assert {k: v for k, v in settings.items() if k != "out"} == {
         k: v for k, v in shipped["train"].items() if k != "out"}
-    assert train.model_config(args, 2, args.channels).to_dict() == shipped["model"]
+    from perceiver.modules import PerceiverConfig
+
+    # the same model: settings added since (attention_kernel) read from goliath's config.json as their defaults
+    assert train.model_config(args, 2, args.channels) == PerceiverConfig.from_dict(shipped["model"])
 
 
 def test_early_stop_stops_after_n_epochs_without_a_better_validation_loss(knees, tmp_path):
