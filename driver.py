@@ -152,7 +152,7 @@ class Predictor:
         self.loaded = loaded
         self.model = loaded.model
         if keras.backend.backend() in ("tensorflow", "jax"):
-            # XLA-compiled prediction was the faster on the 2-core CPU (bench/infer_speed.py, bench/RESULTS.md),
+            # XLA-compiled prediction was the faster on the 2-core CPU (bench/speed/infer_speed.py, bench/RESULTS.md),
             # once its constant folding is off (see _xla_without_constant_folding).
             _xla_without_constant_folding()
             self.model.compile(jit_compile=True)

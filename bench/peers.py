@@ -1,4 +1,4 @@
-"""Peer Perceivers for `bench/train_speed.py`, built at this project's sizes, with their forward FLOPs counted by hand.
+"""Peer Perceivers for `bench/speed/train_speed.py`, built at this project's sizes, with their forward FLOPs counted by hand.
 
 Two public PyTorch implementations (optional benchmark requirements, `pip install -r bench/requirements.txt`):
 

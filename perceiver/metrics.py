@@ -65,7 +65,7 @@ def scan_probabilities(probs, rule=SCAN_RULE):
 
     The rule, used by train.py's per-scan and per-knee metrics and by driver.py's verdicts, is "mean-probability":
     the mean of the slices' probabilities, the verdict their arg-max. The alternatives, measured by
-    bench/scan_rules.py: "vote" (the share of slices each class wins) throws the confidence away, so a 21-19 vote
+    bench/experiments/scan_rules.py: "vote" (the share of slices each class wins) throws the confidence away, so a 21-19 vote
     and a 40-0 vote look alike and "uncertain" cannot be said; "sum-log-odds" (softmax of the summed log-probabilities)
     treats 40 neighbouring slices as 40 independent witnesses and pushes nearly every scan to p = 1.0000, which makes a
     confidence threshold meaningless. The mean keeps a probability on the slices' own calibrated scale.
@@ -117,7 +117,7 @@ def group_vote(groups, labels, predicted):
 def classification_metrics(logits, labels, records, classes, label_smoothing, temperature=1.0):
     """metrics.json's test metrics. The per-scan verdicts use `scan_probabilities` of the slices' probabilities
     calibrated by `temperature`, as driver.py does; the per-knee figure is the benchmark's majority vote
-    (bench/baselines.py's column)."""
+    (bench/experiments/baselines.py's column)."""
     predicted = logits.argmax(axis=1)
     k = len(classes)
     confusion = confusion_counts(labels, predicted, k)

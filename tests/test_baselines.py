@@ -1,4 +1,4 @@
-"""Tests of bench/baselines.py on a tiny synthetic knee set: one split and one recipe for every row, the CNN's size,
+"""Tests of bench/experiments/baselines.py on a tiny synthetic knee set: one split and one recipe for every row, the CNN's size,
 strict JSON, and one-sentence errors. The scores themselves are not asserted (one epoch on 52 images is noise)."""
 
 import csv
@@ -11,7 +11,7 @@ import pytest
 
 from perceiver import phantom
 
-_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "baselines.py")
+_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "experiments", "baselines.py")
 _spec = importlib.util.spec_from_file_location("baselines", _PATH)
 baselines = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(baselines)
@@ -168,7 +168,7 @@ def test_three_rows_on_the_perceivers_split(tmp_path, knees, capsys):
     assert report["recipe"]["aug_shift"] == settings["aug_shift"] > 0
     assert report["data"]["split_source"] == str(run_dir / "split.csv")
     assert report["data"]["images"]["test"] == len(test)
-    assert report["versions"]["sklearn"] and report["command"][1:3] == ["bench/baselines.py", "--data"]
+    assert report["versions"]["sklearn"] and report["command"][1:3] == ["bench/experiments/baselines.py", "--data"]
 
     markdown = (out / "baselines.md").read_text()
     table = _table_rows(markdown)

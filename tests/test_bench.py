@@ -1,4 +1,4 @@
-"""Tests of the benchmark's bookkeeping (bench/train_speed.py): which rows run and how rounds and ratios are reduced.
+"""Tests of the benchmark's bookkeeping (bench/speed/train_speed.py): which rows run and how rounds and ratios are reduced.
 
 The timing itself is not tested (tests never assert wall-clock times); these tests feed made-up step times in.
 """
@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "train_speed.py")
+_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "speed", "train_speed.py")
 _spec = importlib.util.spec_from_file_location("train_speed", _PATH)
 train_speed = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(train_speed)
@@ -111,8 +111,9 @@ def test_bad_flags_are_refused_with_a_message(capsys):
         assert words in capsys.readouterr().err
 
 
-def _load_bench(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(_PATH), f"{name}.py"))
+def _load_bench(name, folder="speed"):
+    path = os.path.join(os.path.dirname(os.path.dirname(_PATH)), folder, f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -168,7 +169,7 @@ def test_ab_step_refuses_a_missing_file(tmp_path, capsys):
 
 
 def test_seeds_table_gives_mean_and_range_of_each_column():
-    seeds = _load_bench("seeds")
+    seeds = _load_bench("seeds", "experiments")
     rows = [dict(seed=s, accuracy=a, correct=c, images=420, roc_auc=r, per_knee=k, lr_accuracy=l, margin=a - l,
                  wall_seconds=w)
             for s, a, c, r, k, l, w in ((0, 0.95, 399, 0.99, 1.0, 0.8, 270.0), (1, 0.97, 407, 0.995, 0.975, 0.85, None),
@@ -186,7 +187,7 @@ def test_seeds_table_gives_mean_and_range_of_each_column():
                                            (["--train-args=--out x"], "must not hold"),
                                            (["--train-args", "'unclosed"], "cannot be split")])
 def test_seeds_refuses_bad_flags_in_one_sentence(argv, message, tmp_path, capsys):
-    seeds = _load_bench("seeds")
+    seeds = _load_bench("seeds", "experiments")
     assert seeds.main(argv + ["--runs-dir", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
@@ -194,7 +195,7 @@ def test_seeds_refuses_bad_flags_in_one_sentence(argv, message, tmp_path, capsys
 
 
 def test_time_to_accuracy_counts_training_seconds_to_the_first_epoch_at_the_target():
-    tta = _load_bench("time_to_accuracy")
+    tta = _load_bench("time_to_accuracy", "experiments")
     row = dict(impl="ours", params=364_246, lr=2e-3, epochs=[dict(epoch=1, seconds=30.0, test_accuracy=0.80),
                                                     dict(epoch=2, seconds=20.0, test_accuracy=0.951),
                                                     dict(epoch=3, seconds=20.0, test_accuracy=0.94),
@@ -214,7 +215,7 @@ def test_time_to_accuracy_counts_training_seconds_to_the_first_epoch_at_the_targ
 def test_time_to_accuracy_gives_the_peer_the_learning_rate_schedule_keras_gives_ours():
     from perceiver import recipe
 
-    tta = _load_bench("time_to_accuracy")
+    tta = _load_bench("time_to_accuracy", "experiments")
     steps, epochs = 10, 3
     opt = recipe.make_optimizer(optimizer="adamw", lr=2e-3, weight_decay=1e-4, warmup_epochs=1.0, epochs=epochs,
                                 steps_per_epoch=steps)
@@ -227,7 +228,7 @@ def test_time_to_accuracy_gives_the_peer_the_learning_rate_schedule_keras_gives_
 @pytest.mark.parametrize("argv, words", [(["--only", "ours,nope"], "nope"), (["--target", "1.5"], "--target"),
                                          (["--epochs", "0"], "--epochs"), (["--peer-lr", "0"], "--peer-lr")])
 def test_time_to_accuracy_refuses_bad_flags(argv, words, capsys):
-    tta = _load_bench("time_to_accuracy")
+    tta = _load_bench("time_to_accuracy", "experiments")
     with pytest.raises(SystemExit):
         tta.main(argv)
     assert words in capsys.readouterr().err

@@ -1,11 +1,11 @@
 """Benchmark: where a training step of our Perceiver spends its time, summed by op type.
 
-    python bench/profile_step.py                            # TensorFlow, cpu configuration, no XLA, float32
-    python bench/profile_step.py --precision bfloat16 --top 40
-    python bench/profile_step.py --xla                      # one opaque XLA cluster per step: little to read
-    python bench/profile_step.py --backend torch            # Keras's PyTorch backend, eager (torch.profiler)
+    python bench/speed/profile_step.py                            # TensorFlow, cpu configuration, no XLA, float32
+    python bench/speed/profile_step.py --precision bfloat16 --top 40
+    python bench/speed/profile_step.py --xla                      # one opaque XLA cluster per step: little to read
+    python bench/speed/profile_step.py --backend torch            # Keras's PyTorch backend, eager (torch.profiler)
 
-Builds the model at the `cpu` configuration of bench/train_speed.py, warms up, records `--steps` `train_on_batch`
+Builds the model at the `cpu` configuration of bench/speed/train_speed.py, warms up, records `--steps` `train_on_batch`
 steps with the TensorFlow profiler, and sums the time of every op event over all threads by op type, separating the
 backward pass (ops under `gradient_tape/`). Times are thread time per step: oneDNN kernels run on both cores and
 independent ops overlap, so the column adds up to more than the wall time of a step.
@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BENCH = os.path.dirname(os.path.abspath(__file__))
 
 

@@ -1,12 +1,12 @@
 """Benchmark: the quick run (`python train.py`) over several seeds, beside logistic regression on each seed's split.
 
-    python bench/seeds.py                        # seeds 0, 1, 2: trains what is missing under runs/seeds/
-    python bench/seeds.py --seeds 0 1 2 3 4      # more seeds
-    python bench/seeds.py --train-args "--epochs 16"
+    python bench/experiments/seeds.py                        # seeds 0, 1, 2: trains what is missing under runs/seeds/
+    python bench/experiments/seeds.py --seeds 0 1 2 3 4      # more seeds
+    python bench/experiments/seeds.py --train-args "--epochs 16"
 
 For each seed, `python train.py --seed S --out RUNS/seed-S` (the seed sets the synthetic set, the patient split, the
 initial weights and the batches; the synthetic set of seed S is drawn anew, so every seed is a new population), unless
-that run folder is already finished; then `python bench/baselines.py --perceiver-run RUNS/seed-S --only lr,perceiver`
+that run folder is already finished; then `python bench/experiments/baselines.py --perceiver-run RUNS/seed-S --only lr,perceiver`
 scores logistic regression on the same split. The table gives each seed's row and the mean and range (min to max) of
 the Perceiver's per-image accuracy, ROC-AUC, per-knee vote accuracy, its margin over logistic regression and the wall
 time of `python train.py` (the whole command, data step included). RUNS/seeds.json and RUNS/seeds.md keep it.
@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
@@ -60,7 +60,7 @@ def one_seed(seed, runs_dir, train_args):
     elif (run_dir / "wall_seconds.txt").is_file():
         wall = float((run_dir / "wall_seconds.txt").read_text())
     scores_dir = run_dir / "baselines"
-    _run([sys.executable, "bench/baselines.py", "--perceiver-run", str(run_dir), "--only", "lr,perceiver",
+    _run([sys.executable, "bench/experiments/baselines.py", "--perceiver-run", str(run_dir), "--only", "lr,perceiver",
           "--out-dir", str(scores_dir)])
     table = json.loads((scores_dir / "baselines.json").read_text())
     rows = {r["key"]: r for r in table["rows"]}
@@ -95,7 +95,7 @@ def markdown(rows):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="bench/seeds.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="bench/experiments/seeds.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
     parser.add_argument("--runs-dir", type=pathlib.Path, default=REPO / "runs" / "seeds",
                         help="where the run folders go (default: runs/seeds/)")
@@ -112,7 +112,7 @@ def seeds(args):
     except ValueError as e:
         raise UsageError(f"--train-args {args.train_args!r} cannot be split into flags ({e}).") from None
     if any(t.split("=")[0] in ("--seed", "--out", "--resume") for t in train_args):
-        raise UsageError("--train-args must not hold --seed, --out or --resume; bench/seeds.py sets them.")
+        raise UsageError("--train-args must not hold --seed, --out or --resume; bench/experiments/seeds.py sets them.")
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     rows = [one_seed(s, args.runs_dir.resolve(), train_args) for s in args.seeds]
     text = markdown(rows)

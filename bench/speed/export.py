@@ -1,7 +1,7 @@
 """Benchmark: exporting a run's model (classifier.py) to every format: time, size, agreement with Keras, latency.
 
-    python bench/export.py                      # goliath/
-    python bench/export.py --run runs/x --images 64
+    python bench/speed/export.py                      # goliath/
+    python bench/speed/export.py --run runs/x --images 64
 
 For each format (keras, savedmodel, onnx, litert): seconds to export, size on disk, the largest difference of its
 probabilities from Keras' on the same uint8 images (228 x 260 grey slices as AKOA's, 64 x 64 for LiteRT, which takes
@@ -20,7 +20,7 @@ import tempfile
 import time
 import warnings
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,7 +1,7 @@
 """Benchmark: how large driver.py's HTML report gets, and what it costs, with the reference run goliath/.
 
-    python bench/report_size.py                  # both sets below, made once in $TMPDIR
-    python bench/report_size.py --json r.json    # also the rows as JSON
+    python bench/speed/report_size.py                  # both sets below, made once in $TMPDIR
+    python bench/speed/report_size.py --json r.json    # also the rows as JSON
 
 Two sets of about 1,000 slices, classified as a user would (`python driver.py SET --report FILE`, a subprocess):
 "volumes", `python phantom.py DIR --patients 25 --format nifti` (35 NIfTI volumes of 40 slices: 35 cards, each with
@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _run(*args):

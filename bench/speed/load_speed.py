@@ -1,10 +1,10 @@
 """Benchmark: decode an AKOA-sized folder (about 18,680 slices of 228 x 260) to 64 x 64, then load it from the cache.
 
-    python bench/load_speed.py                     # data in $TMPDIR/akoa-bench-* (made once), fresh cache
-    python bench/load_speed.py --generator builtin --mode RGB   # 3-channel PNGs, the slower case
-    python bench/load_speed.py --data DIR          # time your own folder
-    python bench/load_speed.py --workers 1         # single process, for comparison
-    python bench/load_speed.py --json results.json
+    python bench/speed/load_speed.py                     # data in $TMPDIR/akoa-bench-* (made once), fresh cache
+    python bench/speed/load_speed.py --generator builtin --mode RGB   # 3-channel PNGs, the slower case
+    python bench/speed/load_speed.py --data DIR          # time your own folder
+    python bench/speed/load_speed.py --workers 1         # single process, for comparison
+    python bench/speed/load_speed.py --json results.json
 
 The data comes from `phantom.py OUT --patients 330` when phantom.py is in the repository, else from a small
 built-in generator (numpy + Pillow, 467 scans x 40 slices with AKOA file names and side balance, MRI-like noise;
@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
 from perceiver import dataset  # noqa: E402

@@ -1,7 +1,7 @@
 """Benchmark: the rules that turn a scan's slice probabilities into one verdict, on a run's test split.
 
-    python bench/scan_rules.py                     # goliath/, its calibration.json's temperature and threshold
-    python bench/scan_rules.py --run runs/x --min-confidence 0.8
+    python bench/experiments/scan_rules.py                     # goliath/, its calibration.json's temperature and threshold
+    python bench/experiments/scan_rules.py --run runs/x --min-confidence 0.8
 
 For each rule of `metrics.SCAN_RULES` (the mean of the calibrated slice probabilities, which driver.py and train.py
 use; the share of slices each class wins; the summed log-odds): scans classified correctly, scans "uncertain" below
@@ -16,7 +16,7 @@ import os
 import pathlib
 import sys
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,9 +1,9 @@
 """Benchmark: the attention cores of the `cpu` configuration, forward and forward+backward, kernel by kernel.
 
-    python bench/attention_kernels.py                # TensorFlow with and without XLA; JAX and PyTorch if installed
-    python bench/attention_kernels.py --only cross --repeats 20
+    python bench/speed/attention_kernels.py                # TensorFlow with and without XLA; JAX and PyTorch if installed
+    python bench/speed/attention_kernels.py --only cross --repeats 20
 
-The two shapes of bench/train_speed.py's `cpu` configuration at batch 32: the cross-attention (128 latent queries
+The two shapes of bench/speed/train_speed.py's `cpu` configuration at batch 32: the cross-attention (128 latent queries
 over 4,096 pixel keys, 1 head of width 29) and a latent self-attention (128 x 128, 4 heads of 32). Each variant
 takes q, k, v as `(batch, tokens, heads * head_dim)` and returns the attended values; forward+backward is the
 gradient of a scalar loss with respect to q, k and v. Variants:

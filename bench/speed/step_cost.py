@@ -1,7 +1,7 @@
 """Benchmark: what a model setting costs per training step, before a 25-minute run is spent on it.
 
-    python bench/step_cost.py                                            # the variants tried for goliath
-    python bench/step_cost.py --variant wide='{"latent_dim": 256}' --optimizer adamw --lr 2e-3
+    python bench/speed/step_cost.py                                            # the variants tried for goliath
+    python bench/speed/step_cost.py --variant wide='{"latent_dim": 256}' --optimizer adamw --lr 2e-3
 
 Each variant is the `akoa-conv` preset (64 x 64 x 3, train.py's default) with the given `PerceiverConfig` settings
 over it, compiled as train.py compiles it (`recipe.make_optimizer`, `recipe.make_loss`, no XLA on a CPU) and stepped
@@ -19,7 +19,7 @@ import statistics
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 DEFAULT_VARIANTS = {
     "akoa-conv": {},
@@ -44,7 +44,7 @@ def _variant(text):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="bench/step_cost.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="bench/speed/step_cost.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--variant", action="append", type=_variant, default=None,
                    help="NAME='{JSON settings}' over the akoa-conv preset; repeat for more (default: the goliath set)")
     p.add_argument("--optimizer", default="lamb", choices=("lamb", "adamw"), help="default: lamb (goliath's)")

@@ -1,12 +1,12 @@
 """Benchmark: A/B of two versions of modules.py, stepping alternately in one process.
 
-    python bench/ab_step.py OLD_modules.py                  # against this checkout's modules.py
-    python bench/ab_step.py OLD_modules.py NEW_modules.py --xla --precision bfloat16
-    git show HEAD~1:modules.py > /tmp/old.py && python bench/ab_step.py /tmp/old.py
+    python bench/speed/ab_step.py OLD_modules.py                  # against this checkout's modules.py
+    python bench/speed/ab_step.py OLD_modules.py NEW_modules.py --xla --precision bfloat16
+    git show HEAD~1:modules.py > /tmp/old.py && python bench/speed/ab_step.py /tmp/old.py
 
 On a shared machine the speed of one process drifts by 1.5x within minutes, so two rows timed one after the other
-(bench/train_speed.py) cannot resolve a 5% change. Here both models are built in one process at the `cpu`
-configuration of bench/train_speed.py, warmed up, and then stepped A, B, A, B, ... with `train_on_batch`, so a slow
+(bench/speed/train_speed.py) cannot resolve a 5% change. Here both models are built in one process at the `cpu`
+configuration of bench/speed/train_speed.py, warmed up, and then stepped A, B, A, B, ... with `train_on_batch`, so a slow
 spell hits both alike; the ratio of the median steps is the result. Expected output (numbers vary):
 
     A 533 ms  B 519 ms  B/A 0.973  (fastest step: A 486 ms, B 458 ms); tensorflow, A no XLA, B no XLA, float32,
@@ -22,7 +22,7 @@ import statistics
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BENCH = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -44,7 +44,7 @@ def main(argv=None):
     p.add_argument("b", nargs="?", default=os.path.join(REPO, "perceiver", "modules.py"),
                    help="version B (default: this checkout's)")
     p.add_argument("--config", default="cpu", choices=("cpu", "gpu", "akoa"),
-                   help="sizes: bench/train_speed.py's cpu or gpu configuration, or the akoa preset (default: cpu)")
+                   help="sizes: bench/speed/train_speed.py's cpu or gpu configuration, or the akoa preset (default: cpu)")
     p.add_argument("--xla", action="store_true", help="compile both steps with XLA (default: off)")
     p.add_argument("--xla-a", action="store_true", help="compile only A's step with XLA (an old default against a new)")
     p.add_argument("--xla-b", action="store_true", help="compile only B's step with XLA")

@@ -1,8 +1,8 @@
 """Benchmark: driver.py inference with the `akoa` preset (random weights) on AKOA-sized 228 x 260 PNGs.
 
-    python bench/infer_speed.py                      # 2,000 synthetic slices in $TMPDIR (made once), batch 256
-    python bench/infer_speed.py --images 500 --batch-size 128 --workers 2
-    python bench/infer_speed.py --json results.json
+    python bench/speed/infer_speed.py                      # 2,000 synthetic slices in $TMPDIR (made once), batch 256
+    python bench/speed/infer_speed.py --images 500 --batch-size 128 --workers 2
+    python bench/speed/infer_speed.py --json results.json
 
 Measures (1) single-image latency: the median over --repeats calls after warm-up, of the model's compiled predict on
 one preprocessed image ("forward") and of decode + preprocess + predict of one PNG file ("file"); (2) folder
@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
 

@@ -1,8 +1,8 @@
 """Benchmark: how long driver.py takes to find its inputs in a folder of many files that are not images, now that
 DICOM is found by content (inputs.input_kind reads 132 bytes of every file whose extension is not a known type).
 
-    python bench/sniff_speed.py                     # 100,000 files of 1 KiB in $TMPDIR (made once), 3 rounds
-    python bench/sniff_speed.py --files 20000 --rounds 5
+    python bench/speed/sniff_speed.py                     # 100,000 files of 1 KiB in $TMPDIR (made once), 3 rounds
+    python bench/speed/sniff_speed.py --files 20000 --rounds 5
 
 The folder holds the given number of files with names a report or export folder might have (`notes_17.txt`,
 `17.json`, `IM17`, `17.bin`: half with an extension that is not an image, half without one), of random bytes, plus
@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
 import numpy as np  # noqa: E402

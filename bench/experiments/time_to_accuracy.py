@@ -1,12 +1,12 @@
 """Benchmark: minutes to a good model. Training time until the held-out test accuracy first reaches a target, for
 this project's Perceiver (train.py's recipe) and Hugging Face's Perceiver, on the same data, split, batches and budget.
 
-    python bench/time_to_accuracy.py                          # default synthetic set and split, target 0.95, 12 epochs
-    python bench/time_to_accuracy.py --only ours --target 0.9
-    python bench/time_to_accuracy.py --only transformers --peer-lr 5e-4   # the peer at its own learning rate
-    python bench/time_to_accuracy.py --json bench/results/time_to_accuracy.json
+    python bench/experiments/time_to_accuracy.py                          # default synthetic set and split, target 0.95, 12 epochs
+    python bench/experiments/time_to_accuracy.py --only ours --target 0.9
+    python bench/experiments/time_to_accuracy.py --only transformers --peer-lr 5e-4   # the peer at its own learning rate
+    python bench/experiments/time_to_accuracy.py --json bench/results/time_to_accuracy.json
 
-Images per second (bench/train_speed.py) is not what a user waits for: a model that steps faster but needs more
+Images per second (bench/speed/train_speed.py) is not what a user waits for: a model that steps faster but needs more
 epochs is not faster to a usable classifier. Each implementation here trains in its own child process, one after
 the other (so they never share the two cores), and after every epoch its accuracy on the test split (the held-out
 patients of train.py's split) is measured with the clock stopped. The result is the training time, summed over the
@@ -39,8 +39,8 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BENCH = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # peers.py
 IMPLEMENTATIONS = ("ours", "transformers")
 _MARK = "TIME_TO_ACCURACY_JSON "
 
@@ -246,7 +246,7 @@ def run_row(impl, args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="bench/time_to_accuracy.py", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="bench/experiments/time_to_accuracy.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default=",".join(IMPLEMENTATIONS), help="comma-separated: ours, transformers")
     p.add_argument("--target", type=float, default=0.95, help="test accuracy to reach (default: 0.95)")
@@ -294,7 +294,7 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump(dict(target=args.target, epochs=args.epochs, seed=args.seed,
                            phantom=dict(patients=args.phantom_patients, slices=args.phantom_slices),
-                           command="python bench/time_to_accuracy.py " + " ".join(argv or sys.argv[1:]),
+                           command="python bench/experiments/time_to_accuracy.py " + " ".join(argv or sys.argv[1:]),
                            rows=rows), f, indent=2)
     return 1 if any(r.get("error") for r in rows) else 0
 

@@ -1,11 +1,11 @@
 """Benchmark: the Perceiver against two baselines, all three trained and scored on the same patient split.
 
-    python bench/baselines.py                                  # synthetic set: the Perceiver, then both baselines
-    python bench/baselines.py --data /data/AKOA                # real AKOA slices
-    python bench/baselines.py --perceiver-run runs/akoa-x      # reuse a finished train.py run (its split and recipe)
-    python bench/baselines.py --only lr,cnn --perceiver-run runs/akoa-x
-    python bench/baselines.py --epochs 3 --image-size 32 --perceiver-args "--preset tiny"   # a quick look
-    python bench/baselines.py --cnn-lr 1e-3                    # the CNN with its own peak learning rate
+    python bench/experiments/baselines.py                                  # synthetic set: the Perceiver, then both baselines
+    python bench/experiments/baselines.py --data /data/AKOA                # real AKOA slices
+    python bench/experiments/baselines.py --perceiver-run runs/akoa-x      # reuse a finished train.py run (its split and recipe)
+    python bench/experiments/baselines.py --only lr,cnn --perceiver-run runs/akoa-x
+    python bench/experiments/baselines.py --epochs 3 --image-size 32 --perceiver-args "--preset tiny"   # a quick look
+    python bench/experiments/baselines.py --cnn-lr 1e-3                    # the CNN with its own peak learning rate
 
 Order of work: the Perceiver first (train.py in a child process, run folder OUT_DIR/perceiver, or the finished run
 given by --perceiver-run); then its `split.csv` is the split for every row and its `config.json` the recipe for the
@@ -33,7 +33,7 @@ CNN and Perceiver: the sum of the epochs' times, each timed as train.py times it
 The Markdown table is printed to stdout; OUT_DIR/baselines.json and OUT_DIR/baselines.md hold it with the data
 folder, the split, the image counts, the recipe, the date, the versions and the command. Progress goes to stderr.
 
-Measured on the 2-core CPU (2026-11-29; bench/RESULTS.md has the reference set's table too), `python bench/baselines.py`:
+Measured on the 2-core CPU (2026-11-29; bench/RESULTS.md has the reference set's table too), `python bench/experiments/baselines.py`:
 
     | model | per-image accuracy | ROC-AUC | per-knee vote accuracy | parameters | training time (s) |
     |---|---|---|---|---|---|
@@ -64,8 +64,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # run as `python bench/baselines.py`: the project's modules are one folder up
+REPO = pathlib.Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # run as `python bench/experiments/baselines.py`: the project's modules are one folder up
     sys.path.insert(0, str(REPO))
 
 from perceiver import dataset  # noqa: E402
@@ -103,7 +103,7 @@ def _log(message):
 
 def build_parser():
     p = argparse.ArgumentParser(
-        prog="bench/baselines.py",
+        prog="bench/experiments/baselines.py",
         description="Logistic regression, a small CNN and the Perceiver on one patient split, in one table.",
     )
     g = p.add_argument_group("data")
@@ -563,7 +563,7 @@ def run(args, argv):
         rows=rows, data=data_info, recipe=cnn_settings,
         perceiver_run=str(perceiver["run_dir"]) if perceiver else None, seed=args.seed,
         date=datetime.datetime.now().isoformat(timespec="seconds"), versions=versions(),
-        command=[sys.executable, "bench/baselines.py", *argv],
+        command=[sys.executable, "bench/experiments/baselines.py", *argv],
     ))
     text = markdown_report(report)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,10 @@
 """Benchmark: training speed of this project's Perceiver under every installed Keras backend, against two public peers.
 
-    python bench/train_speed.py --config cpu                   # all rows at the 2-core CPU setting
-    python bench/train_speed.py --config gpu                   # float32 and bfloat16, on one GPU
-    python bench/train_speed.py --config cpu --only ours --backends tensorflow,jax
-    python bench/train_speed.py --config cpu --json results.json --markdown
-    python bench/train_speed.py --config cpu --rounds 2 --precisions float32   # rows alternate; two rounds each
+    python bench/speed/train_speed.py --config cpu                   # all rows at the 2-core CPU setting
+    python bench/speed/train_speed.py --config gpu                   # float32 and bfloat16, on one GPU
+    python bench/speed/train_speed.py --config cpu --only ours --backends tensorflow,jax
+    python bench/speed/train_speed.py --config cpu --json results.json --markdown
+    python bench/speed/train_speed.py --config cpu --rounds 2 --precisions float32   # rows alternate; two rounds each
 
 Each row (implementation, backend, precision) runs in its own child process (`--worker`), so Keras backends do not
 interfere and peak memory is per row. A row builds the model, runs `--warmup` training steps (compilation included),
@@ -60,8 +60,8 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BENCH = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # peers.py
 
 CONFIGS = {
     "cpu": dict(
@@ -86,7 +86,7 @@ PEAK_TFLOPS = (("H100 PCIe", 756.0, 378.0), ("H100", 989.0, 494.0), ("H200", 989
 
 # --------------------------------------------------------------------------------------------------------------- worker
 def _ours_config(size, modules=None):
-    """Our PerceiverConfig at `size`; `modules`: another version of modules.py to build it with (bench/ab_step.py)."""
+    """Our PerceiverConfig at `size`; `modules`: another version of modules.py to build it with (bench/speed/ab_step.py)."""
     if modules is None:
         from perceiver import modules
 
