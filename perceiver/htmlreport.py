@@ -455,8 +455,8 @@ def scan_report(path, scans, *, inputs, results, images, counts, classes, run, s
         path: str. The HTML file.
         scans: list[verdicts.Scan]. The verdicts, in input order.
         inputs: list[inputs.Input]. What was classified, in order.
-        results: list[driver.Result]. One per input, in order.
-        images: dict. {input index: uint8 (n, h, w, c)}: the decoded images (driver.classify with keep_images).
+        results: list[predict.Result]. One per input, in order.
+        images: dict. {input index: uint8 (n, h, w, c)}: the decoded images (predict.classify with keep_images).
         counts: dict. `verdicts.counts`, with what report_test_split added in test-split mode.
         classes: list[str]. The run's classes.
         run: str. The run folder or model file, as given.
