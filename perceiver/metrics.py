@@ -65,10 +65,11 @@ def scan_probabilities(probs, rule=SCAN_RULE):
 
     The rule, used by train.py's per-scan and per-knee metrics and by driver.py's verdicts, is "mean-probability":
     the mean of the slices' probabilities, the verdict their arg-max. The alternatives, measured by
-    bench/experiments/scan_rules.py: "vote" (the share of slices each class wins) throws the confidence away, so a 21-19 vote
-    and a 40-0 vote look alike and "uncertain" cannot be said; "sum-log-odds" (softmax of the summed log-probabilities)
-    treats 40 neighbouring slices as 40 independent witnesses and pushes nearly every scan to p = 1.0000, which makes a
-    confidence threshold meaningless. The mean keeps a probability on the slices' own calibrated scale.
+    bench/experiments/scan_rules.py: "vote" (the share of slices each class wins) throws the confidence away, so a
+    21-19 vote and a 40-0 vote look alike and "uncertain" cannot be said; "sum-log-odds" (softmax of the summed
+    log-probabilities) treats 40 neighbouring slices as 40 independent witnesses and pushes nearly every scan to
+    p = 1.0000, which makes a confidence threshold meaningless. The mean keeps a probability on the slices' own
+    calibrated scale.
     """
     probs = np.asarray(probs, np.float64)
     if rule == "mean-probability":
