@@ -285,3 +285,13 @@ def test_every_script_runs_as_a_file_from_any_folder(script, tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / script), "--help"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_the_results_name_no_folder_of_the_machine_that_made_them():
+    """bench/results is committed: its paths are relative to the repository (common.portable), its commands start
+    with `python` (not the virtual environment that ran them)."""
+    machine = re.compile(r"(?<![\w.])/(?:work|tmp|root|home|Users|var|opt|usr)/")
+    for path in sorted((ROOT / "bench" / "results").rglob("*")):
+        if path.suffix in (".json", ".md"):
+            hits = [line for line in path.read_text().splitlines() if machine.search(line)]
+            assert not hits, f"{path.relative_to(ROOT)}: {hits[0].strip()}"
