@@ -1,4 +1,5 @@
-"""Peer Perceivers for `bench/train_speed.py`, built at this project's sizes, with their forward FLOPs counted by hand.
+"""Peer Perceivers for `bench/speed/train_speed.py` (and bench/experiments/time_to_accuracy.py), built at this
+project's sizes, with their forward FLOPs counted by hand.
 
 Two public PyTorch implementations (optional benchmark requirements, `pip install -r bench/requirements.txt`):
 
@@ -11,7 +12,7 @@ Two public PyTorch implementations (optional benchmark requirements, `pip instal
   with shared weights, then a one-query cross-attention decoder to the logits. Its cross-attention query/key width is
   the input width (`cross_attention_shape_for_attention="kv"`), ours the smaller of latent and input widths.
 
-`size` everywhere is the benchmark configuration dict of `train_speed.CONFIGS`: `image` (H, W, C), `num_latents`,
+`size` everywhere is a benchmark configuration dict of `bench.common.CONFIGS`: `image` (H, W, C), `num_latents`,
 `latent_dim`, `num_cross_attends`, `num_self_attends_per_block`, `num_self_attend_heads`, `num_bands`, `num_classes`.
 
 FLOPs: 2 per multiply-add of every matmul and attention product, norms, activations and softmax left out, the same

@@ -13,6 +13,7 @@
                  model.keras, the plots, report.html
     inputs, volumes
                  what driver.py classifies, and the DICOM and NIfTI readers with their header rules
+    predict      batched inference: Predictor (images in, calibrated probabilities out), classify (a Result an input)
     classifier   the model as one file (model.keras) and its exports
     reports, htmlreport, plots
                  what driver.py prints and writes; the HTML reports; every figure

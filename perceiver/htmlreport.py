@@ -60,7 +60,7 @@ MAX_THUMBNAILS = 16  # slices shown per scan: a 40-slice volume shows every 2nd 
 STRIP_COLUMNS = 8  # thumbnails a row: 16 fill two rows of a card at the model's 64 pixels
 THUMB_HEIGHT = 64  # pixels: the thumbnails are the images the model saw (64 x 64 for the akoa presets)
 OVERLAY_SIZE = 176  # pixels, the longest side of the attention picture
-JPEG_QUALITY = 85  # thumbnails and overlays: noisy MRI pictures are far smaller as JPEG (bench/report_size.py)
+JPEG_QUALITY = 85  # thumbnails and overlays: noisy MRI pictures are far smaller as JPEG (bench/speed/report_size.py)
 MAX_OVERLAYS = 200  # attention pictures beyond the flagged and uncertain scans': bounds a report of many scans
 COUNTS = ("scans", "slices", "classified", "uncertain", "flagged", "failed", "failed_files", "ignored")
 STATUS_ORDER = {"flagged": 0, UNCERTAIN: 1, "classified": 2, "failed": 3}
@@ -455,8 +455,8 @@ def scan_report(path, scans, *, inputs, results, images, counts, classes, run, s
         path: str. The HTML file.
         scans: list[verdicts.Scan]. The verdicts, in input order.
         inputs: list[inputs.Input]. What was classified, in order.
-        results: list[driver.Result]. One per input, in order.
-        images: dict. {input index: uint8 (n, h, w, c)}: the decoded images (driver.classify with keep_images).
+        results: list[predict.Result]. One per input, in order.
+        images: dict. {input index: uint8 (n, h, w, c)}: the decoded images (predict.classify with keep_images).
         counts: dict. `verdicts.counts`, with what report_test_split added in test-split mode.
         classes: list[str]. The run's classes.
         run: str. The run folder or model file, as given.

@@ -92,10 +92,11 @@ def scan_probabilities(probs, rule=SCAN_RULE):
 
     The rule, used by train.py's per-scan and per-knee metrics and by driver.py's verdicts, is "mean-probability":
     the mean of the slices' probabilities, the verdict their arg-max. The alternatives, measured by
-    bench/scan_rules.py: "vote" (the share of slices each class wins) throws the confidence away, so a 21-19 vote
-    and a 40-0 vote look alike and "uncertain" cannot be said; "sum-log-odds" (softmax of the summed log-probabilities)
-    treats 40 neighbouring slices as 40 independent witnesses and pushes nearly every scan to p = 1.0000, which makes a
-    confidence threshold meaningless. The mean keeps a probability on the slices' own calibrated scale.
+    bench/experiments/scan_rules.py: "vote" (the share of slices each class wins) throws the confidence away, so a
+    21-19 vote and a 40-0 vote look alike and "uncertain" cannot be said; "sum-log-odds" (softmax of the summed
+    log-probabilities) treats 40 neighbouring slices as 40 independent witnesses and pushes nearly every scan to
+    p = 1.0000, which makes a confidence threshold meaningless. The mean keeps a probability on the slices' own
+    calibrated scale.
     """
     probs = np.asarray(probs, np.float64)
     if rule == "mean-probability":
@@ -146,8 +147,8 @@ def group_vote(groups, labels, predicted):
 def classification_metrics(logits, labels, records, classes, label_smoothing, temperature=1.0):
     """metrics.json's test metrics. The per-scan verdicts use `scan_probabilities` of the slices' probabilities
     calibrated by `temperature`, as driver.py does; the per-knee figure is the benchmark's majority vote
-    (bench/baselines.py's column). A figure that is undefined (one class in the test split, no images, outputs that
-    are not finite) is None with its reason (`defined`), never NaN."""
+    (bench/experiments/baselines.py's column). A figure that is undefined (one class in the test split, no images,
+    outputs that are not finite) is None with its reason (`defined`), never NaN."""
     logits, labels = np.asarray(logits, np.float64), np.asarray(labels)
     predicted = logits.argmax(axis=1)
     k = len(classes)

@@ -17,8 +17,8 @@ Variation (version 3). Real OAI scans differ in all of the following, and none o
 each is drawn independently of the side. Version 2 drew narrow ranges (rotation +-6 deg, shift +-6 mm, scale
 0.92-1.08, weak shading), and logistic regression on the raw pixels then classified every test slice: the side was
 a fixed global pattern of bright and dark. With these ranges it scores far lower (README, "Results";
-`bench/baselines.py`), while the side stays plain to the eye (docs/phantom_sheet.png) and to the models that see
-shapes.
+`bench/experiments/baselines.py`), while the side stays plain to the eye (docs/phantom_sheet.png) and to the models
+that see shapes.
 - Patient (one draw per patient, shared by their scans): overall size 0.82-1.18 (normal, sd 0.08: adult knees);
   condyle radius 18.5-23.5 mm, patella half length 16-22 mm and half thickness 7.5-11 mm, tibial plateau half
   length 22-28 mm, all times the size; patella height -6 to +12 mm (baja to alta); subcutaneous fat 2-10 mm in
@@ -113,7 +113,7 @@ SECOND_VISIT_FRACTION = 0.12
 LEFT_TITLE_CASE = 0.2  # share of left scans whose name says "Left" instead of "LEFT"
 _VISITS = (3, 4, 5, 6, 7, 8, 100, 101, 102)
 
-# The default training set: what `python train.py` (and bench/baselines.py) make and use when given no --data.
+# The default training set: what `python train.py` (and bench/experiments/baselines.py) make and use without --data.
 DEFAULT_PATIENTS = 160
 DEFAULT_SLICES = 10  # slices per scan, spread over the whole knee (AKOA has 40)
 

@@ -1,7 +1,7 @@
 """The training recipe shared by train.py and the baselines in bench/: optimizer with warm-up and cosine decay, and
 the classification loss with optional label smoothing.
 
-Keeping these in one place means a baseline trained by bench/baselines.py gets exactly the optimizer family,
+Keeping these in one place means a baseline trained by bench/experiments/baselines.py gets exactly the optimizer family,
 schedule and loss that train.py gives the Perceiver.
 """
 

@@ -6,7 +6,7 @@ SeriesInstanceUID: inputs.group_dicom_series) is one scan by itself; AKOA slice 
 the volume named in their file name (patient, visit, side: `OAI9001234_BaseLine_3_..._LEFT.nii.gz_7.png` is slice 7
 of `OAI9001234_BaseLine_3_..._LEFT.nii.gz`) within their folder; any other image is a scan of one slice.
 
-The scan's probabilities come from its slices' calibrated probabilities (driver.Predictor divides the logits by the
+The scan's probabilities come from its slices' calibrated probabilities (predict.Predictor divides the logits by the
 run's temperature) by the one rule `metrics.scan_probabilities` (the mean). Below the confidence threshold
 (`--min-confidence`, default the run's calibration.json value) the verdict is "uncertain" and never a side; a
 possible wrong-side label needs a confident verdict that disagrees with the expected side. An uncertain scan with an

@@ -1,20 +1,16 @@
-"""Tests of bench/baselines.py on a tiny synthetic knee set: one split and one recipe for every row, the CNN's size,
-strict JSON, and one-sentence errors. The scores themselves are not asserted (one epoch on 52 images is noise)."""
+"""Tests of bench/experiments/baselines.py on a tiny synthetic knee set: one split and one recipe for every row, the
+CNN's size, strict JSON, and one-sentence errors. The scores themselves are not asserted (one epoch on 52 images is
+noise)."""
 
 import csv
-import importlib.util
 import json
 import math
-import os
 
 import pytest
 
+from bench.experiments import baselines
 from perceiver import phantom
 
-_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "baselines.py")
-_spec = importlib.util.spec_from_file_location("baselines", _PATH)
-baselines = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(baselines)
 
 HEADER = ("| model | per-image accuracy | ROC-AUC | per-knee vote accuracy | parameters | training time (s) |")
 
@@ -166,9 +162,9 @@ def test_three_rows_on_the_perceivers_split(tmp_path, knees, capsys):
     assert report["recipe"]["cnn_lr"] == settings["lr"] and rows["cnn"]["details"]["epochs_run"] == 1
     assert settings["aug_rotation"] == report["recipe"]["aug_rotation"] == 3  # the augmentation's strengths too
     assert report["recipe"]["aug_shift"] == settings["aug_shift"] > 0
-    assert report["data"]["split_source"] == str(run_dir / "split.csv")
+    assert report["data"]["split_source"] == str((run_dir / "split.csv").resolve())  # outside the repository
     assert report["data"]["images"]["test"] == len(test)
-    assert report["versions"]["sklearn"] and report["command"][1:3] == ["bench/baselines.py", "--data"]
+    assert report["versions"]["sklearn"] and report["command"][1:3] == ["bench/experiments/baselines.py", "--data"]
 
     markdown = (out / "baselines.md").read_text()
     table = _table_rows(markdown)

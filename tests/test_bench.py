@@ -1,18 +1,26 @@
-"""Tests of the benchmark's bookkeeping (bench/train_speed.py): which rows run and how rounds and ratios are reduced.
+"""Tests of the benchmarks' bookkeeping (bench/common.py, bench/speed/, bench/experiments/): which rows run and how
+rounds and ratios are reduced.
 
 The timing itself is not tested (tests never assert wall-clock times); these tests feed made-up step times in.
 """
 
 import argparse
-import importlib.util
-import os
+import pathlib
+import re
+import subprocess
+import sys
 
 import pytest
 
-_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "train_speed.py")
-_spec = importlib.util.spec_from_file_location("train_speed", _PATH)
-train_speed = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(train_speed)
+from bench import common
+from bench.experiments import seeds
+from bench.experiments import time_to_accuracy as tta
+from bench.speed import ab_step
+from bench.speed import profile_step
+from bench.speed import step_cost
+from bench.speed import train_speed
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _row(impl, precision, round_times, backend="torch", jit=False):
@@ -71,18 +79,18 @@ def test_compile_time_is_the_warm_up_beyond_ordinary_steps_and_stays_out_of_the_
     assert row["compile_s"] == pytest.approx((33.85 + 22.15) / 2)
     assert "28.0" in train_speed.table([row])
     warmup, calls = [], []
-    times = train_speed._time_steps(lambda: calls.append(1), 2, 3, warmup)
+    times = common.time_steps(lambda: calls.append(1), 2, 3, warmup)
     assert (len(warmup), len(times), len(calls)) == (2, 3, 5)
 
 
 def test_torch_compile_gives_each_peer_an_eager_and_a_compiled_row(monkeypatch):
-    monkeypatch.setattr(train_speed, "_installed", lambda module: True)
+    monkeypatch.setattr(common, "installed", lambda module: True)
     args = argparse.Namespace(precisions=["float32"], only=["ours", "transformers"], backends=["torch"],
                               torch_compile=True)
     rows = [(r["impl"], r["jit"]) for r in train_speed.plan_rows(args)]
     assert rows == [("ours", False), ("ours", True), ("transformers", False), ("transformers", True)]
     cmd = []
-    monkeypatch.setattr(train_speed.subprocess, "run", lambda c, **kw: cmd.append(c) or argparse.Namespace(
+    monkeypatch.setattr(common.subprocess, "run", lambda c, **kw: cmd.append(c) or argparse.Namespace(
         returncode=1, stdout="", stderr="stop"))
     run_args = argparse.Namespace(config="cpu", warmup=1, steps=1, row_timeout=5)
     for jit in (False, True):
@@ -91,7 +99,7 @@ def test_torch_compile_gives_each_peer_an_eager_and_a_compiled_row(monkeypatch):
 
 
 def test_plan_rows_follows_precisions_backends_and_only(monkeypatch):
-    monkeypatch.setattr(train_speed, "_installed", lambda module: module != "jax")
+    monkeypatch.setattr(common, "installed", lambda module: module != "jax")
     args = argparse.Namespace(precisions=["float32", "bfloat16"], only=["ours", "transformers"],
                               backends=["tensorflow", "jax"], torch_compile=False)
     rows = train_speed.plan_rows(args)
@@ -111,17 +119,9 @@ def test_bad_flags_are_refused_with_a_message(capsys):
         assert words in capsys.readouterr().err
 
 
-def _load_bench(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(_PATH), f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_profile_sums_ops_by_type_over_threads_and_skips_the_executor_wrapper(tmp_path):
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    profile_step = _load_bench("profile_step")
     space = xplane_pb2.XSpace()
     plane = space.planes.add(name="/host:CPU")
     names = {1: "model/dense/MatMul:_MklMatMul", 2: "gradient_tape/model/dense/MatMul:_MklMatMul",
@@ -142,7 +142,6 @@ def test_profile_sums_ops_by_type_over_threads_and_skips_the_executor_wrapper(tm
 
 
 def test_torch_profile_marks_what_ran_under_the_autograd_engine_as_backward():
-    profile_step = _load_bench("profile_step")
 
     class Event:  # the three attributes of torch.profiler's FunctionEvent that are read
         def __init__(self, name, self_us, parent=None):
@@ -161,14 +160,12 @@ def test_torch_profile_marks_what_ran_under_the_autograd_engine_as_backward():
 
 
 def test_ab_step_refuses_a_missing_file(tmp_path, capsys):
-    ab_step = _load_bench("ab_step")
     with pytest.raises(SystemExit):
         ab_step.main([str(tmp_path / "no_such_modules.py")])
     assert "no_such_modules.py is not a file" in capsys.readouterr().err
 
 
 def test_seeds_table_gives_mean_and_range_of_each_column():
-    seeds = _load_bench("seeds")
     rows = [dict(seed=s, accuracy=a, correct=c, images=420, roc_auc=r, per_knee=k, lr_accuracy=l, margin=a - l,
                  wall_seconds=w)
             for s, a, c, r, k, l, w in ((0, 0.95, 399, 0.99, 1.0, 0.8, 270.0), (1, 0.97, 407, 0.995, 0.975, 0.85, None),
@@ -186,7 +183,6 @@ def test_seeds_table_gives_mean_and_range_of_each_column():
                                            (["--train-args=--out x"], "must not hold"),
                                            (["--train-args", "'unclosed"], "cannot be split")])
 def test_seeds_refuses_bad_flags_in_one_sentence(argv, message, tmp_path, capsys):
-    seeds = _load_bench("seeds")
     assert seeds.main(argv + ["--runs-dir", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
@@ -194,7 +190,6 @@ def test_seeds_refuses_bad_flags_in_one_sentence(argv, message, tmp_path, capsys
 
 
 def test_time_to_accuracy_counts_training_seconds_to_the_first_epoch_at_the_target():
-    tta = _load_bench("time_to_accuracy")
     row = dict(impl="ours", params=364_246, lr=2e-3, epochs=[dict(epoch=1, seconds=30.0, test_accuracy=0.80),
                                                     dict(epoch=2, seconds=20.0, test_accuracy=0.951),
                                                     dict(epoch=3, seconds=20.0, test_accuracy=0.94),
@@ -214,7 +209,6 @@ def test_time_to_accuracy_counts_training_seconds_to_the_first_epoch_at_the_targ
 def test_time_to_accuracy_gives_the_peer_the_learning_rate_schedule_keras_gives_ours():
     from perceiver import recipe
 
-    tta = _load_bench("time_to_accuracy")
     steps, epochs = 10, 3
     opt = recipe.make_optimizer(optimizer="adamw", lr=2e-3, weight_decay=1e-4, warmup_epochs=1.0, epochs=epochs,
                                 steps_per_epoch=steps)
@@ -227,16 +221,77 @@ def test_time_to_accuracy_gives_the_peer_the_learning_rate_schedule_keras_gives_
 @pytest.mark.parametrize("argv, words", [(["--only", "ours,nope"], "nope"), (["--target", "1.5"], "--target"),
                                          (["--epochs", "0"], "--epochs"), (["--peer-lr", "0"], "--peer-lr")])
 def test_time_to_accuracy_refuses_bad_flags(argv, words, capsys):
-    tta = _load_bench("time_to_accuracy")
     with pytest.raises(SystemExit):
         tta.main(argv)
     assert words in capsys.readouterr().err
 
 
 def test_step_cost_reads_named_json_variants_and_refuses_others(capsys):
-    step_cost = _load_bench("step_cost")
     assert step_cost._variant('wide={"latent_dim": 256}') == ("wide", {"latent_dim": 256})
     for bad in ('wide={"latent_dim": 256', "wide=[1]", '={"latent_dim": 256}'):
         with pytest.raises(SystemExit):
             step_cost.main(["--variant", bad])
         assert "--variant" in capsys.readouterr().err
+
+
+# === bench/common.py and the layout ===
+SCRIPTS = sorted(p.relative_to(ROOT).as_posix() for folder in ("speed", "experiments")
+                 for p in (ROOT / "bench" / folder).glob("*.py") if p.name != "__init__.py")
+
+
+def test_time_alternating_warms_each_up_then_steps_them_in_turn():
+    calls = []
+    warmup = []
+    a, b = common.time_alternating([lambda: calls.append("a"), lambda: calls.append("b")], 1, 3, warmup)
+    assert calls == ["a", "b", "a", "b", "a", "b", "a", "b"] and len(warmup) == 2
+    assert len(a) == len(b) == 3
+    times = common.StepTimes([0.3, 0.1, 0.2, 0.9])
+    assert (times.median, times.fastest, times.slowest) == (pytest.approx(0.25), 0.1, 0.9)
+
+
+def test_results_record_paths_and_commands_relative_to_the_repository(tmp_path):
+    assert common.portable(ROOT / "bench" / "results" / "x.json") == "bench/results/x.json"
+    assert common.portable(tmp_path) == str(tmp_path.resolve())  # outside the repository: as it is
+    script = ROOT / "bench" / "experiments" / "baselines.py"
+    assert common.command(script, ["--out-dir", str(ROOT / "bench" / "results"), "--seed", "3"]) == [
+        "python", "bench/experiments/baselines.py", "--out-dir", "bench/results", "--seed", "3"]
+
+
+def test_a_worker_reports_one_json_line_and_a_failed_one_its_last_words():
+    ok = [sys.executable, "-c", "print('noise'); print('MARK {\"x\": 1}')"]
+    assert common.run_worker(ok, "MARK ") == ({"x": 1}, None)
+    bad = [sys.executable, "-c", "import sys; sys.exit('it broke')"]
+    assert common.run_worker(bad, "MARK ") == (None, "exit 1: it broke")
+
+
+def test_no_bench_script_imports_another_script_or_a_command_line():
+    """Scripts share bench/common.py and bench/peers.py only; the one import of train.py left is time_to_accuracy's
+    worker (its docstring says why)."""
+    imports = re.compile(r"^\s*(?:import|from)\s+([\w.]+)", re.M)
+    scripts = {pathlib.Path(s).stem for s in SCRIPTS}
+    for script in SCRIPTS:
+        found = imports.findall((ROOT / script).read_text())
+        names = {n if n.startswith("bench.") else n.split(".")[0] for n in found}
+        assert not names & scripts, script
+        assert "driver" not in names, script
+        assert "train" not in names or script == "bench/experiments/time_to_accuracy.py", script
+        assert not {n for n in names if n.startswith("bench.")} - {"bench.common", "bench.peers"}, script
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_runs_as_a_file_from_any_folder(script, tmp_path):
+    """`python bench/<folder>/<script>.py --help` finds `perceiver` and `bench` wherever it is started."""
+    proc = subprocess.run([sys.executable, str(ROOT / script), "--help"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_the_results_name_no_folder_of_the_machine_that_made_them():
+    """bench/results is committed: its paths are relative to the repository (common.portable), its commands start
+    with `python` (not the virtual environment that ran them)."""
+    machine = re.compile(r"(?<![\w.])/(?:work|tmp|root|home|Users|var|opt|usr)/")
+    for path in sorted((ROOT / "bench" / "results").rglob("*")):
+        if path.suffix in (".json", ".md"):
+            hits = [line for line in path.read_text().splitlines() if machine.search(line)]
+            assert not hits, f"{path.relative_to(ROOT)}: {hits[0].strip()}"

@@ -1,10 +1,10 @@
 """Benchmark: training speed of this project's Perceiver under every installed Keras backend, against two public peers.
 
-    python bench/train_speed.py --config cpu                   # all rows at the 2-core CPU setting
-    python bench/train_speed.py --config gpu                   # float32 and bfloat16, on one GPU
-    python bench/train_speed.py --config cpu --only ours --backends tensorflow,jax
-    python bench/train_speed.py --config cpu --json results.json --markdown
-    python bench/train_speed.py --config cpu --rounds 2 --precisions float32   # rows alternate; two rounds each
+    python bench/speed/train_speed.py --config cpu                   # all rows at the 2-core CPU setting
+    python bench/speed/train_speed.py --config gpu                   # float32 and bfloat16, on one GPU
+    python bench/speed/train_speed.py --config cpu --only ours --backends tensorflow,jax
+    python bench/speed/train_speed.py --config cpu --json results.json --markdown
+    python bench/speed/train_speed.py --config cpu --rounds 2 --precisions float32   # rows alternate; two rounds each
 
 Each row (implementation, backend, precision) runs in its own child process (`--worker`), so Keras backends do not
 interfere and peak memory is per row. A row builds the model, runs `--warmup` training steps (compilation included),
@@ -52,29 +52,21 @@ about 243 TFLOP/s, 25% MFU at bfloat16.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
+import pathlib
 import statistics
-import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.dirname(os.path.abspath(__file__))
+if not __package__:  # run as a file: the repository root, for `perceiver` and `bench`
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-CONFIGS = {
-    "cpu": dict(
-        image=(64, 64, 3), num_latents=128, latent_dim=128, num_cross_attends=2, num_self_attends_per_block=4,
-        num_self_attend_heads=4, num_bands=6, num_classes=2, batch=32, precisions=("float32", "bfloat16"), warmup=3,
-        steps=10,
-    ),
-    "gpu": dict(
-        image=(64, 64, 3), num_latents=256, latent_dim=256, num_cross_attends=2, num_self_attends_per_block=4,
-        num_self_attend_heads=8, num_bands=64, num_classes=2, batch=256, precisions=("float32", "bfloat16"),
-        warmup=5, steps=30,
-    ),
-}
+from bench import common  # noqa: E402
+from bench import peers  # noqa: E402
+from bench.common import CONFIGS  # noqa: E402
+from perceiver import runs  # noqa: E402
+from perceiver.errors import start_command  # noqa: E402
+
 BACKENDS = ("tensorflow", "jax", "torch")
 IMPLEMENTATIONS = ("ours", "perceiver-pytorch", "transformers")
 _MARK = "TRAIN_SPEED_JSON "
@@ -85,24 +77,6 @@ PEAK_TFLOPS = (("H100 PCIe", 756.0, 378.0), ("H100", 989.0, 494.0), ("H200", 989
 
 
 # --------------------------------------------------------------------------------------------------------------- worker
-def _ours_config(size, modules=None):
-    """Our PerceiverConfig at `size`; `modules`: another version of modules.py to build it with (bench/ab_step.py)."""
-    if modules is None:
-        from perceiver import modules
-
-    return modules.PerceiverConfig.preset(
-        "akoa",
-        input_shape=tuple(size["image"]),
-        num_classes=size["num_classes"],
-        num_latents=size["num_latents"],
-        latent_dim=size["latent_dim"],
-        num_cross_attends=size["num_cross_attends"],
-        num_self_attends_per_block=size["num_self_attends_per_block"],
-        num_self_attend_heads=size["num_self_attend_heads"],
-        num_bands=size["num_bands"],
-    )
-
-
 def _device_name_and_memory(backend):
     """(device name, peak device bytes or None) for the framework of `backend`."""
     if backend == "tensorflow":
@@ -126,28 +100,8 @@ def _device_name_and_memory(backend):
     return None, None
 
 
-def _time_steps(step, warmup, steps, warmup_times=None):
-    """Seconds of each timed step; `step()` must block until the step's results exist on the host.
-
-    The warm-up steps (tracing and compilation happen in the first) are never timed with the rest; their seconds are
-    appended to `warmup_times` when a list is given.
-    """
-    for _ in range(warmup):
-        t = time.perf_counter()
-        step()
-        if warmup_times is not None:
-            warmup_times.append(time.perf_counter() - t)
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return times
-
-
 def _worker_ours(args, size):
     os.environ["KERAS_BACKEND"] = args.backend
-    sys.path.insert(0, REPO)
     import keras
     import numpy as np
 
@@ -157,7 +111,7 @@ def _worker_ours(args, size):
         import torch
 
         torch.set_num_threads(os.cpu_count())
-    config = _ours_config(size)
+    config = common.ours_config(size)
     dtype = "mixed_bfloat16" if args.precision == "bfloat16" else None
     model = modules.build_model(config, dtype=dtype)
     model.compile(
@@ -169,17 +123,14 @@ def _worker_ours(args, size):
     x = keras.ops.convert_to_tensor(rng.random((size["batch"],) + tuple(size["image"]), dtype=np.float32))
     y = keras.ops.convert_to_tensor(rng.integers(0, size["num_classes"], size["batch"]).astype("int32"))
     warmup = []
-    times = _time_steps(lambda: model.train_on_batch(x, y), args.warmup, args.steps, warmup)  # numpy: synchronises
+    times = common.time_steps(lambda: model.train_on_batch(x, y), args.warmup, args.steps, warmup)  # numpy: syncs
     return dict(times=times, warmup_times=warmup, params=model.count_params(),
                 forward_flops=modules.forward_flops(config))
 
 
 def _worker_peer(args, size):
-    sys.path.insert(0, BENCH)
     import torch
     import torch.nn.functional as F
-
-    import peers
 
     torch.set_num_threads(os.cpu_count())
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -207,7 +158,7 @@ def _worker_peer(args, size):
         return loss.item()  # synchronises
 
     warmup = []
-    times = _time_steps(step, args.warmup, args.steps, warmup)
+    times = common.time_steps(step, args.warmup, args.steps, warmup)
     return dict(times=times, warmup_times=warmup, params=sum(p.numel() for p in model.parameters()),
                 forward_flops=peers.FLOPS[args.impl](size))
 
@@ -223,37 +174,17 @@ def worker(args):
     if peak is None:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     result.update(device=device, peak_bytes=peak, peak_kind="device" if device else "host RSS")
-    print(_MARK + json.dumps(result), flush=True)
+    common.report_to_parent(_MARK, result)
 
 
 # --------------------------------------------------------------------------------------------------------------- parent
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _installed(module):
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
-
-
 def plan_rows(args):
     """The rows to run: dicts with impl, backend, precision, jit and, when it cannot run, `skip` (the reason)."""
-    sys.path.insert(0, BENCH)
-    import peers
-
     rows = []
     for precision in args.precisions:
         if "ours" in args.only:
             for backend in args.backends:
-                skip = None if _installed(backend) else f"{backend} not installed"
+                skip = None if common.installed(backend) else f"{backend} not installed"
                 jits = {"tensorflow": [True, False], "jax": [True], "torch": [False] + ([True] if args.torch_compile
                                                                                          else [])}[backend]
                 for jit in jits:
@@ -274,20 +205,12 @@ def run_row(row, args):
     cmd += ["--jit"] if row["jit"] else ["--no-jit"]
     if row["impl"] != "ours" and row["jit"]:
         cmd.append("--torch-compile")
-    env = dict(os.environ, KERAS_BACKEND=row["backend"], TF_CPP_MIN_LOG_LEVEL="2")
-    t = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.row_timeout)
-    except subprocess.TimeoutExpired:
-        row["error"] = f"timed out after {args.row_timeout} s"
+    env = dict(os.environ, KERAS_BACKEND=row["backend"])
+    (result, error), seconds = common.timed(lambda: common.run_worker(cmd, _MARK, env=env, timeout=args.row_timeout))
+    if error:
+        row["error"] = error
         return row
-    row["wall_s"] = time.perf_counter() - t
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(_MARK)]
-    if proc.returncode or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        row["error"] = f"exit {proc.returncode}: {tail[0][:160]}"
-        return row
-    result = json.loads(lines[-1][len(_MARK):])
+    row["wall_s"] = seconds
     row.setdefault("round_times", []).append(result.pop("times"))
     row.setdefault("round_warmup_times", []).append(result.pop("warmup_times"))
     row["peak_bytes"] = max(result.pop("peak_bytes"), row.get("peak_bytes", 0))
@@ -407,7 +330,7 @@ def parent(args):
                   f"{row['precision']} ...", file=sys.stderr, flush=True)
             run_row(row, args)
     summarise(rows, args)
-    devices = sorted({r["device"] for r in rows if r.get("device")}) or [f"CPU: {_cpu_name()}"]
+    devices = sorted({r["device"] for r in rows if r.get("device")}) or [f"CPU: {common.cpu_name()}"]
     header = (f"config {args.config}: {size['image'][0]}x{size['image'][1]}x{size['image'][2]}, "
               f"{size['num_latents']} latents x {size['latent_dim']}, {size['num_cross_attends']} cross-attends x "
               f"{size['num_self_attends_per_block']} blocks of {size['num_self_attend_heads']} heads, "
@@ -417,12 +340,12 @@ def parent(args):
     print(header)
     print(table(rows, markdown=args.markdown))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(config=args.config, size=size, devices=devices, cpus=os.cpu_count(),
-                           versions=_versions(), rows=rows), f, indent=2)
+        runs.atomic_write_json(args.json, dict(config=args.config, size=size, devices=devices, cpus=os.cpu_count(),
+                                               versions=_versions(), rows=rows))
 
 
 def main(argv=None):
+    start_command(argv)
     parser = argparse.ArgumentParser(description="Training images/s of our Perceiver and its peers, one table.")
     g = parser.add_argument_group("what to run")
     g.add_argument("--config", default="cpu", choices=sorted(CONFIGS), help="sizes and batch (default: cpu)")

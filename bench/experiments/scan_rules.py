@@ -1,7 +1,7 @@
 """Benchmark: the rules that turn a scan's slice probabilities into one verdict, on a run's test split.
 
-    python bench/scan_rules.py                     # goliath/, its calibration.json's temperature and threshold
-    python bench/scan_rules.py --run runs/x --min-confidence 0.8
+    python bench/experiments/scan_rules.py          # goliath/, its calibration.json's temperature and threshold
+    python bench/experiments/scan_rules.py --run runs/x --min-confidence 0.8
 
 For each rule of `metrics.SCAN_RULES` (the mean of the calibrated slice probabilities, which driver.py and train.py
 use; the share of slices each class wins; the summed log-odds): scans classified correctly, scans "uncertain" below
@@ -12,20 +12,18 @@ and writes it with the numbers as JSON beside the run (scan_rules.json). bench/R
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import sys
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if not __package__:  # run as a file: the repository root, for `perceiver` and `bench`
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
+from bench import common  # noqa: E402
 from perceiver import calibration  # noqa: E402
 from perceiver import finish  # noqa: E402
 from perceiver import metrics  # noqa: E402
 from perceiver import runs  # noqa: E402
-from perceiver.errors import run_command  # noqa: E402
+from perceiver.errors import run_command, start_command  # noqa: E402
 
 
 def measure(logits, labels, scans, temperature, threshold):
@@ -53,8 +51,9 @@ def markdown(rows, threshold):
 
 
 def main(argv=None):
+    start_command(argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run", default=str(REPO / "goliath"), help="run folder (default: goliath/)")
+    p.add_argument("--run", default=str(common.REPO / "goliath"), help="run folder (default: goliath/)")
     p.add_argument("--min-confidence", type=float, default=None, help="threshold (default: the run's)")
     args = p.parse_args(argv)
     return run_command(lambda: scan_rules(args))

@@ -1,7 +1,7 @@
 """Benchmark: exporting a run's model (classifier.py) to every format: time, size, agreement with Keras, latency.
 
-    python bench/export.py                      # goliath/
-    python bench/export.py --run runs/x --images 64
+    python bench/speed/export.py                      # goliath/
+    python bench/speed/export.py --run runs/x --images 64
 
 For each format (keras, savedmodel, onnx, litert): seconds to export, size on disk, the largest difference of its
 probabilities from Keras' on the same uint8 images (228 x 260 grey slices as AKOA's, 64 x 64 for LiteRT, which takes
@@ -13,22 +13,19 @@ tf2onnx, onnx and onnxruntime (requirements-dev.txt).
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import sys
 import tempfile
-import time
 import warnings
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
 
-import numpy as np  # noqa: E402
+if not __package__:  # run as a file: the repository root, for `perceiver` and `bench`
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
+from bench import common  # noqa: E402
 from perceiver import classifier  # noqa: E402
-from perceiver.errors import UsageError, run_command  # noqa: E402
+from perceiver.errors import UsageError, run_command, start_command  # noqa: E402
 
 OUT_NAMES = {"keras": "m.keras", "savedmodel": "m_savedmodel", "onnx": "m.onnx", "litert": "m.tflite"}
 
@@ -83,21 +80,15 @@ def measure(run, n_images, repeats=3):
     with tempfile.TemporaryDirectory() as tmp:
         for fmt, name in OUT_NAMES.items():
             out = pathlib.Path(tmp) / name
-            t0 = time.perf_counter()
-            classifier.export(model, out, fmt)
-            seconds = time.perf_counter() - t0
+            _, seconds = common.timed(lambda: classifier.export(model, out, fmt))
             predict = _runner(fmt, out)
             key = "small" if fmt == "litert" else "raw"
             x = small if key == "small" else raw
             diff = float(np.abs(predict(x) - want[key]).max())
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                predict(x)
-                times.append(time.perf_counter() - t0)
+            times = common.time_steps(lambda: predict(x), 0, repeats)
             rows.append({"format": fmt, "export_s": seconds, "size_mb": _size(out) / 1e6, "max_diff": diff,
                          "input": f"{x.shape[1]} x {x.shape[2]} x {x.shape[3]}",
-                         "ms_per_image": 1000 * min(times) / len(x)})
+                         "ms_per_image": 1000 * times.fastest / len(x)})
     return rows
 
 
@@ -111,8 +102,9 @@ def table(rows):
 
 
 def main(argv=None):
+    start_command(argv)
     p = argparse.ArgumentParser(description="Export a run's model to every format and measure each.")
-    p.add_argument("--run", default=str(REPO / "goliath"), help="run folder or .keras file (default: goliath)")
+    p.add_argument("--run", default=str(common.REPO / "goliath"), help="run folder or .keras file (default: goliath)")
     p.add_argument("--images", type=int, default=32, help="images per format (default: 32)")
     args = p.parse_args(argv)
 

@@ -1,10 +1,10 @@
 """Benchmark: decode an AKOA-sized folder (about 18,680 slices of 228 x 260) to 64 x 64, then load it from the cache.
 
-    python bench/load_speed.py                     # data in $TMPDIR/akoa-bench-* (made once), fresh cache
-    python bench/load_speed.py --generator builtin --mode RGB   # 3-channel PNGs, the slower case
-    python bench/load_speed.py --data DIR          # time your own folder
-    python bench/load_speed.py --workers 1         # single process, for comparison
-    python bench/load_speed.py --json results.json
+    python bench/speed/load_speed.py                     # data in $TMPDIR/akoa-bench-* (made once), fresh cache
+    python bench/speed/load_speed.py --generator builtin --mode RGB   # 3-channel PNGs, the slower case
+    python bench/speed/load_speed.py --data DIR          # time your own folder
+    python bench/speed/load_speed.py --workers 1         # single process, for comparison
+    python bench/speed/load_speed.py --json results.json
 
 The data comes from `phantom.py OUT --patients 330` when phantom.py is in the repository, else from a small
 built-in generator (numpy + Pillow, 467 scans x 40 slices with AKOA file names and side balance, MRI-like noise;
@@ -27,19 +27,21 @@ first load is about 0.8 ms an image per core.
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import pathlib
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+if not __package__:  # run as a file: the repository root, for `perceiver` and `bench`
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
+from bench import common  # noqa: E402
 from perceiver import dataset  # noqa: E402
+from perceiver import runs  # noqa: E402
+from perceiver.errors import start_command  # noqa: E402
 
 SIDES = {"left": ("LEFT", "Left", "left", "L_E_F_T"), "right": ("RIGHT", "Right", "right", "R_I_G_H_T")}
 VISITS = (3, 4, 5, 6, 7, 8, 100, 101, 102)
@@ -107,23 +109,23 @@ def ensure_data(out_dir, *, generator, patients, mode, workers):
     if os.path.exists(marker):
         with open(marker) as f:
             return f.read().strip()
-    t = time.perf_counter()
     if generator == "phantom":
-        print(f"making data with phantom.py in {out_dir} ...", file=sys.stderr)
-        subprocess.run([sys.executable, os.path.join(REPO, "phantom.py"), out_dir, "--patients", str(patients)],
-                       check=True)
+        common.log(f"making data with phantom.py in {out_dir} ...")
+        _, seconds = common.timed(lambda: subprocess.run(
+            [sys.executable, str(common.REPO / "phantom.py"), out_dir, "--patients", str(patients)], check=True))
         source = f"phantom.py --patients {patients}"
     else:
-        print(f"making data with the built-in generator in {out_dir} ...", file=sys.stderr)
-        make_builtin(out_dir, patients=patients, mode=mode, workers=workers)
+        common.log(f"making data with the built-in generator in {out_dir} ...")
+        _, seconds = common.timed(lambda: make_builtin(out_dir, patients=patients, mode=mode, workers=workers))
         source = f"built-in generator ({mode})"
-    print(f"made in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    common.log(f"made in {seconds:.0f} s")
     with open(marker, "w") as f:
         f.write(source)
     return source
 
 
 def main(argv=None):
+    start_command(argv)
     parser = argparse.ArgumentParser(description="Time the first and the cached image load.")
     g = parser.add_argument_group("data")
     g.add_argument("--data", default=None, help="folder to time (default: $TMPDIR/akoa-bench-<generator>, made "
@@ -143,28 +145,24 @@ def main(argv=None):
     workers = args.workers or len(os.sched_getaffinity(0))
     generator = args.generator
     if generator == "auto":
-        generator = "phantom" if os.path.exists(os.path.join(REPO, "phantom.py")) else "builtin"
+        generator = "phantom" if (common.REPO / "phantom.py").exists() else "builtin"
     suffix = generator if generator == "phantom" else f"builtin-{args.mode}"
     data = args.data or os.path.join(tempfile.gettempdir(), f"akoa-bench-{suffix}")
     source = "given folder" if args.data else ensure_data(data, generator=generator, patients=args.patients,
                                                           mode=args.mode, workers=workers)
-    t = time.perf_counter()
-    found = dataset.discover(data)
-    t_discover = time.perf_counter() - t
+    found, t_discover = common.timed(lambda: dataset.discover(data))
     paths = [r.path for r in found.records]
     from PIL import Image
 
     with Image.open(paths[0]) as im:
         src_size, src_mode = im.size, im.mode
     with tempfile.TemporaryDirectory(prefix="akoa-cache-") as cache:
-        t = time.perf_counter()
-        first = dataset.load_images(paths, size=args.size, channels=args.channels, cache_dir=cache,
-                                    workers=workers, progress=False)
-        t_first = time.perf_counter() - t
-        t = time.perf_counter()
-        again = dataset.load_images(paths, size=args.size, channels=args.channels, cache_dir=cache,
-                                    workers=workers, progress=False)
-        t_cached = time.perf_counter() - t
+        def load():
+            return dataset.load_images(paths, size=args.size, channels=args.channels, cache_dir=cache,
+                                       workers=workers, progress=False)
+
+        first, t_first = common.timed(load)
+        again, t_cached = common.timed(load)
         cache_mb = sum(os.path.getsize(os.path.join(cache, f)) for f in os.listdir(cache)) / 2**20
     assert again.from_cache and np.array_equal(first.images, again.images)
     n = len(paths)
@@ -178,11 +176,11 @@ def main(argv=None):
     if first.skipped:
         print(f"skipped {len(first.skipped)} files, e.g. {first.skipped[0]}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"images": n, "source_height_width": [src_size[1], src_size[0]], "source_mode": src_mode,
-                       "size": args.size, "channels": args.channels, "workers": workers, "cpus": os.cpu_count(),
-                       "load_average": load, "data": source, "discover_s": t_discover, "first_load_s": t_first,
-                       "cached_load_s": t_cached, "cache_mib": cache_mb, "skipped": len(first.skipped)}, f, indent=2)
+        runs.atomic_write_json(args.json, {
+            "images": n, "source_height_width": [src_size[1], src_size[0]], "source_mode": src_mode,
+            "size": args.size, "channels": args.channels, "workers": workers, "cpus": os.cpu_count(),
+            "load_average": load, "data": source, "discover_s": t_discover, "first_load_s": t_first,
+            "cached_load_s": t_cached, "cache_mib": cache_mb, "skipped": len(first.skipped)})
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Benchmark: how large driver.py's HTML report gets, and what it costs, with the reference run goliath/.
 
-    python bench/report_size.py                  # both sets below, made once in $TMPDIR
-    python bench/report_size.py --json r.json    # also the rows as JSON
+    python bench/speed/report_size.py                  # both sets below, made once in $TMPDIR
+    python bench/speed/report_size.py --json r.json    # also the rows as JSON
 
 Two sets of about 1,000 slices, classified as a user would (`python driver.py SET --report FILE`, a subprocess):
 "volumes", `python phantom.py DIR --patients 25 --format nifti` (35 NIfTI volumes of 40 slices: 35 cards, each with
@@ -17,23 +17,25 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import json
 import os
+import pathlib
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if not __package__:  # run as a file: the repository root, for `perceiver` and `bench`
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+
+from bench import common  # noqa: E402
+from perceiver import runs  # noqa: E402
+from perceiver.errors import start_command  # noqa: E402
 
 
 def _run(*args):
-    t = time.perf_counter()
-    subprocess.run([sys.executable, *map(str, args)], check=True, cwd=REPO, stdout=subprocess.DEVNULL,
-                   env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    return time.perf_counter() - t
+    """Runs a command of the project (driver.py, phantom.py) as a user would; its output is dropped."""
+    subprocess.run([sys.executable, *map(str, args)], check=True, cwd=common.REPO, stdout=subprocess.DEVNULL)
 
 
 def make_sets(root):
@@ -55,10 +57,8 @@ def measure(name, folder, out_dir, repeats):
     """The report's size and make-up; the fastest of `repeats` alternating runs without and with --report (the
     first run of a set also warms the file cache)."""
     report = os.path.join(out_dir, re.sub(r"\W+", "-", name).strip("-") + ".html")
-    plain, with_report = [], []
-    for _ in range(repeats):
-        plain.append(_run("driver.py", folder))
-        with_report.append(_run("driver.py", folder, "--report", report))
+    plain, with_report = common.time_alternating(
+        [lambda: _run("driver.py", folder), lambda: _run("driver.py", folder, "--report", report)], 0, repeats)
     text = open(report, encoding="utf-8").read()
     images = re.findall(r'src="data:image/[a-z]+;base64,([^"]+)"', text)
     as_png = sum(len(base64.b64encode(_png(i))) for i in images)
@@ -66,7 +66,7 @@ def measure(name, folder, out_dir, repeats):
             "slices": int(re.search(r'id="count-slices" data-count="(\d+)"', text).group(1)),
             "bytes": os.path.getsize(report), "image_bytes": sum(map(len, images)), "images": len(images),
             "bytes_as_png": os.path.getsize(report) - sum(map(len, images)) + as_png,
-            "seconds": min(plain), "seconds_with_report": min(with_report)}
+            "seconds": plain.fastest, "seconds_with_report": with_report.fastest}
 
 
 def _png(encoded):
@@ -89,6 +89,7 @@ def table(rows):
 
 
 def main(argv=None):
+    start_command(argv)
     p = argparse.ArgumentParser(description="Size and cost of driver.py --report on two sets of ~1,000 slices.")
     p.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "report-size-sets"),
                    help="where the sets are made once (default: $TMPDIR/report-size-sets)")
@@ -100,8 +101,7 @@ def main(argv=None):
         rows = [measure(name, folder, out_dir, args.repeats) for name, folder in sets.items()]
     print(table(rows))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+        runs.atomic_write_json(args.json, rows)
     return 0
 
 

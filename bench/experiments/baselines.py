@@ -1,11 +1,11 @@
 """Benchmark: the Perceiver against two baselines, all three trained and scored on the same patient split.
 
-    python bench/baselines.py                                  # synthetic set: the Perceiver, then both baselines
-    python bench/baselines.py --data /data/AKOA                # real AKOA slices
-    python bench/baselines.py --perceiver-run runs/akoa-x      # reuse a finished train.py run (its split and recipe)
-    python bench/baselines.py --only lr,cnn --perceiver-run runs/akoa-x
-    python bench/baselines.py --epochs 3 --image-size 32 --perceiver-args "--preset tiny"   # a quick look
-    python bench/baselines.py --cnn-lr 1e-3                    # the CNN with its own peak learning rate
+    python bench/experiments/baselines.py                       # synthetic set: the Perceiver, then both baselines
+    python bench/experiments/baselines.py --data /data/AKOA     # real AKOA slices
+    python bench/experiments/baselines.py --perceiver-run runs/akoa-x   # a finished train.py run: its split, recipe
+    python bench/experiments/baselines.py --only lr,cnn --perceiver-run runs/akoa-x
+    python bench/experiments/baselines.py --epochs 3 --image-size 32 --perceiver-args "--preset tiny"   # a quick look
+    python bench/experiments/baselines.py --cnn-lr 1e-3                    # the CNN with its own peak learning rate
 
 Order of work: the Perceiver first (train.py in a child process, run folder OUT_DIR/perceiver, or the finished run
 given by --perceiver-run); then its `split.csv` is the split for every row and its `config.json` the recipe for the
@@ -33,7 +33,8 @@ CNN and Perceiver: the sum of the epochs' times, each timed as train.py times it
 The Markdown table is printed to stdout; OUT_DIR/baselines.json and OUT_DIR/baselines.md hold it with the data
 folder, the split, the image counts, the recipe, the date, the versions and the command. Progress goes to stderr.
 
-Measured on the 2-core CPU (2026-11-29; bench/RESULTS.md has the reference set's table too), `python bench/baselines.py`:
+Measured on the 2-core CPU (2026-11-29; bench/RESULTS.md has the reference set's table too),
+`python bench/experiments/baselines.py`:
 
     | model | per-image accuracy | ROC-AUC | per-knee vote accuracy | parameters | training time (s) |
     |---|---|---|---|---|---|
@@ -49,11 +50,9 @@ import csv
 import datetime
 import json
 import math
-import os
 import pathlib
 import platform
 import shlex
-import subprocess
 import sys
 import time
 import warnings
@@ -64,18 +63,18 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # run as `python bench/baselines.py`: the project's modules are one folder up
-    sys.path.insert(0, str(REPO))
+if not __package__:  # run as a file: the repository root, for `perceiver` and `bench`
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
+from bench import common  # noqa: E402
 from perceiver import dataset  # noqa: E402
 from perceiver import metrics  # noqa: E402
 from perceiver import phantom  # noqa: E402
 from perceiver import runs  # noqa: E402
-from perceiver.errors import UsageError, run_command  # noqa: E402
+from perceiver.errors import UsageError, start_command  # noqa: E402
 
 ROWS = ("lr", "cnn", "perceiver")
-DEFAULT_OUT_DIR = REPO / "bench" / "results"
+DEFAULT_OUT_DIR = common.REPO / "bench" / "results"
 LR_MAX_ITER = 2000  # lbfgs iterations; enough to converge on 64 x 64 pixels at C=0.01 (the JSON records n_iter)
 CNN_WIDTHS = (32, 64, 96, 128)
 CNN_CONVS = (2, 2, 1, 1)  # 3x3 convolutions per block: two where they are cheap, so the last features see ~52 px
@@ -89,21 +88,12 @@ _OWN_FLAGS = {"--out": "--out-dir or --perceiver-run", "--resume": "--perceiver-
 TABLE_HEAD = ("model", "per-image accuracy", "ROC-AUC", "per-knee vote accuracy", "parameters", "training time (s)")
 
 
-
-class ChildError(Exception):
-    """train.py failed; the message holds its exit code and the end of its stderr."""
-
-
-def _log(message):
-    print(message, file=sys.stderr, flush=True)
-
-
 # ---------------------------------------------------------------------------------------------- settings
 
 
 def build_parser():
     p = argparse.ArgumentParser(
-        prog="bench/baselines.py",
+        prog="bench/experiments/baselines.py",
         description="Logistic regression, a small CNN and the Perceiver on one patient split, in one table.",
     )
     g = p.add_argument_group("data")
@@ -246,21 +236,8 @@ def train_perceiver(args, run_dir):
     if args.image_size is not None:
         cmd += ["--image-size", str(args.image_size)]
     cmd += args.perceiver_argv
-    _log(f"perceiver: {shlex.join(cmd)}")
-    proc = subprocess.run(cmd, cwd=REPO, stdout=sys.stderr.fileno() if _has_fileno(sys.stderr) else None,
-                          stderr=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-15:]) or "(no output on stderr)"
-        raise ChildError(f"train.py exited with code {proc.returncode}; the end of its stderr:\n{tail}")
+    common.run_child(cmd, "perceiver")
     return run_dir
-
-
-def _has_fileno(stream):
-    try:
-        stream.fileno()
-        return True
-    except (AttributeError, OSError, ValueError):
-        return False
 
 
 def perceiver_row(run):
@@ -268,8 +245,8 @@ def perceiver_row(run):
     return dict(key="perceiver", model=f"Perceiver (preset {settings.get('preset', '?')})",
                 parameters=int(run["config"]["parameters"]), train_seconds=float(sum(run["seconds"])),
                 scores=scores,
-                details=dict(run_dir=str(run["run_dir"]), lr=settings["lr"], best_epoch=scores.get("best_epoch"),
-                             epochs_run=len(run["seconds"])))
+                details=dict(run_dir=common.portable(run["run_dir"]), lr=settings["lr"],
+                             best_epoch=scores.get("best_epoch"), epochs_run=len(run["seconds"])))
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -283,7 +260,7 @@ def load_data(args, run, settings):
         root = runs.data_root(run["config"], progress=sys.stderr.isatty())
     else:
         root = phantom.default_root(args.phantom_patients, args.phantom_slices, args.seed)
-        _log(f"data: synthetic knee set in {root}")
+        common.log(f"data: synthetic knee set in {root}")
         phantom.generate(root, patients=args.phantom_patients, slices=args.phantom_slices, seed=args.seed,
                          progress=sys.stderr.isatty())
     manifest = run["split"] if run is not None else args.split_manifest
@@ -297,11 +274,11 @@ def load_data(args, run, settings):
         raise UsageError(f"the {empty[0]} split of {root} is empty ({counts}); add images or use another split.")
     if len(data.classes) < 2:
         raise UsageError(f"{root} has only the class {data.classes}; a classifier needs at least two.")
-    source = str(manifest) if manifest is not None else \
+    source = common.portable(manifest) if manifest is not None else \
         f"computed by patient (seed {args.seed}, ratios {'/'.join(map(str, dataset.DEFAULT_RATIOS))})"
-    _log(f"data: {root}; train {counts['train']:,} / val {counts['val']:,} / test {counts['test']:,} images; "
+    common.log(f"data: {root}; train {counts['train']:,} / val {counts['val']:,} / test {counts['test']:,} images; "
          f"split {source}")
-    return data, dict(root=str(root), classes=list(data.classes), split_source=source, images=counts,
+    return data, dict(root=common.portable(root), classes=list(data.classes), split_source=source, images=counts,
                       image_size=[size, size], channels=int(settings["channels"]), skipped=len(data.skipped))
 
 
@@ -330,7 +307,7 @@ def fit_logistic_regression(data, *, c, seed):
     seconds = time.perf_counter() - t0
     converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
     if not converged:
-        _log(f"logistic regression: lbfgs did not converge in {LR_MAX_ITER} iterations; the row is still scored")
+        common.log(f"logistic regression: lbfgs did not converge in {LR_MAX_ITER} iterations; the row is still scored")
     probs = model.predict_proba(scaler.transform(grey_pixels(data.images["test"])))
     # classification_metrics takes logits; log-probabilities are logits (softmax gives the probabilities back)
     log_probs = np.log(np.clip(probs, 1e-12, 1.0))
@@ -358,7 +335,7 @@ def build_cnn(input_shape, num_classes, widths=CNN_WIDTHS, *, convs=CNN_CONVS, d
         dtype: str | None. Dtype policy of the hidden layers ("mixed_bfloat16", ...); the logits stay float32.
             Defaults to None (float32).
     """
-    import keras  # here, not at the top: TensorFlow reads TF_CPP_MIN_LOG_LEVEL once, when main has set it
+    import keras  # here, not at the top: start_command quiets TensorFlow's start-up lines before it loads
 
     if len(widths) != len(convs):
         raise ValueError(f"widths {tuple(widths)} and convs {tuple(convs)} must name the same number of blocks")
@@ -412,7 +389,7 @@ def train_cnn(data, cnn_settings, *, seed):
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         jit_compile=cnn_settings["xla"] if isinstance(cnn_settings["xla"], bool) else "auto",
     )
-    _log(f"cnn: {model.count_params():,} parameters; {epochs} epochs of {steps} steps, batch {batch}, "
+    common.log(f"cnn: {model.count_params():,} parameters; {epochs} epochs of {steps} steps, batch {batch}, "
          f"{cnn_settings['optimizer']} lr {cnn_settings['cnn_lr']:g}")
     augment = dataset.Augment.from_settings(cnn_settings)
     val_ds = dataset.make_dataset(data.images["val"], data.labels["val"], batch_size=batch, training=False,
@@ -427,11 +404,11 @@ def train_cnn(data, cnn_settings, *, seed):
         seconds.append(time.time() - t0)
         loss, val_loss = (float(logs[k][-1]) if logs.get(k) else math.nan for k in ("loss", "val_loss"))
         if not (math.isfinite(loss) and math.isfinite(val_loss)):
-            _log(f"cnn: epoch {epoch + 1}: the loss became NaN or infinite, so training stopped")
+            common.log(f"cnn: epoch {epoch + 1}: the loss became NaN or infinite, so training stopped")
             break
         if val_loss < best_val:
             best_val, best_epoch, best_weights = val_loss, epoch + 1, model.get_weights()
-        _log(f"cnn: epoch {epoch + 1}/{epochs}  loss {loss:.4f}  val_loss {val_loss:.4f}  "
+        common.log(f"cnn: epoch {epoch + 1}/{epochs}  loss {loss:.4f}  val_loss {val_loss:.4f}  "
              f"val_acc {float(logs['val_accuracy'][-1]):.4f}  {seconds[-1]:.1f}s"
              f"{'  *best' if best_epoch == epoch + 1 else ''}")
     if best_weights is None:
@@ -546,7 +523,7 @@ def run(args, argv):
 
     rows = []
     if "lr" in args.only:
-        _log("logistic regression: fitting ...")
+        common.log("logistic regression: fitting ...")
         rows.append(fit_logistic_regression(data, c=args.lr_c, seed=args.seed))
     cnn_settings = cnn_recipe(perceiver["settings"], args.cnn_lr) if perceiver is not None else None
     if "cnn" in args.only:
@@ -556,32 +533,28 @@ def run(args, argv):
     rows = [summarise_row(r) for r in rows]
     test_counts = {r["key"]: r["images"] for r in rows}
     if len(set(test_counts.values())) > 1:
-        _log(f"warning: the rows were scored on different numbers of test images {test_counts}; the Perceiver's "
+        common.log(f"warning: the rows were scored on different numbers of test images {test_counts}; the Perceiver's "
              "data folder has changed since its run")
 
     report = _finite(dict(
         rows=rows, data=data_info, recipe=cnn_settings,
-        perceiver_run=str(perceiver["run_dir"]) if perceiver else None, seed=args.seed,
+        perceiver_run=common.portable(perceiver["run_dir"]) if perceiver else None, seed=args.seed,
         date=datetime.datetime.now().isoformat(timespec="seconds"), versions=versions(),
-        command=[sys.executable, "bench/baselines.py", *argv],
+        command=common.command(__file__, argv),
     ))
     text = markdown_report(report)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs.atomic_write_json(out_dir / "baselines.json", report)
     runs.atomic_write_text(out_dir / "baselines.md", text)
     print(text)
-    _log(f"wrote {out_dir / 'baselines.json'} and {out_dir / 'baselines.md'}")
+    common.log(f"wrote {out_dir / 'baselines.json'} and {out_dir / 'baselines.md'}")
     return 0
 
 
 def main(argv=None):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the log
+    start_command(argv)
     argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        return run_command(lambda: run(check_args(build_parser().parse_args(argv)), argv))
-    except ChildError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return common.run_script(lambda: run(check_args(build_parser().parse_args(argv)), argv))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """Benchmark: where a training step of our Perceiver spends its time, summed by op type.
 
-    python bench/profile_step.py                            # TensorFlow, cpu configuration, no XLA, float32
-    python bench/profile_step.py --precision bfloat16 --top 40
-    python bench/profile_step.py --xla                      # one opaque XLA cluster per step: little to read
-    python bench/profile_step.py --backend torch            # Keras's PyTorch backend, eager (torch.profiler)
+    python bench/speed/profile_step.py                            # TensorFlow, cpu configuration, no XLA, float32
+    python bench/speed/profile_step.py --precision bfloat16 --top 40
+    python bench/speed/profile_step.py --xla                      # one opaque XLA cluster per step: little to read
+    python bench/speed/profile_step.py --backend torch            # Keras's PyTorch backend, eager (torch.profiler)
 
-Builds the model at the `cpu` configuration of bench/train_speed.py, warms up, records `--steps` `train_on_batch`
+Builds the model at the `cpu` configuration of bench/speed/train_speed.py, warms up, records `--steps` `train_on_batch`
 steps with the TensorFlow profiler, and sums the time of every op event over all threads by op type, separating the
 backward pass (ops under `gradient_tape/`). Times are thread time per step: oneDNN kernels run on both cores and
 independent ops overlap, so the column adds up to more than the wall time of a step.
@@ -28,13 +28,16 @@ import argparse
 import collections
 import glob
 import os
-import statistics
+import pathlib
 import sys
 import tempfile
-import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.dirname(os.path.abspath(__file__))
+if not __package__:  # run as a file: the repository root, for `perceiver` and `bench`
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+
+from bench import common  # noqa: E402
+from bench.common import CONFIGS  # noqa: E402
+from perceiver.errors import start_command  # noqa: E402
 
 
 def op_times(xplane_path, steps):
@@ -80,12 +83,8 @@ def _profile_torch(model, x, y, steps):
     """Wall seconds of each profiled step and {op: (ms, calls) per step} under torch.profiler."""
     import torch
 
-    walls = []
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        for _ in range(steps):
-            t = time.perf_counter()
-            model.train_on_batch(x, y)
-            walls.append(time.perf_counter() - t)
+        walls = common.time_steps(lambda: model.train_on_batch(x, y), 0, steps)
     return walls, torch_op_times(prof.events(), steps)
 
 
@@ -93,13 +92,9 @@ def _profile_tensorflow(model, x, y, steps):
     """Wall seconds of each profiled step and {op type: (ms, calls) per step} under the TensorFlow profiler."""
     import tensorflow as tf
 
-    walls = []
     with tempfile.TemporaryDirectory() as logdir:
         tf.profiler.experimental.start(logdir)
-        for _ in range(steps):
-            t = time.perf_counter()
-            model.train_on_batch(x, y)
-            walls.append(time.perf_counter() - t)
+        walls = common.time_steps(lambda: model.train_on_batch(x, y), 0, steps)
         tf.profiler.experimental.stop()
         files = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
         if not files:
@@ -109,7 +104,7 @@ def _profile_tensorflow(model, x, y, steps):
 
 
 def main(argv=None):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    start_command(argv)
     p = argparse.ArgumentParser(description="Op-type profile of one training step of our Perceiver.")
     p.add_argument("--backend", default="tensorflow", choices=("tensorflow", "torch"),
                    help="Keras backend: TensorFlow's profiler or torch.profiler (default: tensorflow)")
@@ -125,24 +120,21 @@ def main(argv=None):
     import keras
     import numpy as np
 
-    sys.path.insert(0, REPO)
-    sys.path.insert(0, BENCH)
     from perceiver import modules
-    from train_speed import CONFIGS, _ours_config
 
     size = CONFIGS["cpu"]
-    model = modules.build_model(_ours_config(size), dtype="mixed_bfloat16" if args.precision == "bfloat16" else None)
+    dtype = "mixed_bfloat16" if args.precision == "bfloat16" else None
+    model = modules.build_model(common.ours_config(size), dtype=dtype)
     model.compile(optimizer=keras.optimizers.AdamW(1e-3),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=args.xla)
     rng = np.random.default_rng(0)
     x = rng.random((size["batch"],) + tuple(size["image"]), dtype=np.float32)
     y = rng.integers(0, size["num_classes"], size["batch"]).astype("int32")
-    for _ in range(3):
-        model.train_on_batch(x, y)
+    common.time_steps(lambda: model.train_on_batch(x, y), 3, 0)  # warm-up, outside the profile
     profile = _profile_torch if args.backend == "torch" else _profile_tensorflow
     walls, times = profile(model, x, y, args.steps)
     inside = sum(t for t, _ in times.values())
-    wall = statistics.median(walls) * 1e3
+    wall = walls.median * 1e3
     print(f"wall time per step (median of {args.steps}, profiler on): {wall:.0f} ms; "
           f"op time summed over threads: {inside:.0f} ms/step "
           f"({args.backend}, {'XLA' if args.xla else 'no XLA'}, {args.precision}, batch {size['batch']})")

@@ -1,15 +1,16 @@
 """Benchmark: the quick run (`python train.py`) over several seeds, beside logistic regression on each seed's split.
 
-    python bench/seeds.py                        # seeds 0, 1, 2: trains what is missing under runs/seeds/
-    python bench/seeds.py --seeds 0 1 2 3 4      # more seeds
-    python bench/seeds.py --train-args "--epochs 16"
+    python bench/experiments/seeds.py                        # seeds 0, 1, 2: trains what is missing under runs/seeds/
+    python bench/experiments/seeds.py --seeds 0 1 2 3 4      # more seeds
+    python bench/experiments/seeds.py --train-args "--epochs 16"
 
 For each seed, `python train.py --seed S --out RUNS/seed-S` (the seed sets the synthetic set, the patient split, the
 initial weights and the batches; the synthetic set of seed S is drawn anew, so every seed is a new population), unless
-that run folder is already finished; then `python bench/baselines.py --perceiver-run RUNS/seed-S --only lr,perceiver`
-scores logistic regression on the same split. The table gives each seed's row and the mean and range (min to max) of
-the Perceiver's per-image accuracy, ROC-AUC, per-knee vote accuracy, its margin over logistic regression and the wall
-time of `python train.py` (the whole command, data step included). RUNS/seeds.json and RUNS/seeds.md keep it.
+that run folder is already finished; then
+`python bench/experiments/baselines.py --perceiver-run RUNS/seed-S --only lr,perceiver` scores logistic regression on
+the same split. The table gives each seed's row and the mean and range (min to max) of the Perceiver's per-image
+accuracy, ROC-AUC, per-knee vote accuracy, its margin over logistic regression and the wall time of `python train.py`
+(the whole command, data step included). RUNS/seeds.json and RUNS/seeds.md keep it.
 The figures depend on the machine; bench/RESULTS.md and the README quote a measured table with its date.
 """
 
@@ -20,29 +21,14 @@ import json
 import pathlib
 import shlex
 import statistics
-import subprocess
 import sys
-import time
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+if not __package__:  # run as a file: the repository root, for `perceiver` and `bench`
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
+from bench import common  # noqa: E402
 from perceiver import runs  # noqa: E402
-from perceiver.errors import UsageError, run_command  # noqa: E402
-
-
-
-def _log(message):
-    print(message, file=sys.stderr, flush=True)
-
-
-def _run(cmd):
-    _log(f"seeds: {shlex.join(cmd)}")
-    proc = subprocess.run(cmd, cwd=REPO, stdout=sys.stderr.fileno(), stderr=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-15:]) or "(no output on stderr)"
-        raise UsageError(f"{cmd[1]} exited with code {proc.returncode}; the end of its stderr:\n{tail}")
+from perceiver.errors import UsageError, start_command  # noqa: E402
 
 
 def one_seed(seed, runs_dir, train_args):
@@ -53,19 +39,19 @@ def one_seed(seed, runs_dir, train_args):
         if run_dir.exists():
             raise UsageError(f"{run_dir} holds an unfinished run; finish it with `python train.py --out {run_dir} "
                              "--resume` or delete it.")
-        t0 = time.perf_counter()
-        _run([sys.executable, "train.py", "--seed", str(seed), "--out", str(run_dir), "--quiet", *train_args])
-        wall = time.perf_counter() - t0
+        _, wall = common.timed(lambda: common.run_child(
+            [sys.executable, "train.py", "--seed", str(seed), "--out", str(run_dir), "--quiet", *train_args], "seeds"))
         (run_dir / "wall_seconds.txt").write_text(f"{wall:.1f}\n")
     elif (run_dir / "wall_seconds.txt").is_file():
         wall = float((run_dir / "wall_seconds.txt").read_text())
     scores_dir = run_dir / "baselines"
-    _run([sys.executable, "bench/baselines.py", "--perceiver-run", str(run_dir), "--only", "lr,perceiver",
-          "--out-dir", str(scores_dir)])
+    common.run_child([sys.executable, "bench/experiments/baselines.py", "--perceiver-run", str(run_dir), "--only",
+                      "lr,perceiver", "--out-dir", str(scores_dir)], "seeds")
     table = json.loads((scores_dir / "baselines.json").read_text())
     rows = {r["key"]: r for r in table["rows"]}
     p, lr = rows["perceiver"], rows["lr"]
-    return dict(seed=seed, run=str(run_dir), accuracy=p["accuracy"], correct=p["correct"], images=p["images"],
+    return dict(seed=seed, run=common.portable(run_dir), accuracy=p["accuracy"], correct=p["correct"],
+                images=p["images"],
                 roc_auc=p["roc_auc"], per_knee=p["per_knee"]["accuracy"], lr_accuracy=lr["accuracy"],
                 margin=p["accuracy"] - lr["accuracy"], wall_seconds=wall)
 
@@ -95,13 +81,14 @@ def markdown(rows):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="bench/seeds.py", description=__doc__.split("\n\n")[0])
+    start_command(argv)
+    parser = argparse.ArgumentParser(prog="bench/experiments/seeds.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default: 0 1 2)")
-    parser.add_argument("--runs-dir", type=pathlib.Path, default=REPO / "runs" / "seeds",
+    parser.add_argument("--runs-dir", type=pathlib.Path, default=common.REPO / "runs" / "seeds",
                         help="where the run folders go (default: runs/seeds/)")
     parser.add_argument("--train-args", default="", help="more train.py flags, in one string (default: none)")
     args = parser.parse_args(argv)
-    return run_command(lambda: seeds(args))
+    return common.run_script(lambda: seeds(args))
 
 
 def seeds(args):
@@ -112,7 +99,7 @@ def seeds(args):
     except ValueError as e:
         raise UsageError(f"--train-args {args.train_args!r} cannot be split into flags ({e}).") from None
     if any(t.split("=")[0] in ("--seed", "--out", "--resume") for t in train_args):
-        raise UsageError("--train-args must not hold --seed, --out or --resume; bench/seeds.py sets them.")
+        raise UsageError("--train-args must not hold --seed, --out or --resume; bench/experiments/seeds.py sets them.")
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     rows = [one_seed(s, args.runs_dir.resolve(), train_args) for s in args.seeds]
     text = markdown(rows)

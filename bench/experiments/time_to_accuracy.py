@@ -1,12 +1,12 @@
 """Benchmark: minutes to a good model. Training time until the held-out test accuracy first reaches a target, for
 this project's Perceiver (train.py's recipe) and Hugging Face's Perceiver, on the same data, split, batches and budget.
 
-    python bench/time_to_accuracy.py                          # default synthetic set and split, target 0.95, 12 epochs
-    python bench/time_to_accuracy.py --only ours --target 0.9
-    python bench/time_to_accuracy.py --only transformers --peer-lr 5e-4   # the peer at its own learning rate
-    python bench/time_to_accuracy.py --json bench/results/time_to_accuracy.json
+    python bench/experiments/time_to_accuracy.py        # default synthetic set and split, target 0.95, 12 epochs
+    python bench/experiments/time_to_accuracy.py --only ours --target 0.9
+    python bench/experiments/time_to_accuracy.py --only transformers --peer-lr 5e-4   # the peer at its own peak lr
+    python bench/experiments/time_to_accuracy.py --json bench/results/time_to_accuracy.json
 
-Images per second (bench/train_speed.py) is not what a user waits for: a model that steps faster but needs more
+Images per second (bench/speed/train_speed.py) is not what a user waits for: a model that steps faster but needs more
 epochs is not faster to a usable classifier. Each implementation here trains in its own child process, one after
 the other (so they never share the two cores), and after every epoch its accuracy on the test split (the held-out
 patients of train.py's split) is measured with the clock stopped. The result is the training time, summed over the
@@ -32,23 +32,32 @@ so. Timings depend on the machine and its load: the load average before and afte
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import subprocess
+import pathlib
+import shlex
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.dirname(os.path.abspath(__file__))
+if not __package__:  # run as a file: the repository root, for `perceiver` and `bench`
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+
+from bench import common  # noqa: E402
+from bench import peers  # noqa: E402
+from perceiver import phantom  # noqa: E402
+from perceiver import runs  # noqa: E402
+from perceiver.errors import start_command  # noqa: E402
+
 IMPLEMENTATIONS = ("ours", "transformers")
 _MARK = "TIME_TO_ACCURACY_JSON "
 
 
 # --------------------------------------------------------------------------------------------------------------- worker
 def _train_args(args):
-    """train.py's settings for this run: its defaults, with the seed, epochs and synthetic set given here."""
-    sys.path.insert(0, REPO)
+    """train.py's settings for this run: its defaults, with the seed, epochs and synthetic set given here.
+
+    The one import of train.py left in bench/ (issue 27): its settings, data step and compiled model are train.py's
+    own functions, and a `python train.py` child cannot report the test accuracy after every epoch."""
     import train
 
     settings = train.parse_settings(["--quiet", "--seed", str(args.seed), "--epochs", str(args.epochs),
@@ -127,9 +136,6 @@ def _worker_transformers(args):
 
     from perceiver import dataset
 
-    sys.path.insert(0, BENCH)
-    import peers
-
     torch.set_num_threads(os.cpu_count())
     data = train.prepare(settings, None)
     mconfig = train.model_config(settings, len(data.classes), settings.channels)
@@ -185,7 +191,7 @@ def _worker_transformers(args):
 
 def worker(args):
     result = _worker_ours(args) if args.impl == "ours" else _worker_transformers(args)
-    print(_MARK + json.dumps(result), flush=True)
+    common.report_to_parent(_MARK, result)
 
 
 # --------------------------------------------------------------------------------------------------------------- parent
@@ -224,29 +230,26 @@ def markdown(rows, target, epochs):
 def run_row(impl, args):
     row = dict(impl=impl)
     if impl != "ours":
-        sys.path.insert(0, BENCH)
-        import peers
-
         row["skip"] = peers.missing(impl)
         if row["skip"]:
             return row
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--impl", impl, "--seed", str(args.seed),
            "--epochs", str(args.epochs), "--phantom-patients", str(args.phantom_patients),
            "--phantom-slices", str(args.phantom_slices)] + (["--peer-lr", str(args.peer_lr)] if args.peer_lr else [])
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow" if impl == "ours" else "torch")
-    print(f"{impl}: training {args.epochs} epochs ...", file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(_MARK)]
-    if proc.returncode or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        row["error"] = f"exit {proc.returncode}: {tail[0][:160]}"
+    env = dict(os.environ, KERAS_BACKEND="tensorflow" if impl == "ours" else "torch")
+    common.log(f"{impl}: training {args.epochs} epochs ...")
+    result, error = common.run_worker(cmd, _MARK, env=env)
+    if error:
+        row["error"] = error
         return row
-    row.update(json.loads(lines[-1][len(_MARK):]))
+    row.update(result)
     return summarise(row, args.target)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="bench/time_to_accuracy.py", description=__doc__.split("\n\n")[0],
+    start_command(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = argparse.ArgumentParser(prog="bench/experiments/time_to_accuracy.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default=",".join(IMPLEMENTATIONS), help="comma-separated: ours, transformers")
     p.add_argument("--target", type=float, default=0.95, help="test accuracy to reach (default: 0.95)")
@@ -270,9 +273,6 @@ def main(argv=None):
         p.error(f"--epochs {args.epochs} must be at least 1")
     if args.peer_lr is not None and not args.peer_lr > 0:
         p.error(f"--peer-lr {args.peer_lr} must be positive")
-    sys.path.insert(0, REPO)
-    from perceiver import phantom
-
     args.phantom_patients = args.phantom_patients or phantom.DEFAULT_PATIENTS
     args.phantom_slices = args.phantom_slices or phantom.DEFAULT_SLICES
     if args.worker:
@@ -291,11 +291,10 @@ def main(argv=None):
             print(f"{r['impl']} test accuracy by epoch: "
                   + ", ".join(f"{e['test_accuracy']:.3f}" for e in r["epochs"]))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(target=args.target, epochs=args.epochs, seed=args.seed,
-                           phantom=dict(patients=args.phantom_patients, slices=args.phantom_slices),
-                           command="python bench/time_to_accuracy.py " + " ".join(argv or sys.argv[1:]),
-                           rows=rows), f, indent=2)
+        runs.atomic_write_json(args.json, dict(
+            target=args.target, epochs=args.epochs, seed=args.seed,
+            phantom=dict(patients=args.phantom_patients, slices=args.phantom_slices),
+            command=shlex.join(common.command(__file__, argv)), rows=rows))
     return 1 if any(r.get("error") for r in rows) else 0
 
 

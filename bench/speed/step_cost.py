@@ -1,7 +1,7 @@
 """Benchmark: what a model setting costs per training step, before a 25-minute run is spent on it.
 
-    python bench/step_cost.py                                            # the variants tried for goliath
-    python bench/step_cost.py --variant wide='{"latent_dim": 256}' --optimizer adamw --lr 2e-3
+    python bench/speed/step_cost.py                                            # the variants tried for goliath
+    python bench/speed/step_cost.py --variant wide='{"latent_dim": 256}' --optimizer adamw --lr 2e-3
 
 Each variant is the `akoa-conv` preset (64 x 64 x 3, train.py's default) with the given `PerceiverConfig` settings
 over it, compiled as train.py compiles it (`recipe.make_optimizer`, `recipe.make_loss`, no XLA on a CPU) and stepped
@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
+import pathlib
 import sys
-import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if not __package__:  # run as a file: the repository root, for `perceiver` and `bench`
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+
+from bench import common  # noqa: E402
+from perceiver.errors import start_command  # noqa: E402
 
 DEFAULT_VARIANTS = {
     "akoa-conv": {},
@@ -44,7 +46,8 @@ def _variant(text):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="bench/step_cost.py", description=__doc__.split("\n\n")[0])
+    start_command(argv)
+    p = argparse.ArgumentParser(prog="bench/speed/step_cost.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--variant", action="append", type=_variant, default=None,
                    help="NAME='{JSON settings}' over the akoa-conv preset; repeat for more (default: the goliath set)")
     p.add_argument("--optimizer", default="lamb", choices=("lamb", "adamw"), help="default: lamb (goliath's)")
@@ -53,8 +56,6 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.steps < 1:
         p.error(f"--steps {args.steps} must be at least 1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.path.insert(0, REPO)
     import keras
     import numpy as np
 
@@ -76,14 +77,8 @@ def main(argv=None):
         model.compile(optimizer=recipe.make_optimizer(optimizer=args.optimizer, lr=args.lr, weight_decay=0.1,
                                                       warmup_epochs=1, epochs=20, steps_per_epoch=124),
                       loss=recipe.make_loss(2, 0.1), jit_compile=False)
-        for _ in range(3):
-            model.train_on_batch(x, y)
-        times = []
-        for _ in range(args.steps):
-            t = time.perf_counter()
-            model.train_on_batch(x, y)
-            times.append(time.perf_counter() - t)
-        print(f"{name:52} {statistics.median(times) * 1e3:8.0f} {model.count_params():11,}", flush=True)
+        times = common.time_steps(lambda: model.train_on_batch(x, y), 3, args.steps)  # returns NumPy: synchronises
+        print(f"{name:52} {times.median * 1e3:8.0f} {model.count_params():11,}", flush=True)
     return 0
 
 

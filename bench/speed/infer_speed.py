@@ -1,45 +1,44 @@
-"""Benchmark: driver.py inference with the `akoa` preset (random weights) on AKOA-sized 228 x 260 PNGs.
+"""Benchmark: driver.py's inference (perceiver/predict.py) with the `akoa` preset (random weights) on AKOA-sized
+228 x 260 PNGs.
 
-    python bench/infer_speed.py                      # 2,000 synthetic slices in $TMPDIR (made once), batch 256
-    python bench/infer_speed.py --images 500 --batch-size 128 --workers 2
-    python bench/infer_speed.py --json results.json
+    python bench/speed/infer_speed.py                      # 2,000 synthetic slices in $TMPDIR (made once), batch 256
+    python bench/speed/infer_speed.py --images 500 --batch-size 128 --workers 2
+    python bench/speed/infer_speed.py --json results.json
 
 Measures (1) single-image latency: the median over --repeats calls after warm-up, of the model's compiled predict on
 one preprocessed image ("forward") and of decode + preprocess + predict of one PNG file ("file"); (2) folder
-throughput: `driver.classify` over the whole folder end to end (decoding in threads, batched prediction, the
-progress bar on stderr), images per second, plus the time of decoding alone and of prediction alone on the same
-images, to show where the time goes. Targets on the 2-core dev CPU: latency <= 10 ms, throughput >= 300 images/s.
+throughput: `predict.classify` (what driver.py runs) over the whole folder end to end (decoding in threads, batched
+prediction, the progress bar on stderr), images per second, plus the time of decoding alone and of prediction alone
+on the same images, to show where the time goes. Targets on the 2-core dev CPU: latency <= 10 ms, throughput >= 300
+images/s.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import itertools
 import os
-import platform
-import statistics
+import pathlib
 import sys
 import tempfile
-import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+if not __package__:  # run as a file: the repository root, for `perceiver` and `bench`
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-
-def _median_seconds(fn, repeats):
-    times = []
-    for i in range(repeats):
-        t = time.perf_counter()
-        fn(i)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+from bench import common  # noqa: E402
+from perceiver import classifier  # noqa: E402
+from perceiver import dataset  # noqa: E402
+from perceiver import phantom  # noqa: E402
+from perceiver import predict  # noqa: E402
+from perceiver import runs  # noqa: E402
+from perceiver.errors import start_command  # noqa: E402
+from perceiver.inputs import decode, find_inputs  # noqa: E402
 
 
 def _random_run(data):
     """A run folder of the akoa preset with random weights (seed 0): inference speed does not depend on them."""
     import keras
 
-    from perceiver import runs
     from perceiver.modules import PerceiverConfig, build_model
 
     run_dir = tempfile.mkdtemp(prefix="akoa-infer-run-")
@@ -54,14 +53,10 @@ def _random_run(data):
 
 def _latencies(predictor, inputs, repeats):
     """Median seconds of one forward pass on a decoded image, and of one file decoded and classified."""
-    from perceiver import dataset
-    from perceiver.inputs import decode
-
     one = dataset.load_image(inputs[0].path, size=(64, 64), channels=3)[None]
-    for _ in range(5):
-        predictor.logits(one)
-    forward = _median_seconds(lambda i: predictor.logits(one), repeats)
-    file_one = _median_seconds(lambda i: predictor.logits(decode(inputs[i % len(inputs)], (64, 64), 3)[0]), repeats)
+    forward = common.time_steps(lambda: predictor.logits(one), 5, repeats).median
+    files = itertools.cycle(inputs)
+    file_one = common.time_steps(lambda: predictor.logits(decode(next(files), (64, 64), 3)[0]), 0, repeats).median
     return forward, file_one
 
 
@@ -69,28 +64,21 @@ def _folder(predictor, inputs, batch_size, workers):
     """Seconds to compile the batch shapes, to classify the folder end to end, to decode it alone, to predict it."""
     import numpy as np
 
-    import driver
-    from perceiver.inputs import decode
+    def compile_shapes():  # a one-off cost per batch shape, reported separately
+        predictor.logits(np.zeros((batch_size, 64, 64, 3), np.uint8))
+        if len(inputs) % batch_size:
+            predictor.logits(np.zeros((len(inputs) % batch_size, 64, 64, 3), np.uint8))
 
-    t = time.perf_counter()  # compilation is a one-off cost per batch shape, reported separately
-    predictor.logits(np.zeros((batch_size, 64, 64, 3), np.uint8))
-    if len(inputs) % batch_size:
-        predictor.logits(np.zeros((len(inputs) % batch_size, 64, 64, 3), np.uint8))
-    compile_s = time.perf_counter() - t
-    t = time.perf_counter()
-    results = driver.classify(predictor, inputs, workers=workers, progress=True)
-    folder_s = time.perf_counter() - t
+    _, compile_s = common.timed(compile_shapes)
+    results, folder_s = common.timed(lambda: predict.classify(predictor, inputs, workers=workers, progress=True))
     assert all(r.error is None for r in results)
-    t = time.perf_counter()
-    images = np.concatenate([decode(i, (64, 64), 3)[0] for i in inputs])
-    decode_s = time.perf_counter() - t
-    t = time.perf_counter()
-    predictor.logits(images)
-    return compile_s, folder_s, decode_s, time.perf_counter() - t
+    images, decode_s = common.timed(lambda: np.concatenate([decode(i, (64, 64), 3)[0] for i in inputs]))
+    _, predict_s = common.timed(lambda: predictor.logits(images))
+    return compile_s, folder_s, decode_s, predict_s
 
 
 def main(argv=None):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    start_command(argv)
     p = argparse.ArgumentParser(description="Time driver.py inference (akoa preset, random weights).")
     p.add_argument("--images", type=int, default=2000, help="PNG slices in the folder (default: 2000)")
     p.add_argument("--data", default=None, help="folder of PNGs to time instead (default: synthetic, made once)")
@@ -100,11 +88,7 @@ def main(argv=None):
     p.add_argument("--json", default=None, help="also write the results here (default: none)")
     args = p.parse_args(argv)
 
-    import keras  # after TF_CPP_MIN_LOG_LEVEL is set
-
-    import driver
-    from perceiver import phantom
-    from perceiver.inputs import find_inputs
+    import keras
 
     if args.data is None:
         slices = 40
@@ -114,16 +98,15 @@ def main(argv=None):
     else:
         data = args.data
     inputs = find_inputs([data])[0][:args.images]
-    t = time.perf_counter()
-    loaded = driver.load(_random_run(data))
-    load_s = time.perf_counter() - t
-    predictor = driver.Predictor(loaded, args.batch_size)
+    run_dir = _random_run(data)
+    loaded, load_s = common.timed(lambda: classifier.load_model(run_dir))
+    predictor = predict.Predictor(loaded, args.batch_size)
     forward, file_one = _latencies(predictor, inputs, args.repeats)
     compile_s, folder_s, decode_s, predict_s = _folder(predictor, inputs, args.batch_size, args.workers)
 
     n = len(inputs)
     row = {
-        "device": platform.processor() or platform.machine(), "cpus": len(os.sched_getaffinity(0)),
+        "device": common.cpu_name(), "cpus": len(os.sched_getaffinity(0)),
         "load_average": round(os.getloadavg()[0], 2), "backend": keras.backend.backend(), "batch": args.batch_size,
         "images": n, "latency_forward_ms": round(1000 * forward, 2), "latency_file_ms": round(1000 * file_one, 2),
         "images_per_s": round(n / folder_s, 1), "decode_only_images_per_s": round(n / decode_s, 1),
@@ -138,8 +121,7 @@ def main(argv=None):
     print(f"targets: latency <= 10 ms, >= 300 images/s; model load {load_s:.2f} s, compiling the batch shapes "
           f"{compile_s:.2f} s (once per run)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(row, f, indent=2)
+        runs.atomic_write_json(args.json, row)
     return 0
 
 

@@ -1,9 +1,9 @@
 """Benchmark: the attention cores of the `cpu` configuration, forward and forward+backward, kernel by kernel.
 
-    python bench/attention_kernels.py                # TensorFlow with and without XLA; JAX and PyTorch if installed
-    python bench/attention_kernels.py --only cross --repeats 20
+    python bench/speed/attention_kernels.py         # TensorFlow with and without XLA; JAX and PyTorch if installed
+    python bench/speed/attention_kernels.py --only cross --repeats 20
 
-The two shapes of bench/train_speed.py's `cpu` configuration at batch 32: the cross-attention (128 latent queries
+The two shapes of bench/speed/train_speed.py's `cpu` configuration at batch 32: the cross-attention (128 latent queries
 over 4,096 pixel keys, 1 head of width 29) and a latent self-attention (128 x 128, 4 heads of 32). Each variant
 takes q, k, v as `(batch, tokens, heads * head_dim)` and returns the attended values; forward+backward is the
 gradient of a scalar loss with respect to q, k and v. Variants:
@@ -27,19 +27,23 @@ load):
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import os
-import statistics
+import pathlib
+import sys
+
+if not __package__:  # run as a file: the repository root, for `perceiver` and `bench`
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+
+from bench import common  # noqa: E402
+from perceiver.errors import start_command  # noqa: E402
 
 SHAPES = {"cross": dict(batch=32, heads=1, queries=128, keys=4096, head_dim=29),
           "self": dict(batch=32, heads=4, queries=128, keys=128, head_dim=32)}
 
 
 def _median_ms(fn, repeats):
-    from train_speed import _time_steps  # bench/ is on sys.path when this file runs as a script
-
-    return statistics.median(_time_steps(fn, 2, repeats)) * 1e3
+    return common.time_steps(fn, 2, repeats).median * 1e3
 
 
 def _keras_variants():
@@ -144,7 +148,7 @@ def run_jax(shape, repeats, rng):
 
 
 def main(argv=None):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    start_command(argv)
     os.environ["KERAS_BACKEND"] = "tensorflow"
     p = argparse.ArgumentParser(description="Attention cores of the cpu configuration, kernel by kernel.")
     p.add_argument("--only", default="cross,self", help="comma-separated shapes: cross, self (default: both)")
@@ -160,8 +164,7 @@ def main(argv=None):
     import numpy as np
 
     rng = np.random.default_rng(0)
-    have_torch = importlib.util.find_spec("torch") is not None
-    have_jax = importlib.util.find_spec("jax") is not None
+    have_torch, have_jax = common.installed("torch"), common.installed("jax")
     for shape in shapes:
         s = SHAPES[shape]
         print(f"{shape}: batch {s['batch']}, {s['queries']} queries x {s['keys']} keys, {s['heads']} head(s) of "

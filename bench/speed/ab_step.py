@@ -1,13 +1,14 @@
 """Benchmark: A/B of two versions of modules.py, stepping alternately in one process.
 
-    python bench/ab_step.py OLD_modules.py                  # against this checkout's modules.py
-    python bench/ab_step.py OLD_modules.py NEW_modules.py --xla --precision bfloat16
-    git show HEAD~1:modules.py > /tmp/old.py && python bench/ab_step.py /tmp/old.py
+    python bench/speed/ab_step.py OLD_modules.py                  # against this checkout's modules.py
+    python bench/speed/ab_step.py OLD_modules.py NEW_modules.py --xla --precision bfloat16
+    git show HEAD~1:modules.py > /tmp/old.py && python bench/speed/ab_step.py /tmp/old.py
 
 On a shared machine the speed of one process drifts by 1.5x within minutes, so two rows timed one after the other
-(bench/train_speed.py) cannot resolve a 5% change. Here both models are built in one process at the `cpu`
-configuration of bench/train_speed.py, warmed up, and then stepped A, B, A, B, ... with `train_on_batch`, so a slow
-spell hits both alike; the ratio of the median steps is the result. Expected output (numbers vary):
+(bench/speed/train_speed.py) cannot resolve a 5% change. Here both models are built in one process at the `cpu`
+configuration of bench/common.py's CONFIGS, warmed up, and then stepped A, B, A, B, ... with `train_on_batch`, so a
+slow spell hits both alike (common.time_alternating); the ratio of the median steps is the result. Expected output
+(numbers vary):
 
     A 533 ms  B 519 ms  B/A 0.973  (fastest step: A 486 ms, B 458 ms); tensorflow, A no XLA, B no XLA, float32,
     cpu configuration, batch 32
@@ -18,12 +19,15 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import statistics
+import pathlib
 import sys
-import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.dirname(os.path.abspath(__file__))
+if not __package__:  # run as a file: the repository root, for `perceiver` and `bench`
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+
+from bench import common  # noqa: E402
+from bench.common import CONFIGS  # noqa: E402
+from perceiver.errors import start_command  # noqa: E402
 
 
 def _load(path, name):
@@ -37,14 +41,14 @@ def _load(path, name):
 
 
 def main(argv=None):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    start_command(argv)
     p = argparse.ArgumentParser(
         description="Training step time of two modules.py versions, alternating in one process.")
     p.add_argument("a", help="modules.py version A (e.g. the old one)")
-    p.add_argument("b", nargs="?", default=os.path.join(REPO, "perceiver", "modules.py"),
+    p.add_argument("b", nargs="?", default=str(common.REPO / "perceiver" / "modules.py"),
                    help="version B (default: this checkout's)")
     p.add_argument("--config", default="cpu", choices=("cpu", "gpu", "akoa"),
-                   help="sizes: bench/train_speed.py's cpu or gpu configuration, or the akoa preset (default: cpu)")
+                   help="sizes: the cpu or gpu configuration (bench/common.py), or the akoa preset (default: cpu)")
     p.add_argument("--xla", action="store_true", help="compile both steps with XLA (default: off)")
     p.add_argument("--xla-a", action="store_true", help="compile only A's step with XLA (an old default against a new)")
     p.add_argument("--xla-b", action="store_true", help="compile only B's step with XLA")
@@ -61,15 +65,12 @@ def main(argv=None):
     import keras
     import numpy as np
 
-    sys.path.insert(0, BENCH)
-    from train_speed import CONFIGS, _ours_config
-
     size = CONFIGS["cpu" if args.config == "akoa" else args.config]
     xla = (args.xla or args.xla_a, args.xla or args.xla_b)
     models = []
     for i, path in enumerate((args.a, args.b)):
         m = _load(path, f"modules_{'ab'[i]}")
-        config = m.PerceiverConfig.preset("akoa") if args.config == "akoa" else _ours_config(size, m)
+        config = m.PerceiverConfig.preset("akoa") if args.config == "akoa" else common.ours_config(size, m)
         keras.utils.set_random_seed(0)
         model = m.build_model(config, dtype="mixed_bfloat16" if args.precision == "bfloat16" else None)
         model.compile(optimizer=keras.optimizers.AdamW(1e-3),
@@ -78,18 +79,11 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     x = rng.random((size["batch"],) + tuple(models[0].config.input_shape), dtype=np.float32)
     y = rng.integers(0, models[0].config.num_classes, size["batch"]).astype("int32")
-    for model in models:
-        for _ in range(args.warmup):
-            model.train_on_batch(x, y)
-    times = ([], [])
-    for _ in range(args.steps):
-        for model, record in zip(models, times):
-            t = time.perf_counter()
-            model.train_on_batch(x, y)  # returns numpy: synchronises
-            record.append(time.perf_counter() - t)
-    a, b = (statistics.median(t) * 1e3 for t in times)
-    print(f"A {a:.0f} ms  B {b:.0f} ms  B/A {b / a:.3f}  (fastest step: A {min(times[0]) * 1e3:.0f} ms, "
-          f"B {min(times[1]) * 1e3:.0f} ms); {keras.backend.backend()}, A {'XLA' if xla[0] else 'no XLA'}, "
+    steps = [lambda model=model: model.train_on_batch(x, y) for model in models]  # returns NumPy: synchronises
+    times = common.time_alternating(steps, args.warmup, args.steps)
+    a, b = (t.median * 1e3 for t in times)
+    print(f"A {a:.0f} ms  B {b:.0f} ms  B/A {b / a:.3f}  (fastest step: A {times[0].fastest * 1e3:.0f} ms, "
+          f"B {times[1].fastest * 1e3:.0f} ms); {keras.backend.backend()}, A {'XLA' if xla[0] else 'no XLA'}, "
           f"B {'XLA' if xla[1] else 'no XLA'}, {args.precision}, {args.config} configuration, batch {size['batch']}")
 
 

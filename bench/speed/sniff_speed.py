@@ -1,8 +1,8 @@
 """Benchmark: how long driver.py takes to find its inputs in a folder of many files that are not images, now that
 DICOM is found by content (inputs.input_kind reads 132 bytes of every file whose extension is not a known type).
 
-    python bench/sniff_speed.py                     # 100,000 files of 1 KiB in $TMPDIR (made once), 3 rounds
-    python bench/sniff_speed.py --files 20000 --rounds 5
+    python bench/speed/sniff_speed.py                     # 100,000 files of 1 KiB in $TMPDIR (made once), 3 rounds
+    python bench/speed/sniff_speed.py --files 20000 --rounds 5
 
 The folder holds the given number of files with names a report or export folder might have (`notes_17.txt`,
 `17.json`, `IM17`, `17.bin`: half with an extension that is not an image, half without one), of random bytes, plus
@@ -15,19 +15,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import platform
-import statistics
 import sys
 import tempfile
-import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+import numpy as np
+from PIL import Image
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+if not __package__:  # run as a file: the repository root, for `perceiver` and `bench`
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
+from bench import common  # noqa: E402
 from perceiver import inputs  # noqa: E402
+from perceiver.errors import start_command  # noqa: E402
 
 
 def make_folder(folder, count):
@@ -46,27 +47,25 @@ def make_folder(folder, count):
 
 
 def main(argv=None):
+    start_command(argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--files", type=int, default=100_000, help="non-image files in the folder (default: 100000)")
     p.add_argument("--rounds", type=int, default=3, help="timed searches (default: 3)")
     p.add_argument("--dir", default=None, help="folder to make the files in (default: $TMPDIR/sniff-<files>)")
     args = p.parse_args(argv)
     folder = args.dir or os.path.join(tempfile.gettempdir(), f"sniff-{args.files}")
-    t = time.perf_counter()
-    make_folder(folder, args.files)
-    print(f"folder: {folder} ({args.files:,} files; made or found in {time.perf_counter() - t:.1f} s)")
-    times = []
-    for _ in range(args.rounds + 1):
-        t = time.perf_counter()
-        found, ignored = inputs.find_inputs([folder])
-        times.append(time.perf_counter() - t)
-        assert len(found) == 1 and ignored == {"type": args.files}, (len(found), ignored)
-    first, rest = times[0], times[1:]
-    median = statistics.median(rest)
-    print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; Python {platform.python_version()}")
-    print(f"first search: {first:.2f} s; then median {median:.2f} s (range {min(rest):.2f} to {max(rest):.2f} s) over "
-          f"{len(rest)} rounds = {args.files / median:,.0f} files/s")
+    _, seconds = common.timed(lambda: make_folder(folder, args.files))
+    print(f"folder: {folder} ({args.files:,} files; made or found in {seconds:.1f} s)")
 
+    def search():
+        found, ignored = inputs.find_inputs([folder])
+        assert len(found) == 1 and ignored == {"type": args.files}, (len(found), ignored)
+
+    first = []  # the first search reads a cold page cache when the folder was written by another process
+    rest = common.time_steps(search, 1, args.rounds, first)
+    print(f"CPU: {common.cpu_name()}, {os.cpu_count()} cores; Python {platform.python_version()}")
+    print(f"first search: {first[0]:.2f} s; then median {rest.median:.2f} s (range {rest.fastest:.2f} to "
+          f"{rest.slowest:.2f} s) over {len(rest)} rounds = {args.files / rest.median:,.0f} files/s")
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,2 @@
+"""The speed measurements: training steps, attention kernels, inference, loading, export, report size; their figures
+are in bench/RESULTS.md."""
