@@ -56,7 +56,7 @@ class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return action.help if action.default is None else super()._get_help_string(action)
 
 
-# ---------------------------------------------------------------------------------------------- settings
+# === Settings ===
 
 
 def build_parser():
@@ -213,7 +213,7 @@ def check_settings(args):
     args.ratios = dataset._parse_floats(args.split, 3, "--split")  # a DataError is a UserError: one sentence
 
 
-# ---------------------------------------------------------------------------------------------- devices
+# === Devices ===
 
 
 def resolve_xla(args):
@@ -273,7 +273,7 @@ def distribution_scope(args):
     return contextlib.nullcontext(), len(devices)
 
 
-# ---------------------------------------------------------------------------------------------- data
+# === Data ===
 
 
 def _check_manifest_found(manifest, root, data):
@@ -323,7 +323,7 @@ def prepare(args, manifest):
     return data
 
 
-# ---------------------------------------------------------------------------------------------- model
+# === Model ===
 
 
 def model_config(args, num_classes, channels):
@@ -340,7 +340,7 @@ def model_config(args, num_classes, channels):
         raise UsageError(f"model settings: {e}") from None
 
 
-# ---------------------------------------------------------------------------------------------- run folder
+# === Run folder ===
 
 
 def prepare_run_folder(args):
@@ -402,7 +402,7 @@ def data_record(args, data):
             "split_source": data.source}
 
 
-# ---------------------------------------------------------------------------------------------- training
+# === Training ===
 
 
 def compiled_model(args, mconfig, steps, scope):

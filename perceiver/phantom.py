@@ -124,9 +124,7 @@ def default_root(patients=DEFAULT_PATIENTS, slices=DEFAULT_SLICES, seed=0):
 _VISIT_WEIGHTS = (0.3, 0.14, 0.1, 0.08, 0.06, 0.05, 0.1, 0.1, 0.07)
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Population
-# --------------------------------------------------------------------------------------------------------------------
+# === Population ===
 @dataclasses.dataclass(frozen=True)
 class ScanSpec:
     """One scan (patient + visit + knee) of the population.
@@ -186,9 +184,7 @@ def plan_population(patients, seed=0):
     return specs
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Anatomy
-# --------------------------------------------------------------------------------------------------------------------
+# === Anatomy ===
 @dataclasses.dataclass(frozen=True)
 class Anatomy:
     """Everything that shapes one scan: the patient's anatomy and tissue contrast, and the scan's pose and imaging.
@@ -334,9 +330,7 @@ def sample_anatomy(rng, *, side=None, patient=None):
     )
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Drawing
-# --------------------------------------------------------------------------------------------------------------------
+# === Drawing ===
 def _bump(s, centre, half):
     """Cross-section factor of a rounded structure centred at `centre` with half width `half` along the slices."""
     x = (s - centre) / half
@@ -789,9 +783,7 @@ def render_scan(anatomy, num_slices, rng, height=HEIGHT, width=WIDTH):
     return np.stack([scene.render(scene.slice_position(i, num_slices), rng) for i in range(num_slices)])
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Writing a set
-# --------------------------------------------------------------------------------------------------------------------
+# === Writing a set ===
 def _scan_rngs(seed, spec):
     base = [seed, spec.patient_index]
     return (np.random.default_rng(base), np.random.default_rng(base + [spec.scan_index + 1]),
@@ -1032,9 +1024,7 @@ def generate(out_dir, *, patients=40, seed=0, slices=40, height=HEIGHT, width=WI
     return paths
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Volumes: a scan as a DICOM series or a NIfTI file
-# --------------------------------------------------------------------------------------------------------------------
+# === Volumes: a scan as a DICOM series or a NIfTI file ===
 SLAB_MM = 112.0  # left-right extent of a scan's slices: OAI's sagittal DESS is 160 slices of 0.7 mm
 PLANES = ("sagittal", "coronal", "axial")
 VOLUME_FORMATS = ("png", "dicom", "nifti")
@@ -1258,9 +1248,7 @@ def write_volumes(out_dir, fmt, *, patients=40, seed=0, slices=40, height=HEIGHT
     return sorted(out / (spec.stem() if fmt == "dicom" else f"{spec.stem()}.nii.gz") for spec in specs)
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Contact sheet
-# --------------------------------------------------------------------------------------------------------------------
+# === Contact sheet ===
 def _side_of(name):
     m = _SIDE_RE.search(name)
     if not m:
@@ -1337,9 +1325,7 @@ def contact_sheet(paths_or_dir, out_png, *, per_side=8, seed=0):
     return out
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------------------------------
+# === Command line ===
 def _parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Write a synthetic AKOA-style set of sagittal knee MRI slices (left vs right knees)."

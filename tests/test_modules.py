@@ -90,7 +90,7 @@ def run_layer_test(layer_cls, init_kwargs, input_shapes, expected_output_shape, 
     assert all(changed), "a weight did not move in one step of fit"
 
 
-# ---------------------------------------------------------------------------------------------- Fourier features
+# === Fourier features ===
 
 
 def test_fourier_features_closed_form_3x3_two_bands():
@@ -142,7 +142,7 @@ def test_encoding_features_computed_once_at_build():
     assert layer._features is first
 
 
-# ---------------------------------------------------------------------------------------------- layers
+# === Layers ===
 
 
 def test_layer_fourier_encoding():
@@ -207,7 +207,7 @@ def test_cross_attention_matches_reference_math():
     np.testing.assert_allclose(out, h + m, atol=2e-4)
 
 
-# ---------------------------------------------------------------------------------------------- the model
+# === The model ===
 
 
 def _toy_batch(n=8, seed=0, shape=TINY.input_shape):
@@ -425,7 +425,7 @@ def test_xla_compiled_training_step():
     assert np.isfinite(logs["loss"]).all()
 
 
-# ---------------------------------------------------------------------------------------------- config
+# === Config ===
 
 
 def test_presets_are_valid_and_paper_preset_is_the_paper():

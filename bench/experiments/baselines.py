@@ -88,7 +88,7 @@ _OWN_FLAGS = {"--out": "--out-dir or --perceiver-run", "--resume": "--perceiver-
 TABLE_HEAD = ("model", "per-image accuracy", "ROC-AUC", "per-knee vote accuracy", "parameters", "training time (s)")
 
 
-# ---------------------------------------------------------------------------------------------- settings
+# === Settings ===
 
 
 def build_parser():
@@ -182,7 +182,7 @@ def check_args(args):
     return args
 
 
-# ---------------------------------------------------------------------------------------------- the Perceiver
+# === The Perceiver ===
 
 
 def _read_json(path, what):
@@ -249,7 +249,7 @@ def perceiver_row(run):
                              best_epoch=scores.get("best_epoch"), epochs_run=len(run["seconds"])))
 
 
-# ---------------------------------------------------------------------------------------------- data
+# === Data ===
 
 
 def load_data(args, run, settings):
@@ -287,7 +287,7 @@ def records_of_test(data):
     return [by_path[p] for p in data.paths["test"]]
 
 
-# ---------------------------------------------------------------------------------------------- logistic regression
+# === Logistic regression ===
 
 
 def grey_pixels(images):
@@ -320,7 +320,7 @@ def fit_logistic_regression(data, *, c, seed):
                              features=f"channel 0, {size[0]} x {size[1]}, flattened, StandardScaler on train"))
 
 
-# ---------------------------------------------------------------------------------------------- CNN
+# === CNN ===
 
 
 def build_cnn(input_shape, num_classes, widths=CNN_WIDTHS, *, convs=CNN_CONVS, dtype=None):
@@ -426,7 +426,7 @@ def train_cnn(data, cnn_settings, *, seed):
                              epochs_run=len(seconds), widths=list(CNN_WIDTHS), convs_per_block=list(CNN_CONVS)))
 
 
-# ---------------------------------------------------------------------------------------------- table
+# === Table ===
 
 
 def _finite(value):
@@ -501,7 +501,7 @@ def versions():
     return out
 
 
-# ---------------------------------------------------------------------------------------------- main
+# === Main ===
 
 
 def run(args, argv):

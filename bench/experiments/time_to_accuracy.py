@@ -52,7 +52,7 @@ IMPLEMENTATIONS = ("ours", "transformers")
 _MARK = "TIME_TO_ACCURACY_JSON "
 
 
-# --------------------------------------------------------------------------------------------------------------- worker
+# === Worker ===
 def _train_args(args):
     """train.py's settings for this run: its defaults, with the seed, epochs and synthetic set given here.
 
@@ -194,7 +194,7 @@ def worker(args):
     common.report_to_parent(_MARK, result)
 
 
-# --------------------------------------------------------------------------------------------------------------- parent
+# === Parent ===
 def summarise(row, target):
     """Adds cumulative training seconds, the first epoch at or above `target` and the time to it (None: not reached)."""
     elapsed = 0.0

@@ -76,7 +76,7 @@ _MARK = "TRAIN_SPEED_JSON "
 PEAK_TFLOPS = (("H100 PCIe", 756.0, 378.0), ("H100", 989.0, 494.0), ("H200", 989.0, 494.0), ("A100", 312.0, 156.0))
 
 
-# --------------------------------------------------------------------------------------------------------------- worker
+# === Worker ===
 def _device_name_and_memory(backend):
     """(device name, peak device bytes or None) for the framework of `backend`."""
     if backend == "tensorflow":
@@ -177,7 +177,7 @@ def worker(args):
     common.report_to_parent(_MARK, result)
 
 
-# --------------------------------------------------------------------------------------------------------------- parent
+# === Parent ===
 def plan_rows(args):
     """The rows to run: dicts with impl, backend, precision, jit and, when it cannot run, `skip` (the reason)."""
     rows = []
