@@ -21,5 +21,5 @@
 
 The seed project's names stay on top as front doors and command lines: train.py, driver.py, modules.py, dataset.py
 and phantom.py. The package's own commands run as `python -m perceiver.calibration RUN` (the refit: finish.py), `python -m
-perceiver.htmlreport RUN`, `python -m perceiver.classifier RUN --out OUT` and `python -m perceiver.plots RUN`.
+perceiver.htmlreport RUN` and `python -m perceiver.plots RUN`; the model is exported by `driver.py --export OUT`.
 """

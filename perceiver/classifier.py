@@ -4,8 +4,8 @@
     model = classifier.load("goliath")              # a run folder, or a .keras file such as goliath/model.keras
     model.class_names, model.predict(images)        # uint8 (n, h, w, 1 or 3), any size -> calibrated probabilities
 
-    python -m perceiver.classifier goliath --format onnx --out knee.onnx        # same as driver.py --export knee.onnx
-    python -m perceiver.classifier goliath --format savedmodel --out knee_savedmodel
+    python driver.py --export knee.onnx                    # the export command: --run RUN, --format, --weights
+    python driver.py --export knee_savedmodel --format savedmodel
 
 The model is `modules.PerceiverClassifier`: the trained Perceiver with its pre-processing (the resize to the trained
 size with Pillow's antialiased bilinear filter, grey to RGB, `x / 127.5 - 1`), its class names and its calibration
@@ -34,17 +34,15 @@ tests/test_classifier.py.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
-import sys
 import warnings
 import zipfile
 
 from perceiver import fileio
 from perceiver import runs
-from perceiver.errors import UsageError, add_common_flags, run_command, start_command
+from perceiver.errors import UsageError
 
 FORMATS = ("keras", "savedmodel", "onnx", "litert")
 DEFAULT_CLASSES = ("left", "right")  # the names of a two-output .keras file that is not this project's classifier
@@ -399,34 +397,3 @@ def _teach_tf2onnx_erfc():
                                           inputs=[one.output[0], node.output[0]])
 
     _ERFC_TAUGHT = True
-
-
-def build_parser():
-    p = argparse.ArgumentParser(prog="python -m perceiver.classifier", description="Export a trained run as one self-describing model "
-                                "file: keras, savedmodel, onnx or litert.")
-    p.add_argument("run", nargs="?", default="goliath", help="run folder or .keras file (default: goliath)")
-    p.add_argument("--out", required=True, help="file or folder to write (never overwritten)")
-    p.add_argument("--format", default=None, choices=FORMATS,
-                   help="export format (default: from --out: .keras, .onnx, .tflite, else savedmodel)")
-    p.add_argument("--weights", default="best", choices=("best", "last"),
-                   help="which weights of a run folder (default: best)")
-    add_common_flags(p)
-    return p
-
-
-def main(argv=None):
-    start_command(argv)
-    args = build_parser().parse_args(argv)
-
-    def body():
-        fmt = format_of(args.out, args.format)
-        check_output(args.out, fmt)  # before the model loads (seconds)
-        written = export(load(args.run, weights=args.weights), args.out, fmt)
-        print(f"wrote {fmt}: {', '.join(written)}")
-        return 0
-
-    return run_command(body)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -86,7 +86,7 @@ def test_every_package_command_the_readme_runs_exists():
     """`python -m perceiver.NAME` in the README names a module of the package that has a command line."""
     text = (ROOT / "README.md").read_text()
     names = set(re.findall(r"\bpython3? -m perceiver\.(\w+)", text))
-    assert {"calibration", "htmlreport", "classifier", "plots"} <= names
+    assert {"calibration", "htmlreport", "plots"} <= names
     for name in names:
         source = ROOT / "perceiver" / f"{name}.py"
         assert source.is_file() and 'if __name__ == "__main__":' in source.read_text(), name
