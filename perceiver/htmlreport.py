@@ -92,137 +92,18 @@ def _image_uri(array):
     return _data_uri(buf.getvalue(), "image/jpeg")
 
 
-_ERROR_TRAP = """(function () {
-  var root = document.documentElement;
-  var note = function (text) {
-    root.setAttribute("data-js-errors", (root.getAttribute("data-js-errors") || "") + text + "\\n");
-  };
-  window.addEventListener("error", function (e) {
-    var t = e.target;
-    if (t && t !== window && t.tagName) {
-      note("cannot load " + t.tagName.toLowerCase() + " " + String(t.src || t.href || "").slice(0, 60));
-    } else {
-      note((e.message || "error") + " (line " + e.lineno + ")");
-    }
-  }, true);
-  window.addEventListener("unhandledrejection", function (e) { note("unhandled rejection: " + e.reason); });
-})();"""
+ASSETS = pathlib.Path(__file__).resolve().parent / "assets"  # the reports' CSS and JavaScript, kept out of code
 
-_TABLE_SCRIPT = """(function () {
-  var table = document.getElementById("scan-table");
-  if (table) {
-    var body = table.tBodies[0], heads = table.tHead.rows[0].cells;
-    var select = document.getElementById("verdict-filter"), shown = document.getElementById("shown");
-    var cards = document.querySelectorAll("#cards .card");
-    var view = {sort: "", order: "asc", verdict: "all"};
-    var each = function (list, f) { Array.prototype.forEach.call(list, f); };
-    var key = function (row, i) {
-      var cell = row.cells[i], v = cell.getAttribute("data-sort");
-      if (v === null) { v = cell.textContent; }
-      return (v !== "" && isFinite(v)) ? parseFloat(v) : v.toLowerCase();
-    };
-    var compare = function (x, y) {
-      if (typeof x !== typeof y) { return typeof x === "number" ? -1 : 1; }
-      return x < y ? -1 : (x > y ? 1 : 0);
-    };
-    var column = function (name) {
-      for (var i = 0; i < heads.length; i++) { if (heads[i].getAttribute("data-key") === name) { return i; } }
-      return -1;
-    };
-    var matches = function (el) {
-      var v = view.verdict;
-      return v === "all" || el.getAttribute("data-status") === v || el.getAttribute("data-verdict") === v;
-    };
-    var apply = function () {
-      var i = column(view.sort), n = 0;
-      if (i >= 0) {
-        var rows = Array.prototype.slice.call(body.rows);
-        rows.sort(function (a, b) { var c = compare(key(a, i), key(b, i)); return view.order === "desc" ? -c : c; });
-        rows.forEach(function (r) { body.appendChild(r); });
-      }
-      for (var j = 0; j < heads.length; j++) {
-        heads[j].setAttribute("aria-sort", j !== i ? "none" : (view.order === "desc" ? "descending" : "ascending"));
-      }
-      each(body.rows, function (r) { r.hidden = !matches(r); n += r.hidden ? 0 : 1; });
-      each(cards, function (c) { c.hidden = !matches(c); });
-      select.value = view.verdict;
-      shown.textContent = n + " of " + body.rows.length + " scans shown";
-    };
-    var remember = function () {  // the view in the address, so that a link shows the same
-      var hash = "#sort=" + encodeURIComponent(view.sort) + "&order=" + view.order + "&verdict=" +
-        encodeURIComponent(view.verdict);
-      if (window.history && history.replaceState) { history.replaceState(null, "", hash); }
-    };
-    each(heads, function (th) {
-      th.addEventListener("click", function () {
-        var name = th.getAttribute("data-key");
-        view.order = (view.sort === name && view.order === "asc") ? "desc" : "asc";
-        view.sort = name;
-        apply();
-        remember();
-      });
-    });
-    select.addEventListener("change", function () { view.verdict = select.value; apply(); remember(); });
-    var asked = new URLSearchParams(location.hash.replace(/^#/, "")), verdict = asked.get("verdict");
-    if (column(asked.get("sort")) >= 0) { view.sort = asked.get("sort"); }
-    if (asked.get("order") === "desc") { view.order = "desc"; }
-    if (Array.prototype.some.call(select.options, function (o) { return o.value === verdict; })) {
-      view.verdict = verdict;
-    }
-    apply();
-  }
-  document.documentElement.setAttribute("data-ready", "1");
-})();"""
 
-_STYLE = """
-:root { --ink: #1f2328; --muted: #59636e; --line: #d1d9e0; --panel: #f6f8fa; --flag: #cf222e; --unsure: #9a6700;
-        --ok: #1a7f37; --failed: #6e7781; }
-* { box-sizing: border-box; }
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; color: var(--ink);
-       margin: 0 auto; max-width: 1240px; padding: 16px 24px 48px; }
-h1 { font-size: 22px; margin: 4px 0 2px; }
-h2 { font-size: 17px; margin: 28px 0 10px; border-bottom: 1px solid var(--line); padding-bottom: 4px; }
-h3 { font-size: 14px; margin: 0; overflow-wrap: anywhere; }
-.sub, .note, figcaption { color: var(--muted); } .note { font-size: 13px; }
-.data-note { border: 1px solid #d4a72c; border-left: 6px solid #bf8700; background: #fff8c5; border-radius: 6px;
-             padding: 6px 12px; margin: 10px 0 0; font-weight: 600; }
-.name { overflow-wrap: anywhere; }
-nav a { margin-right: 14px; } code { font: 12.5px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
-dl.kv { display: grid; grid-template-columns: max-content 1fr; gap: 3px 16px; margin: 0; }
-dl.kv dt { color: var(--muted); } dl.kv dd { margin: 0; word-break: break-word; }
-dl.counts { display: flex; flex-wrap: wrap; gap: 10px; margin: 0; }
-dl.counts div { border: 1px solid var(--line); border-radius: 8px; padding: 8px 14px; min-width: 118px;
-                background: var(--panel); }
-dl.counts dt { color: var(--muted); font-size: 12px; } dl.counts dd { margin: 0; font-size: 24px; font-weight: 600; }
-dl.counts .flagged dd { color: var(--flag); } dl.counts .uncertain dd { color: var(--unsure); }
-dl.counts .classified dd { color: var(--ok); } dl.counts .failed dd { color: var(--failed); }
-.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); gap: 14px; }
-.card { border: 1px solid var(--line); border-left: 6px solid var(--ok); border-radius: 8px; padding: 10px 12px; }
-.card[data-status="flagged"] { border-left-color: var(--flag); background: #fff8f7; }
-.card[data-status="uncertain"] { border-left-color: var(--unsure); background: #fffbef; }
-.card .body { display: flex; gap: 12px; margin-top: 8px; } .card .facts { flex: 1; min-width: 0; }
-.card figure { margin: 0; } .card figcaption { font-size: 12px; max-width: 180px; }
-.strip { display: block; max-width: 100%; height: auto; margin-top: 8px; background: #000; border-radius: 4px; }
-.badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-weight: 600; color: #fff;
-         background: var(--ok); }
-.badge.flagged { background: var(--flag); } .badge.uncertain { background: var(--unsure); }
-.badge.failed { background: var(--failed); }
-table { border-collapse: collapse; font-size: 13px; }
-th, td { border-bottom: 1px solid var(--line); padding: 4px 10px; text-align: left; vertical-align: top; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; } td.short { white-space: nowrap; }
-#scan-table th { cursor: pointer; user-select: none; white-space: nowrap; background: var(--panel); position: sticky;
-                 top: 0; }
-#scan-table th[aria-sort="ascending"]::after { content: " \\25B2"; }
-#scan-table th[aria-sort="descending"]::after { content: " \\25BC"; }
-#scan-table tr[data-status="flagged"] td { background: #fff0ee; }
-#scan-table tr[data-status="uncertain"] td { background: #fff8e1; }
-.controls { margin: 0 0 8px; display: flex; gap: 14px; align-items: center; }
-.figures { display: flex; flex-wrap: wrap; gap: 14px; align-items: flex-start; }
-.figures figure { margin: 0; flex: 1 1 520px; max-width: 600px; } .figures img { width: 100%; height: auto; }
-.settings { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
-tr.best td { background: #e6f4ea; font-weight: 600; } table.metrics td.def { color: var(--muted); max-width: 640px; }
-ul.failed li { margin: 3px 0; }
-"""
+def _asset(name):
+    """A file of perceiver/assets/ as text, without its final newline (the page adds its own layout)."""
+    return (ASSETS / name).read_text(encoding="utf-8").rstrip("\n")
+
+
+_ERROR_TRAP = _asset("report-error-trap.js")  # first in <head>: notes a script error or a missing image on <html>
+_TABLE_SCRIPT = _asset("report-table.js")  # sorting and filtering of the scan table, the view kept in the address
+_STYLE = "\n" + _asset("report.css") + "\n"
+
 
 _CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
         "base-uri 'none'; form-action 'none'")
