@@ -7,93 +7,9 @@ names of the modules that do the work, so other code needs only `import dataset`
     images.py    decoding, resizing and the decoded-image cache, in worker processes
     batches.py   normalisation, augmentation and batches (tf.data or a PyDataset)
 
-Usage:
-
-    python dataset.py summary DIR                  # counts, the patient split, skipped files and why
-    python dataset.py summary DIR --json           # the same as JSON (schema below)
-    python dataset.py summary DIR --seed 1 --split 0.7,0.15,0.15
-    python dataset.py summary DIR --manifest runs/x/split.csv   # reuse a saved split
-    python dataset.py summary DIR --no-decode      # names only: quick, but cannot see corrupt files
-
-Exit status 0 when some image is usable; 2, with one sentence on stderr, when none is (an empty folder, or one whose
-every image was skipped: the summary still lists why) or for a usage error.
-
-Expected output for the AKOA-sized synthetic set (`python phantom.py data/akoa_like --patients 330`); the first run
-decodes every image (about 15-20 s on 2 busy cores) and fills the cache that training reuses at the same size and
-channels, later runs take about a second:
-
-    AKOA data under /work/main/data/akoa_like (layout: akoa, classes: left, right)
-    images     18,480   left 7,800 (42.2%)   right 10,680 (57.8%)
-    patients      330   left 173   right 239
-    scans         462   left 195   right 267
-    split by patient (seed 0, ratios 0.6/0.2/0.2):
-               images  patients         left        right   (images per class)
-      train    11,080       198        4,600        6,480
-      val       3,720        66        1,640        2,080
-      test      3,680        66        1,560        2,120
-    skipped 0 files
-    ignored, not image types: .json 1
-
-In code:
-
-    found = discover("data/")                       # Discovery(records, skipped, classes, layout, root)
-    split = split_by_patient(found.records, seed=0)  # {path: "train" | "val" | "test"}
-    write_manifest("run/split.csv", found.records, split, root="data/")
-    loaded = load_images([r.path for r in found.records])  # uint8 (n, 64, 64, 3), cached on disk
-    labels = labels_to_indices([found.records[i] for i in loaded.ok_index], found.classes)
-    ds = make_dataset(loaded.images, labels, batch_size=32, training=True, seed=0, augment=Augment(),
-                      class_names=found.classes)    # tf.data under TensorFlow, a PyDataset otherwise
-    # or all of the above at once: prepare_data("data/", seed=0)
-
-Files whose extension is not an image type (IMAGE_EXTENSIONS) are ignored and only counted by extension (a
-data folder often holds a README or a JSON beside the slices). Every other file left out is "skipped" with a reason
-`"<code>: <sentence>"`; the codes are stable:
-    no-label        no side in the file name and not inside a class folder
-    no-patient      a side in the file name but no OAI patient id, and not inside a class folder
-    ambiguous-label the file name names both sides
-    label-conflict  the file name names one side, its folder the other
-    not-in-manifest found on disk but not listed in the manifest in use
-    missing         listed, but not on disk
-    unreadable      the file cannot be opened (permissions, I/O error)
-    empty           zero bytes
-    not-image       Pillow does not recognise the content as an image
-    truncated       the image data ends early
-    too-large       more than MAX_PIXELS pixels (a decompression bomb, or not a slice)
-    corrupt         any other decoding failure
-
-Folders not searched, and duplicates, are named, never passed over in silence; `prepare_data` prints one warning line
-for each kind (on stderr), and the summary lists them:
-    linked-folder     a sub-folder that is a symbolic link: not followed (records.py's docstring says why)
-    unreadable-folder a sub-folder that cannot be listed (permission denied, an I/O error)
-    duplicates        images whose decoded pixels are identical at the size trained on (images.duplicate_groups):
-                      the model sees one image twice. Within one split a copy only weighs its image twice; across
-                      splits it leaks (the same image is trained on and tested, so the test figures are optimistic)
-                      and the warning says so first. Neither refuses the data: real sets hold copies (a slice
-                      exported twice), and removing them is the user's call.
-
-Summary JSON (`--json`, `summarize()`), schema 2; keys are only ever added under a new schema number (2 added
-"passed_over" and "duplicates"):
-    schema          int, 2
-    root            str, absolute data folder
-    layout          "akoa" | "folders"
-    classes         list[str], sorted; label index i is classes[i]
-    decoded         bool, whether images were decoded (False with --no-decode: load failures unknown)
-    image_size      [height, width] | null (null when not decoded)
-    channels        int | null
-    images          int, usable images (labelled and, when decoded, decoded)
-    patients        int, patient groups (a file without a patient id is its own group)
-    scans           int
-    per_label       {label: {"images": int, "patients": int, "scans": int}} for every class
-    split           {"source": "computed" | "manifest", "seed": int | null, "ratios": [float x3] | null,
-                     "manifest": str | null}
-    splits          {"train" | "val" | "test": {"images": int, "patients": int, "scans": int,
-                     "per_label": {label: {"images": int, "patients": int}}}}
-    skipped         list of {"path": str (relative to root when under it), "code": str, "reason": str}
-    skipped_by_code {code: int}
-    ignored_by_extension {".ext": int}, files that are not an image type
-    passed_over     list of {"path": str, "code": "linked-folder" | "unreadable-folder", "reason": str}
-    duplicates      list of {"paths": [str, ...], "splits": [str, ...]} (paths as in "skipped"; a group's splits
-                    in its paths' order) | null when not decoded
+docs/data.md ("The data command") has the rest: `python dataset.py summary DIR` and its output, the code that does
+the same by hand, the stable codes of skipped files, how folders not searched and duplicate images are reported,
+and the summary JSON's schema.
 
 Pixel scaling happens in one place, `normalize` (batches.py); `load_image` (images.py, which says how images are
 resized) + `normalize` is the whole preprocessing at inference.
@@ -258,7 +174,7 @@ def _relative(path, root):
 
 def data_warnings(data):
     """One warning line for the folders not searched and one for the duplicate images of `data`; none when there
-    are none. Copies across splits are named first: they leak (the module docstring says why)."""
+    are none. Copies across splits are named first: they leak (docs/data.md, "The data command", says why)."""
     lines = []
     if data.passed_over:
         n = len(data.passed_over)

@@ -18,7 +18,7 @@ Duplicates: `LoadResult.duplicates` lists the groups of images whose decoded pix
 on (what the model sees is then the same image); dataset.py reports them.
 
 A file that cannot be used is skipped with a reason `"<code>: <sentence>"`: missing, unreadable, empty, not-image,
-truncated, too-large or corrupt (dataset.py's docstring says what each means).
+truncated, too-large or corrupt (docs/data.md, "The data command", says what each means).
 
 The decoding workers import this module (under spawn or forkserver) to run `_decode_chunk`, so it imports only
 Pillow, numpy, tqdm and records.py: never TensorFlow, Keras or JAX.

@@ -21,7 +21,7 @@ every label came from a file name, else "folders".
 
 Files whose extension is not an image type (IMAGE_EXTENSIONS) are ignored; every other file left out is skipped with a
 reason `"<code>: <sentence>"` (`_skip`). Discovery gives the codes no-label, no-patient, ambiguous-label and
-label-conflict; dataset.py's docstring lists them all.
+label-conflict; docs/data.md ("The data command") lists them all.
 
 Folders not searched are named, never passed over in silence (`Discovery.passed_over`, with the codes
 linked-folder and unreadable-folder). A sub-folder that is a symbolic link is not followed: a link can lead out of the
