@@ -207,8 +207,8 @@ def _code_of(reason):
 
 def summarize(root, *, ratios=DEFAULT_RATIOS, seed=0, manifest=None, decode=True, size=DEFAULT_SIZE, channels=3,
               cache_dir=None, cache=True, workers=None, progress=False):
-    """Counts images, patients and scans per label and per split, and lists skipped files (schema in the module
-    docstring)."""
+    """Counts images, patients and scans per label and per split, and lists skipped files (schema in docs/data.md,
+    "The data command")."""
     size = _check_size(size)
     data = prepare_data(root, ratios=ratios, seed=seed, manifest=manifest, decode=decode, size=size,
                         channels=channels, cache_dir=cache_dir, cache=cache, workers=workers, progress=progress,
