@@ -19,7 +19,7 @@ from perceiver import images
 from perceiver import runs
 from perceiver.errors import UsageError, UserError
 from perceiver.metrics import softmax
-from perceiver.modules import PerceiverClassifier, Preprocess, build_model, resize_weights
+from perceiver.modules import _LUMA, PerceiverClassifier, Preprocess, _to_8bit, build_model, resize_weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLIATH = os.path.join(REPO, "goliath")
@@ -38,12 +38,25 @@ def _through_layer(layer, img):
     return (np.asarray(layer(img[None]))[0] + 1.0) * 127.5
 
 
-@pytest.mark.parametrize("h, w", [(228, 260), (50, 40), (30, 100), (64, 64), (300, 120)])
+def _horizontal_first(img, channels):
+    """Pillow's resize with the horizontal pass always first (what Preprocess would be with one pass order)."""
+    x = img.astype(np.float32)
+    x = x * np.ones(3, np.float32) if channels == 3 else _to_8bit(
+        np.sum(x * np.asarray(_LUMA, np.float32), axis=-1, keepdims=True))
+    rows, cols = np.asarray(resize_weights(img.shape[0], 64)), np.asarray(resize_weights(img.shape[1], 64))
+    return np.asarray(_to_8bit(np.einsum("oh,hpc->opc", rows, np.asarray(_to_8bit(np.einsum("pw,hwc->hpc", cols, x))))))
+
+
+@pytest.mark.parametrize("h, w", [(228, 260), (50, 40), (30, 100), (64, 64), (300, 120), (200, 70), (512, 100),
+                                  (160, 64)])
 @pytest.mark.parametrize("mode", ["L", "RGB"])
 def test_preprocess_equals_the_training_pipeline_to_the_grey_level(h, w, mode, tmp_path):
+    """Within one grey level of images.load_image (Pillow) everywhere, and off by one on at most 2% of pixels at every
+    size, those where Pillow 11+ resizes vertically first (300 x 120, 200 x 70, 512 x 100, 160 x 64) included."""
     img = _pictures(h, w, 1 if mode == "L" else 3, seed=h + w)
     path = tmp_path / "x.png"
     Image.fromarray(img[..., 0] if mode == "L" else img, mode).save(path)
+    vertical_first = h - 64 > 0 and h - 64 > 2 * (w - 64)
     for channels in (3, 1):
         want = images.load_image(str(path), (64, 64), channels).astype(np.float64)
         got = _through_layer(Preprocess((64, 64), channels), img)
@@ -51,10 +64,12 @@ def test_preprocess_equals_the_training_pipeline_to_the_grey_level(h, w, mode, t
         off = np.abs(got - want)
         # the layer rounds each pass as Pillow does; Pillow's fixed-point weights still round a few ties the other way
         assert off.max() <= 1.0 + 1e-3, (h, w, mode, channels)
-        if (h, w) != (300, 120):  # a height shrunk twice as much as the width: Pillow's pass order changed in 11.x
-            assert (off > 1e-3).mean() <= 0.01, (h, w, mode, channels)
+        assert (off > 1e-3).mean() <= 0.02, (h, w, mode, channels)
         if (h, w) == (64, 64) and (mode == "L" or channels == 3):  # nothing to resize or convert: exact
             assert off.max() < 1e-3
+        if vertical_first and w > 64:  # why both pass orders are kept: one order alone is off far more often
+            one_order = np.abs(_horizontal_first(img, channels) - want)
+            assert one_order.max() <= 1.0 + 1e-3 and (one_order > 1e-3).mean() > 0.05, (h, w, mode, channels)
 
 
 def test_resize_weights_are_normalised_and_the_identity_at_equal_size():
