@@ -16,7 +16,6 @@ Each file is written only when its content changes, so a refit that changes noth
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import sys
@@ -26,12 +25,11 @@ import numpy as np
 from perceiver import calibration
 from perceiver import classifier
 from perceiver import dataset
-from perceiver import fileio
 from perceiver import htmlreport
 from perceiver import metrics
 from perceiver import plots
 from perceiver import runs
-from perceiver.errors import UsageError, add_common_flags, run_command, start_command
+from perceiver.errors import UsageError
 
 
 def finish_run(run_dir, model, classes, val, test, *, min_confidence=calibration.DEFAULT_MIN_CONFIDENCE,
@@ -146,23 +144,17 @@ def _write_json_if_changed(path, obj):
 
 
 def main(argv=None):
-    start_command(argv)
-    p = argparse.ArgumentParser(prog="python -m perceiver.calibration", description="Fit a finished run's temperature "
-                                "on its validation split; report calibration on its test split.")
-    p.add_argument("run", help="run folder written by train.py")
-    p.add_argument("--min-confidence", type=float, default=calibration.DEFAULT_MIN_CONFIDENCE,
-                   help="default threshold stored with the run: below it driver.py answers 'uncertain'")
-    add_common_flags(p)
-    args = p.parse_args(argv)
-
-    def body():
+    def work(args):
         if not 0.5 <= args.min_confidence < 1:
             raise UsageError(f"--min-confidence {args.min_confidence} must be in [0.5, 1).")
-        with fileio.only_writer(args.run, command="python -m perceiver.calibration", create=False):
-            print(calibration.describe(refit_run(args.run, min_confidence=args.min_confidence)))
-        return 0
+        return calibration.describe(refit_run(args.run, min_confidence=args.min_confidence))
 
-    return run_command(body)
+    return runs.folder_command(
+        argv, prog="python -m perceiver.calibration", description="Fit a finished run's temperature on its "
+        "validation split; report calibration on its test split.", work=work, loads_tensorflow=True,
+        options=[(("--min-confidence",), dict(type=float, default=calibration.DEFAULT_MIN_CONFIDENCE,
+                                               help="default threshold stored with the run: below it driver.py "
+                                                    "answers 'uncertain'"))])
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ JavaScript error and every resource that fails to load in `<html data-js-errors>
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import io
@@ -47,10 +46,9 @@ import sys
 import numpy as np
 from PIL import Image
 
-from perceiver import fileio
 from perceiver import records
 from perceiver import runs
-from perceiver.errors import UsageError, add_common_flags, console_safe, run_command
+from perceiver.errors import UsageError
 from perceiver.inputs import InputError, display_image
 from perceiver.plots import CURVES, attention_overlay, write_if_changed
 from perceiver.reports import display_path, flag_label, format_summary
@@ -574,19 +572,11 @@ def run_report(run_dir, out=None):
 
 
 def main(argv=None):
-    console_safe()
-    p = argparse.ArgumentParser(prog="python -m perceiver.htmlreport", description="Write a training run's HTML report from its run "
-                                "folder (config.json, split.csv, history.csv, metrics.json and the plots).")
-    p.add_argument("run", help="run folder written by train.py")
-    p.add_argument("--out", default=None, help="the HTML file (default: RUN/report.html)")
-    add_common_flags(p, verbose=False)
-    args = p.parse_args(argv)
-    def body():
-        with fileio.only_writer(args.run, command="python -m perceiver.htmlreport", create=False):
-            print(f"wrote {run_report(args.run, args.out)}")
-        return 0
-
-    return run_command(body)
+    return runs.folder_command(
+        argv, prog="python -m perceiver.htmlreport", description="Write a training run's HTML report from its run "
+        "folder (config.json, split.csv, history.csv, metrics.json and the plots).",
+        options=[(("--out",), dict(default=None, help="the HTML file (default: RUN/report.html)"))],
+        work=lambda args: f"wrote {run_report(args.run, args.out)}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ same numbers again leaves a committed run folder as it was.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import pathlib
@@ -25,7 +24,7 @@ from PIL import Image
 from perceiver import fileio
 from perceiver import metrics
 from perceiver import runs
-from perceiver.errors import UsageError, add_common_flags, console_safe, run_command
+from perceiver.errors import UsageError
 
 CURVES = (("accuracy", runs.ACC_PLOT, "accuracy"), ("loss", runs.LOSS_PLOT, "loss"))  # (history key, file, what is plotted)
 TEST_COLOUR = "#d62728"
@@ -376,18 +375,10 @@ def redraw_run(run_dir):
 
 
 def main(argv=None):
-    console_safe()
-    p = argparse.ArgumentParser(prog="python -m perceiver.plots", description="Draw a finished run's figures again from its "
-                                "history.csv and metrics.json (no model loaded).")
-    p.add_argument("run", help="run folder written by train.py")
-    add_common_flags(p, verbose=False)
-    args = p.parse_args(argv)
-    def body():
-        with fileio.only_writer(args.run, command="python -m perceiver.plots", create=False):
-            print(f"drew {', '.join(redraw_run(args.run))} in {args.run}")
-        return 0
-
-    return run_command(body)
+    return runs.folder_command(
+        argv, prog="python -m perceiver.plots", description="Draw a finished run's figures again from its "
+        "history.csv and metrics.json (no model loaded).",
+        work=lambda args: f"drew {', '.join(redraw_run(args.run))} in {args.run}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ the two renames (a moment) leaves a mismatch that is refused, never a damaged fi
 
 from __future__ import annotations
 
+import argparse
 import csv
 import dataclasses
 import hashlib
@@ -34,6 +35,7 @@ import zipfile
 import h5py
 import numpy as np
 
+from perceiver import errors
 from perceiver.errors import UserError, first_line
 from perceiver import fileio
 from perceiver import metrics
@@ -525,3 +527,27 @@ def load_run(run_dir, *, weights="best", dtype=None, check_model_file=True):
         temperature=temperature,
         min_confidence=min_confidence,
     )
+
+
+def folder_command(argv, *, prog, description, work, options=(), loads_tensorflow=False):
+    """The command line of a command that writes files of one finished run folder (the refit, the report, the
+    plots): the RUN argument, `options` (pairs of flags and add_argument keywords), --version (and --verbose when it
+    loads TensorFlow); then `work(args)`, whose text is printed, as the folder's one writer (fileio.only_writer), a
+    UserError ending it as one sentence and exit status 2 (errors.run_command). Returns the exit status."""
+    if loads_tensorflow:
+        errors.start_command(argv)
+    else:
+        errors.console_safe()
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("run", help="run folder written by train.py")
+    for flags, keywords in options:
+        p.add_argument(*flags, **keywords)
+    errors.add_common_flags(p, verbose=loads_tensorflow)
+    args = p.parse_args(argv)
+
+    def body():
+        with fileio.only_writer(args.run, command=prog, create=False):
+            print(work(args))
+        return 0
+
+    return errors.run_command(body)
