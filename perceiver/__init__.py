@@ -5,8 +5,9 @@
     dataset      the data front door (find, split, decode) over records (AKOA names, discovery, the patient split),
                  images (decoding and the cache) and batches (scaling, augmentation, the batches Keras trains on)
     phantom      the synthetic knee MRI generator (the default data and the benchmark)
-    recipe       the optimizer and loss
-    runs         the run folder's format and its one loader; fileio, the durable atomic write and strict JSON
+    training     train.py's machinery: settings, devices, data, model, the run folder, one fit; recipe, the optimizer
+                 and loss
+    runs         the run folder's format (load_run rebuilds one); fileio, the durable atomic write and strict JSON
     metrics, calibration, verdicts
                  test metrics; the temperature and calibration scores; one verdict per scan
     finish       the end of a run, one sequence for train.py and the refit: calibration.json, metrics.json,
@@ -14,12 +15,13 @@
     inputs, volumes
                  what driver.py classifies, and the DICOM and NIfTI readers with their header rules
     predict      batched inference: Predictor (images in, calibrated probabilities out), classify (a Result an input)
-    classifier   the model as one file (model.keras) and its exports
+    classifier   load_model, the one loader (a run folder or a .keras file); the model as one file and its exports
     reports, htmlreport, plots
                  what driver.py prints and writes; the HTML reports; every figure
     errors       what every command shares: UsageError, --version, --verbose, the quiet TensorFlow start-up
 
-The seed project's names stay on top as front doors and command lines: train.py, driver.py, modules.py, dataset.py
-and phantom.py. The package's own commands run as `python -m perceiver.calibration RUN` (the refit: finish.py), `python -m
-perceiver.htmlreport RUN` and `python -m perceiver.plots RUN`; the model is exported by `driver.py --export OUT`.
+The seed project's names stay on top as front doors and command lines: train.py (a door to training), driver.py,
+modules.py, dataset.py and phantom.py. The package's own commands run as `python -m perceiver.calibration RUN` (the
+refit: finish.py), `python -m perceiver.htmlreport RUN` and `python -m perceiver.plots RUN`; the model is exported by
+`driver.py --export OUT`.
 """

@@ -1,5 +1,5 @@
-"""The seed project's names stay on top as front doors to the package: `import modules`, `import dataset` and
-`import phantom` give the package's modules themselves, and the shipped goliath/model.keras loads with Keras after
+"""The seed project's names stay on top as front doors to the package: `import modules`, `import dataset`,
+`import phantom` and `import train` give the package's modules themselves, and the shipped goliath/model.keras loads with Keras after
 `import modules` alone, as the README says."""
 
 import os
@@ -19,7 +19,11 @@ def test_the_front_doors_are_the_package_modules():
     from perceiver import modules as package_modules
     from perceiver import phantom as package_phantom
 
+    import train
+    from perceiver import training as package_training
+
     assert modules is package_modules and dataset is package_dataset and phantom is package_phantom
+    assert train is package_training  # train.py is a command line and a door to its machinery
     assert modules.PerceiverClassifier.__module__ == "perceiver.modules"
 
 

@@ -54,11 +54,10 @@ _MARK = "TIME_TO_ACCURACY_JSON "
 
 # === Worker ===
 def _train_args(args):
-    """train.py's settings for this run: its defaults, with the seed, epochs and synthetic set given here.
-
-    The one import of train.py left in bench/ (issue 27): its settings, data step and compiled model are train.py's
-    own functions, and a `python train.py` child cannot report the test accuracy after every epoch."""
-    import train
+    """train.py's settings for this run: its defaults, with the seed, epochs and synthetic set given here. Its
+    settings, data step and compiled model are perceiver.training's (train.py's machinery; a `python train.py` child
+    cannot report the test accuracy after every epoch)."""
+    from perceiver import training as train
 
     settings = train.parse_settings(["--quiet", "--seed", str(args.seed), "--epochs", str(args.epochs),
                                      "--phantom-patients", str(args.phantom_patients),
