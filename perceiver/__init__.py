@@ -12,8 +12,8 @@
                  test metrics; the temperature and calibration scores; one verdict per scan
     finish       the end of a run, one sequence for train.py and the refit: calibration.json, metrics.json,
                  model.keras, the plots, report.html
-    inputs, volumes
-                 what driver.py classifies, and the DICOM and NIfTI readers with their header rules
+    inputs, volumes, nifti
+                 what driver.py classifies; the DICOM reader with its header rules; the NIfTI reader
     predict      batched inference: Predictor (images in, calibrated probabilities out), classify (a Result an input)
     classifier   load_model, the one loader (a run folder or a .keras file); the model as one file and its exports
     reports, htmlreport, plots

@@ -33,8 +33,9 @@ from perceiver import dataset
 from perceiver import runs
 from perceiver.plots import display_size
 from perceiver.errors import UsageError, UserError, first_line
+from perceiver.nifti import read_nifti_volume
 from perceiver.volumes import (DICOM_EXTENSIONS, NIFTI_EXTENSIONS, UNSUITABLE, VolumeError, dicom_series_info,
-                     looks_like_dicom, read_dicom_series, read_dicom_volume, read_nifti_volume)
+                               looks_like_dicom, read_dicom_series, read_dicom_volume)
 
 TRAINED_PLANE = "sagittal"
 MIN_SIDE = 64  # pixels: the model sees 64 x 64; a smaller image shows no knee we can trust (AKOA's are 228 x 260)

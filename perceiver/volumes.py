@@ -1,10 +1,11 @@
-"""Reading DICOM and NIfTI files as lists of raw 2-D slices, and the plane they were cut in, for driver and inputs.
+"""Reading DICOM files (and, in nifti.py, NIfTI files) as lists of raw 2-D slices, and the plane they were cut in, for
+driver and inputs; the Volume they give and the rules they share (size, orientation codes) live here.
 
     frames, side = read_dicom("knee.dcm")     # modality values (LUT or rescale applied), MONOCHROME1 inverted;
                                              # side: "left" / "right" from the header, or None
-    slices = read_nifti("knee_LEFT.nii.gz")  # data[:, :, k] for each k, as stored (no reorientation)
+    slices = nifti.read_nifti("knee_LEFT.nii.gz")  # data[:, :, k] for each k, as stored (no reorientation)
     volume = read_dicom_volume("knee.dcm")   # Volume(frames, side, plane, codes): read_dicom's, plus the geometry
-    volume = read_nifti_volume("knee.nii")   # Volume(frames, None, plane, codes): read_nifti's, plus the geometry
+    volume = nifti.read_nifti_volume("knee.nii")   # Volume(frames, None, plane, codes), read_nifti's and geometry
     uid = dicom_series_uid(path)             # group a folder's single-frame files by series, then read each group:
     volume = read_dicom_series(paths)        # Volume of the series' slices, sorted by their position (and .sources,
                                              # the file of each slice)
@@ -28,7 +29,7 @@ returned, (image rows, image columns, slices), each naming the patient direction
 (left / right), A / P (anterior / posterior), S / I (superior / inferior). An AKOA-style sagittal scan of a right knee
 is "IPL" (rows run down to inferior, columns to posterior, slices to the patient's left), of a left knee "IAL". The
 plane follows from the last letter: L / R "sagittal", A / P "coronal", S / I "axial". An oblique axis takes the
-letter of its largest component (`read_dicom_volume`, `read_dicom_series` and `read_nifti_volume` refuse a file
+letter of its largest component (`read_dicom_volume`, `read_dicom_series` and `nifti.read_nifti_volume` refuse a file
 without geometry as unsuitable). Plane and codes are None for a file that records no geometry: a DICOM file without
 ImageOrientationPatient, a NIfTI file whose qform and sform codes are both 0.
 
@@ -51,7 +52,7 @@ import numpy as np
 from perceiver.errors import UserError, first_line
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 NIFTI_EXTENSIONS = (".nii", ".nii.gz")
-_PLANE_OF = {"L": "sagittal", "R": "sagittal", "A": "coronal", "P": "coronal", "S": "axial", "I": "axial"}
+PLANE_OF = {"L": "sagittal", "R": "sagittal", "A": "coronal", "P": "coronal", "S": "axial", "I": "axial"}
 MAX_VOXELS = 128 * 1024 * 1024  # a volume (or series) declaring more is refused before its pixels are read
 _SAME_POSITION_MM = 0.01  # slices of a series closer than this along the normal are at one position
 _GAP = 1.5  # a step this many times the median spacing means a slice is missing
@@ -67,7 +68,7 @@ class Volume:
     """The slices of one file or series, and where they lie in the patient.
 
     Args:
-        frames: list of 2-D arrays (or (h, w, 3) uint8 for RGB DICOM), as `read_dicom` / `read_nifti` return them.
+        frames: list of 2-D arrays (or (h, w, 3) uint8 for RGB DICOM), as `read_dicom` / `nifti.read_nifti` return them.
         side: str or None. "left" / "right" from the DICOM header; None when it states neither (NIfTI: always).
         plane: str or None. "sagittal", "coronal" or "axial": the plane the slices were cut in; None without geometry.
         codes: str or None. Orientation codes of (rows, columns, slices), e.g. "IPL" (see the module docstring);
@@ -130,7 +131,7 @@ def _plane_and_codes(down, right, through):
     """(plane, codes) of frames whose row index runs along `down`, column index along `right`, slices along
     `through` (vectors in LPS)."""
     codes = _letter(down) + _letter(right) + _letter(through)
-    return _PLANE_OF[codes[2]], codes
+    return PLANE_OF[codes[2]], codes
 
 
 # === DICOM ===
@@ -220,7 +221,7 @@ def _is_identity_rescale(ds):
             and header_number(ds, "RescaleIntercept", 0.0, whole=False) == 0)
 
 
-def _check_size(shape):
+def check_size(shape):
     """Refuses a declared shape of more than MAX_VOXELS voxels (see the module docstring)."""
     voxels = math.prod(int(d) for d in shape)  # Python integers: a header may declare 10^308 frames
     if voxels > MAX_VOXELS:
@@ -250,7 +251,7 @@ def _dicom_frames(ds):
 
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise VolumeError("the DICOM file has no pixel data")
-    _check_size(_declared_shape(ds))
+    check_size(_declared_shape(ds))
     try:
         a = ds.pixel_array
     except Exception as e:  # a compressed transfer syntax without its decoder, inconsistent tags, ...
@@ -489,7 +490,7 @@ def read_dicom_series(paths):
     order = np.argsort(positions, kind="stable")
     _check_spacing(positions[order], uid)
     frames, rows, columns, samples = _declared_shape(datasets[0])
-    _check_size((len(datasets), rows, columns, samples))
+    check_size((len(datasets), rows, columns, samples))
     frames = []
     for i in order:
         try:
@@ -573,90 +574,3 @@ def _check_spacing(positions, uid):
 
 def _fmt(values):
     return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
-
-
-# === NIfTI ===
-def _nibabel():
-    try:
-        import nibabel  # optional extra: NIfTI input only
-    except ImportError:
-        raise VolumeError("reading NIfTI needs nibabel: pip install nibabel") from None
-    return nibabel
-
-
-def _load_nifti(path):
-    """(nibabel image, its slices as `read_nifti` returns them)."""
-    nibabel = _nibabel()
-    try:
-        image = nibabel.load(path)  # the header only: the data is read below, once its declared size is checked
-    except Exception as e:  # ImageFileError, gzip errors
-        raise VolumeError(f"not a readable NIfTI file ({first_line(e)})") from None
-    if not isinstance(image, (nibabel.Nifti1Image, nibabel.Nifti2Image)):  # a CIFTI-2 matrix also ends in .nii
-        raise VolumeError(f"unsuitable: it is a {type(image).__name__.replace('Image', '')} file, not a NIfTI "
-                          "image of slices")
-    _check_size(image.shape)
-    try:
-        data = np.asanyarray(image.dataobj)  # stored dtype, or float when the header scales the values
-    except Exception as e:  # gzip errors, truncated data
-        raise VolumeError(f"not a readable NIfTI file ({first_line(e)})") from None
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim == 2:
-        return image, [data]
-    if data.ndim != 3:
-        raise VolumeError(f"a {data.ndim}-D NIfTI image of shape {data.shape} is not supported; pass a 2-D or 3-D one")
-    if data.dtype.kind == "c" or data.dtype.names:
-        raise VolumeError(f"NIfTI data of type {data.dtype} is not supported")
-    return image, [data[:, :, k] for k in range(data.shape[2])]
-
-
-def read_nifti(path):
-    """Reads a NIfTI volume as a list of 2-D slices along the stored array's last axis (see the module docstring).
-
-    Raises:
-        VolumeError: without nibabel, or for an unreadable file or data that is not 2-D or 3-D real numbers.
-    """
-    return _load_nifti(path)[1]
-
-
-def nifti_plane(image):
-    """The plane and orientation codes of a nibabel image's slices data[:, :, k]: (plane, codes), or (None, None).
-
-    The codes are `nibabel.aff2axcodes(image.affine)` joined, e.g. "IPL"; the plane follows from the last one (see
-    the module docstring). (None, None) when the header's qform and sform codes are both 0 (nibabel's affine is
-    then a guess, not the scanner's geometry) or the affine is degenerate.
-    """
-    header = image.header
-    try:
-        if int(header["sform_code"]) == 0 and int(header["qform_code"]) == 0:
-            return None, None
-    except (KeyError, TypeError, ValueError):  # not a NIfTI header: trust the affine
-        pass
-    if image.affine is None:
-        return None, None
-    try:
-        codes = _nibabel().aff2axcodes(image.affine)
-    except (ValueError, np.linalg.LinAlgError):  # NaN or infinite entries
-        return None, None
-    if len(codes) != 3 or None in codes:
-        return None, None
-    codes = "".join(codes)
-    return _PLANE_OF[codes[2]], codes
-
-
-def read_nifti_volume(path):
-    """Reads a NIfTI file as `read_nifti` does, with its plane and orientation codes (see `nifti_plane`).
-
-    Returns:
-        A `Volume` with side None (NIfTI headers do not state the side).
-
-    Raises:
-        VolumeError: as `read_nifti`.
-    """
-    image, frames = _load_nifti(path)
-    plane, codes = nifti_plane(image)
-    if plane is None:
-        raise VolumeError("unsuitable: its header records no orientation (qform and sform codes 0, or a degenerate "
-                          "affine), so the plane it was cut in cannot be checked (the model only knows sagittal "
-                          "slices)")
-    return Volume(frames, None, plane, codes)

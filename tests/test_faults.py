@@ -24,6 +24,7 @@ from perceiver import dataset
 from perceiver import phantom
 from perceiver import runs
 import train
+from perceiver import nifti
 from perceiver import volumes
 from perceiver.errors import UsageError
 from perceiver.modules import PerceiverConfig, build_model
@@ -474,7 +475,7 @@ def test_volumes_that_declare_a_huge_size_are_refused_before_their_pixels_are_re
     ds.save_as(tmp_path / "huge.dcm", enforce_file_format=True)
     for name in ("huge.nii.gz", "huge.dcm"):
         with pytest.raises(volumes.VolumeError, match=r"voxels, over the limit of 134,217,728"):
-            (volumes.read_nifti if name.endswith(".gz") else volumes.read_dicom)(tmp_path / name)
+            (nifti.read_nifti if name.endswith(".gz") else volumes.read_dicom)(tmp_path / name)
     good = next(knees.glob("*.png"))
     shutil.copy(good, tmp_path / good.name)
     proc = _cli("driver.py", tmp_path)

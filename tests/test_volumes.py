@@ -8,6 +8,7 @@ from helpers import edit_dicom
 from PIL import Image
 
 from perceiver import phantom
+from perceiver import nifti
 from perceiver import volumes
 from perceiver.volumes import VolumeError
 
@@ -31,8 +32,8 @@ def scans(tmp_path_factory):
         pixels = phantom.scan_pixels(SEED, spec, SLICES)
         folder = root / spec.stem()
         phantom.write_dicom_series(folder, pixels, side=spec.side, patient=spec.patient, seed=SEED, visit=spec.visit)
-        nifti = phantom.write_nifti(root / f"{spec.stem()}.nii.gz", pixels, side=spec.side)
-        out[spec.side] = spec, png, folder, nifti
+        nii = phantom.write_nifti(root / f"{spec.stem()}.nii.gz", pixels, side=spec.side)
+        out[spec.side] = spec, png, folder, nii
     assert set(out) == {"LEFT", "RIGHT"}
     return out
 
@@ -75,10 +76,10 @@ def test_the_series_is_sorted_by_position_not_by_instance_number(scans, tmp_path
 def test_nifti_volume_holds_the_png_slices_along_its_last_axis(scans, side):
     _, png, _, path = scans[side]
     assert nibabel.aff2axcodes(nibabel.load(path).affine)[2] == "L"  # the slices run along the left-right axis
-    volume = volumes.read_nifti_volume(path)
+    volume = nifti.read_nifti_volume(path)
     _assert_slices(volume.frames, png)
     assert (volume.side, volume.plane, volume.codes) == (None, "sagittal", "IPL" if side == "RIGHT" else "IAL")
-    _assert_slices(volumes.read_nifti(path), png)  # the plain reader is unchanged
+    _assert_slices(nifti.read_nifti(path), png)  # the plain reader is unchanged
 
 
 def test_single_dicom_file_reports_its_plane_and_side(scans):
@@ -100,8 +101,8 @@ def test_coronal_and_axial_copies_are_reported_as_such(scans, tmp_path, plane, c
     _assert_slices(volume.frames, png)
     assert (volume.plane, volume.codes) == (plane, codes)
     assert volumes.read_dicom_volume(paths[0]).plane == plane
-    nifti = volumes.read_nifti_volume(phantom.write_nifti(tmp_path / f"{plane}.nii", png, side="LEFT", plane=plane))
-    assert (nifti.plane, nifti.codes) == (plane, codes)
+    stored = nifti.read_nifti_volume(phantom.write_nifti(tmp_path / f"{plane}.nii", png, side="LEFT", plane=plane))
+    assert (stored.plane, stored.codes) == (plane, codes)
 
 
 def test_two_series_in_one_folder_are_told_apart_by_their_uid(scans, tmp_path):
@@ -148,15 +149,15 @@ def test_files_without_geometry_are_unsuitable(scans, tmp_path):
     no_ipp = edit_dicom(paths[0], tmp_path / "no_ipp.dcm", ImagePositionPatient=None)
     with pytest.raises(VolumeError, match="no_ipp.dcm of series .* has no usable ImagePositionPatient"):
         volumes.read_dicom_series(paths[1:] + [no_ipp])
-    nifti = phantom.write_nifti(tmp_path / "knee.nii", png, side="RIGHT")
-    assert volumes.read_nifti_volume(nifti).plane == "sagittal"
-    _assert_slices(volumes.read_nifti(nifti), png)
-    header = bytearray(nifti.read_bytes())
+    path = phantom.write_nifti(tmp_path / "knee.nii", png, side="RIGHT")
+    assert nifti.read_nifti_volume(path).plane == "sagittal"
+    _assert_slices(nifti.read_nifti(path), png)
+    header = bytearray(path.read_bytes())
     header[252:256] = b"\0\0\0\0"  # NIfTI-1 qform_code and sform_code (int16 each): "unknown", as ANALYZE files
-    nifti.write_bytes(bytes(header))
+    path.write_bytes(bytes(header))
     with pytest.raises(VolumeError, match="^unsuitable: its header records no orientation"):
-        volumes.read_nifti_volume(nifti)
-    _assert_slices(volumes.read_nifti(nifti), png)  # the plain reader still reads it, as stored
+        nifti.read_nifti_volume(path)
+    _assert_slices(nifti.read_nifti(path), png)  # the plain reader still reads it, as stored
 
 
 def test_inconsistent_series_are_refused(scans, tmp_path):
