@@ -1,8 +1,53 @@
 """What several test files build the same way: a small run folder with random weights, a DICOM file with some
 header elements changed. Imported by the tests as `helpers` (pytest puts tests/ on sys.path)."""
 
+import os
+import shutil
+import subprocess
+import sys
+
 import pydicom
 
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GOLIATH = os.path.join(REPO, "goliath")
+
+
+def cli(script, *args, cwd=REPO):
+    """Runs a command of the project (`driver.py`, `train.py`, ...) as a user would; the CompletedProcess."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    command = [sys.executable, os.path.join(REPO, script), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def module_command(name, *args):
+    """Runs `python -m NAME ARGS` in the project folder; the CompletedProcess."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, "-m", name, *map(str, args)], capture_output=True, text=True, cwd=REPO,
+                          env=env, timeout=300)
+
+
+def one_sentence(text):
+    """Whether stderr holds exactly one non-empty line and no traceback."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return len(lines) == 1 and "Traceback" not in text
+
+
+def small_knees(tmp_path_factory):
+    """A small phantom set: 2 patients, 2 slices per scan (for a module-scoped `knees` fixture)."""
+    from perceiver import phantom
+
+    root = tmp_path_factory.mktemp("faults") / "knees"
+    phantom.generate(root, patients=2, slices=2, progress=False)
+    return root
+
+
+def goliath_copy(tmp_path):
+    """A copy of the shipped run (without its TensorBoard logs) to damage."""
+    run = tmp_path / "run"
+    shutil.copytree(GOLIATH, run, ignore=shutil.ignore_patterns("tensorboard"))
+    return run
 
 def tiny_run(tmp, *, seed=0):
     """A run folder of the `tiny` preset (16 x 16 inputs) with random weights (keras seed `seed`) on an 8-patient
