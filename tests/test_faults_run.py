@@ -87,6 +87,18 @@ def test_a_write_cut_short_by_the_kernel_names_the_file_and_leaves_nothing_half_
     assert not list((tmp_path / "ex").iterdir()) and not _leftovers(tmp_path)
 
 
+def test_a_report_that_does_not_fit_is_one_sentence_and_an_older_one_is_kept_whole(knees, tmp_path):
+    """--report into a device that is full (here: a file-size limit the report exceeds): the results file is written,
+    the report is named in one sentence, and the report already there is left as it was, never half replaced."""
+    out, report = tmp_path / "r.csv", tmp_path / "r.html"
+    report.write_text("the report of an earlier run\n")
+    proc = _run_limited(["driver.py", knees, "--results-file", out, "--report", report], max_file_bytes=10_000)
+    assert proc.returncode != 0 and one_sentence(proc.stderr), proc.stderr
+    assert str(report) in proc.stderr and "File too large" in proc.stderr, proc.stderr
+    assert report.read_text() == "the report of an earlier run\n" and out.stat().st_size > 0
+    assert not _leftovers(tmp_path)
+
+
 def test_a_full_standard_output_is_one_sentence_after_the_files_are_written(knees, tmp_path):
     out = tmp_path / "r.csv"
     with open("/dev/full", "w") as full:
