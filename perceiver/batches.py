@@ -70,6 +70,18 @@ class Augment:
     SETTINGS = {"aug_rotation": "rotation_deg", "aug_shift": "shift", "aug_scale": "scale",
                 "aug_brightness": "brightness", "aug_contrast": "contrast"}
 
+    LIMITS = {"rotation_deg": 180.0, "shift": 1.0, "scale": 1.0, "brightness": 1.0, "contrast": 1.0}  # [0, limit)
+
+    @classmethod
+    def setting_problem(cls, settings):
+        """The first strength in `settings` (train.py's args as a dict) outside its range, as one sentence naming
+        its flag (`--aug-shift 1.5 must be a number in [0, 1).`); None when all are in range."""
+        for key, field in cls.SETTINGS.items():
+            value = settings.get(key)
+            if value is not None and not _in_range(value, cls.LIMITS[field]):
+                return f"--{key.replace('_', '-')} {value!r} must be a number in [0, {cls.LIMITS[field]:g})."
+        return None
+
     @classmethod
     def from_settings(cls, settings):
         """The augmentation a run's settings ask for (train.py's args as a dict, or config.json's "train"), or None
@@ -87,13 +99,17 @@ class Augment:
         return text + (", flip-swap" if self.flip_swap else "")
 
     def __post_init__(self):
-        limits = {"rotation_deg": 180.0, "shift": 1.0, "scale": 1.0, "brightness": 1.0, "contrast": 1.0}
-        for name, limit in limits.items():
+        for name, limit in self.LIMITS.items():
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < limit:
+            if not _in_range(value, limit):
                 raise ValueError(f"Augment {name}={value!r} must be a number in [0, {limit:g}).")
         if not isinstance(self.flip_swap, bool):
             raise ValueError(f"Augment flip_swap={self.flip_swap!r} must be True or False.")
+
+
+def _in_range(value, limit):
+    """Whether an augmentation strength is a number (not a bool) in [0, limit)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < limit
 
 
 def _swap_table(class_names):

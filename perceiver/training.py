@@ -189,13 +189,9 @@ def check_settings(args):
             raise UsageError(message + ".")
     if args.preset not in PRESET_NAMES:  # a config file's preset skips argparse's choices
         raise UsageError(f"--preset {args.preset!r} is not one of {', '.join(PRESET_NAMES)}.")
-    try:
-        dataset.Augment.from_settings({**vars(args), "augment": True})
-    except ValueError as e:
-        message = str(e)  # "Augment shift=1.5 must be a number in [0, 1)." -> "--aug-shift 1.5 must be ..."
-        for flag, field in dataset.Augment.SETTINGS.items():
-            message = message.replace(f"Augment {field}=", f"--{flag.replace('_', '-')} ")
-        raise UsageError(message) from None
+    problem = dataset.Augment.setting_problem(vars(args))  # named by its flag, not by Augment's field
+    if problem:
+        raise UsageError(problem)
     args.ratios = dataset._parse_floats(args.split, 3, "--split")  # a DataError is a UserError: one sentence
 
 
