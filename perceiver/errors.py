@@ -30,6 +30,11 @@ class UserError(Exception):
     at each input's boundary, and never end a batch."""
 
 
+class VolumeError(UserError):
+    """A DICOM or NIfTI file that cannot be read; the message is the reason, one phrase without the file's path (a
+    series' message names its SeriesInstanceUID, and the file name where one file is at fault)."""
+
+
 class UsageError(UserError):
     """A mistake the user can fix; printed as one sentence on stderr, exit status `EXIT_USAGE` (2)."""
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from perceiver.errors import first_line
-from perceiver.volumes import PLANE_OF, Volume, VolumeError, check_size
+from perceiver.canonical import PLANE_OF, Geometry
+from perceiver.errors import VolumeError
+from perceiver.volumes import Volume, check_size
 
 def _nibabel():
     try:
@@ -91,8 +93,16 @@ def read_nifti_volume(path):
     """
     image, frames = _load_nifti(path)
     plane, codes = nifti_plane(image)
+    if plane is not None and len(image.shape) == 3:
+        try:
+            acquired = image.header.get_dim_info()[2]  # the slice dimension, when the writer recorded it
+        except Exception:  # noqa: BLE001  an unusual header: the acquisition is then read from the spacing
+            acquired = None
+        geometry = Geometry.of_affine(image.affine, acquired)
+    else:
+        geometry = None
     if plane is None:
         raise VolumeError("unsuitable: its header records no orientation (qform and sform codes 0, or a degenerate "
                           "affine), so the plane it was cut in cannot be checked (the model only knows sagittal "
                           "slices)")
-    return Volume(frames, None, plane, codes)
+    return Volume(frames, None, plane, codes, geometry=geometry)

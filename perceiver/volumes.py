@@ -49,18 +49,13 @@ from pathlib import Path
 
 import numpy as np
 
-from perceiver.errors import UserError, first_line
+from perceiver.canonical import PLANE_OF, Geometry, letter  # noqa: F401  (volumes.PLANE_OF for callers)
+from perceiver.errors import VolumeError, first_line  # noqa: F401  (volumes.VolumeError, its old home)
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 NIFTI_EXTENSIONS = (".nii", ".nii.gz")
-PLANE_OF = {"L": "sagittal", "R": "sagittal", "A": "coronal", "P": "coronal", "S": "axial", "I": "axial"}
 MAX_VOXELS = 128 * 1024 * 1024  # a volume (or series) declaring more is refused before its pixels are read
 _SAME_POSITION_MM = 0.01  # slices of a series closer than this along the normal are at one position
 _GAP = 1.5  # a step this many times the median spacing means a slice is missing
-
-
-class VolumeError(UserError):
-    """A DICOM or NIfTI file that cannot be read; the message is the reason, one phrase without the file's path (a
-    series' message names its SeriesInstanceUID, and the file name where one file is at fault)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +69,8 @@ class Volume:
         codes: str or None. Orientation codes of (rows, columns, slices), e.g. "IPL" (see the module docstring);
             None without geometry.
         sources: tuple or None. For a DICOM series, the file each frame came from (frame order); else None.
+        geometry: canonical.Geometry or None. The direction and spacing of each axis (rows, columns, slices), as
+            stored; None without geometry.
     """
 
     frames: list
@@ -81,6 +78,7 @@ class Volume:
     plane: str | None
     codes: str | None
     sources: tuple | None = None
+    geometry: Geometry | None = None  # where the array axes (rows, columns, slices) lie; canonical.py uses it
 
 
 def looks_like_dicom(path):
@@ -121,16 +119,10 @@ def _head(path):
         return b""
 
 
-def _letter(vector):
-    """The patient direction (L, R, A, P, S, I) nearest to `vector`, given in DICOM's patient frame (LPS)."""
-    i = int(np.argmax(np.abs(vector)))
-    return ("RL", "AP", "IS")[i][int(vector[i] > 0)]
-
-
 def _plane_and_codes(down, right, through):
     """(plane, codes) of frames whose row index runs along `down`, column index along `right`, slices along
     `through` (vectors in LPS)."""
-    codes = _letter(down) + _letter(right) + _letter(through)
+    codes = letter(down) + letter(right) + letter(through)
     return PLANE_OF[codes[2]], codes
 
 
@@ -344,15 +336,38 @@ def dicom_plane(ds):
     axis runs along the normal towards L, P or S (see the module docstring), or, in a multi-frame file whose frames
     record their positions, from the first frame towards the last.
     """
+    geometry = dicom_geometry(ds)
+    if geometry is None:
+        return None, None
+    return PLANE_OF[geometry.codes[2]], geometry.codes
+
+
+def dicom_geometry(ds):
+    """The Geometry of a DICOM dataset's frames as stored (rows, columns, frames), or None without orientation: the
+    directions of `dicom_plane`, the spacing of PixelSpacing and of the frames' positions (else
+    SpacingBetweenSlices, else SliceThickness; 1 mm when none is recorded)."""
     orientation = _orientation(ds)
     if orientation is None:
-        return None, None
+        return None
     row, column = orientation
     through = _normal(row, column)
     positions = _frame_positions(ds)
-    if positions is not None and len(positions) > 1 and np.dot(positions[-1] - positions[0], through) < 0:
-        through = -through
-    return _plane_and_codes(column, row, through)
+    step = None
+    if positions is not None and len(positions) > 1:
+        if np.dot(positions[-1] - positions[0], through) < 0:
+            through = -through
+        step = float(np.median(np.abs(np.diff(positions @ through))))
+    for keyword in ("SpacingBetweenSlices", "SliceThickness"):
+        if not step:
+            value = _vector([_get(ds, keyword)], 1)
+            step = float(value[0]) if value is not None else None
+    return Geometry(np.stack([column, row, through]), (*_pixel_spacing(ds), step or 1.0))
+
+
+def _pixel_spacing(ds):
+    """(between rows, between columns) in mm from PixelSpacing; (1, 1) when absent or malformed."""
+    value = _vector(_get(ds, "PixelSpacing"), 2)
+    return (float(value[0]), float(value[1])) if value is not None and (value > 0).all() else (1.0, 1.0)
 
 
 # === Which DICOM images may get a side ===
@@ -431,7 +446,7 @@ def read_dicom_volume(path):
     """
     ds = _read_dataset(path)
     check_header(ds)
-    return Volume(_dicom_frames(ds), _dicom_side(ds), *dicom_plane(ds))
+    return Volume(_dicom_frames(ds), _dicom_side(ds), *dicom_plane(ds), geometry=dicom_geometry(ds))
 
 
 def dicom_series_uid(path):
@@ -505,8 +520,11 @@ def read_dicom_series(paths):
     sides = {_dicom_side(ds) for ds in datasets} - {None}
     if len(sides) > 1:
         raise VolumeError(f"the files of series {uid} disagree on the side: some say left, some right")
+    steps = np.diff(positions[order])
+    geometry = Geometry(np.stack([column, row, through]),
+                        (*_pixel_spacing(datasets[0]), float(np.median(steps)) if len(steps) else 1.0))
     return Volume(frames, sides.pop() if sides else None, *_plane_and_codes(column, row, through),
-                  sources=tuple(str(paths[i]) for i in order))
+                  sources=tuple(str(paths[i]) for i in order), geometry=geometry)
 
 
 def _series_member(path):
