@@ -1027,6 +1027,14 @@ def generate(out_dir, *, patients=40, seed=0, slices=40, height=HEIGHT, width=WI
 # === Volumes: a scan as a DICOM series or a NIfTI file ===
 SLAB_MM = 112.0  # left-right extent of a scan's slices: OAI's sagittal DESS is 160 slices of 0.7 mm
 PLANES = ("sagittal", "coronal", "axial")
+# How the pixels of a volume are written. "akoa": a left knee is the mirror image of a right one (anterior to the image
+# right), as AKOA stores its slices, so within one slice the side is a storage convention. "scanner": both knees in
+# the same in-plane orientation (anterior to the image left, superior up), as a scanner writes its sagittal series:
+# only the geometry and the anatomy across the slices (the fibular head lies laterally) tell the side.
+CONVENTIONS = ("akoa", "scanner")
+# How the axes of a volume are stored: "as-acquired" (rows, columns, slices of the sagittal acquisition), or "random":
+# one of the 48 legal orders (canonical.storage_orders), drawn per scan, with the geometry to match.
+STORAGES = ("as-acquired", "random")
 VOLUME_FORMATS = ("png", "dicom", "nifti")
 
 # Directions in DICOM's patient frame (LPS: x towards the patient's left, y posterior, z superior) of image right (the
@@ -1070,20 +1078,62 @@ class ScanGeometry:
 
     def affine(self):
         """NIfTI affine (RAS+, mm) of the volume data[row, column, slice]: voxel (0, 0, k) is slice k's position."""
+        return self.frame().affine()
+
+    def frame(self):
+        """The `VoxelFrame` of the volume data[row, column, slice] (the pixels transposed to (rows, columns, slices))."""
+        return VoxelFrame((self.down, self.right, self.through), (self.pixel_mm, self.pixel_mm, self.slice_mm),
+                          self.position(0))
+
+
+@dataclasses.dataclass(frozen=True)
+class VoxelFrame:
+    """Where the axes of a stored volume data[i, j, k] lie in the patient (DICOM's LPS frame, mm): one file's storage.
+
+    Args:
+        directions: 3 unit vectors, the way index i (image rows), j (image columns) and k (slices) run.
+        spacing: 3 floats, mm between neighbours along i, j and k.
+        origin: 3 floats, the position of voxel (0, 0, 0).
+    """
+
+    directions: tuple
+    spacing: tuple
+    origin: tuple
+
+    def position(self, k):
+        """ImagePositionPatient of slice k (its voxel (0, 0, k)), mm rounded to 0.1 micrometre."""
+        return tuple(round(o + k * self.spacing[2] * d, 4) + 0.0 for o, d in zip(self.origin, self.directions[2]))
+
+    def affine(self):
+        """NIfTI affine (RAS+, mm): voxel (i, j, k) to the patient."""
         ras = np.diag([-1.0, -1.0, 1.0])  # LPS to RAS
         affine = np.eye(4)
-        affine[:3, 0] = ras @ np.multiply(self.down, self.pixel_mm)
-        affine[:3, 1] = ras @ np.multiply(self.right, self.pixel_mm)
-        affine[:3, 2] = ras @ np.multiply(self.through, self.slice_mm)
+        for axis in range(3):
+            affine[:3, axis] = ras @ np.multiply(self.directions[axis], self.spacing[axis])
         affine[:3, 3] = ras @ np.asarray(self.position(0))
         return affine
 
+    def stored(self, data, order, flips):
+        """The same voxels stored another legal way (canonical.store's order and flips: stored axis a is axis
+        order[a] of `data`, reversed when flips[a]); returns (stored data, its VoxelFrame)."""
+        from perceiver import canonical
 
-def scan_geometry(shape, *, side, plane="sagittal"):
+        geometry = canonical.Geometry(np.asarray(self.directions, float), self.spacing)
+        stored, moved = canonical.store(data, geometry, order, flips)
+        corner = np.asarray(self.origin, float)  # the voxel that becomes (0, 0, 0): the far end of a flipped axis
+        for a, (axis, flip) in enumerate(zip(order, flips)):
+            if flip:
+                corner = corner + (data.shape[axis] - 1) * self.spacing[axis] * np.asarray(self.directions[axis])
+        directions = tuple(tuple(float(x) + 0.0 for x in v) for v in moved.directions)
+        return stored, VoxelFrame(directions, moved.spacing, tuple(float(x) for x in corner))
+
+
+def scan_geometry(shape, *, side, plane="sagittal", convention="akoa"):
     """The `ScanGeometry` of a scan of `shape` (slices, rows, columns) of a "LEFT" or "RIGHT" knee.
 
     The slices span SLAB_MM whatever their number; the pixels span FOV_MM across the width. `plane` other than
-    "sagittal" records a deliberately wrong orientation (see _PLANE_AXES).
+    "sagittal" records a deliberately wrong orientation (see _PLANE_AXES). With `convention` "scanner" a left knee's
+    image right is a right knee's (see CONVENTIONS; its pixels must then be un-mirrored too: `scanner_pixels`).
     """
     if side not in ("LEFT", "RIGHT"):
         raise ValueError(f"side must be 'LEFT' or 'RIGHT', got {side!r}")
@@ -1091,7 +1141,9 @@ def scan_geometry(shape, *, side, plane="sagittal"):
         raise ValueError(f"plane must be one of {', '.join(PLANES)}, got {plane!r}")
     n, rows, cols = (int(x) for x in shape)
     right, down, through = _PLANE_AXES[plane]
-    if side == "LEFT":
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {', '.join(CONVENTIONS)}, got {convention!r}")
+    if side == "LEFT" and convention == "akoa":
         right = tuple(-x + 0.0 for x in right)  # the mirror image: anterior to the image right
     return ScanGeometry(right, down, through, round(FOV_MM / cols, 6), round(SLAB_MM / n, 4), (n, rows, cols))
 
@@ -1109,6 +1161,12 @@ def _optional(fmt):
     return module
 
 
+def scanner_pixels(pixels, side):
+    """A scan's pixels (slices, rows, columns) as a scanner writes them: a left knee, drawn as AKOA's mirror image,
+    turned back (its columns reversed) so that anterior is to the image left for both knees (CONVENTIONS)."""
+    return np.ascontiguousarray(pixels[:, :, ::-1]) if side == "LEFT" else pixels
+
+
 def _check_scan(pixels):
     pixels = np.asarray(pixels)
     if pixels.ndim != 3 or pixels.dtype != np.uint8 or 0 in pixels.shape:
@@ -1120,7 +1178,7 @@ def _write_atomic(path, data):
     fileio.atomic_write_bytes(path, data)  # a failed write (a full disk) leaves no temporary file behind
 
 
-def write_dicom_series(folder, pixels, *, side, patient, seed, visit=0, plane="sagittal"):
+def write_dicom_series(folder, pixels, *, side, patient, seed, visit=0, plane="sagittal", frame=None):
     """Writes a scan as a DICOM series, one MR Image Storage file per slice, and returns the paths in slice order.
 
     Each file records the slice's geometry (ImagePositionPatient, ImageOrientationPatient, PixelSpacing,
@@ -1138,12 +1196,14 @@ def write_dicom_series(folder, pixels, *, side, patient, seed, visit=0, plane="s
         seed: int. The seed that made the scan; it feeds the UIDs.
         visit: int. Visit number; it feeds the study's UID. Defaults to 0.
         plane: str. "sagittal" (true) or "coronal" / "axial" (a deliberately wrong geometry). Defaults to "sagittal".
+        frame: VoxelFrame | None. The geometry of the pixels transposed to (rows, columns, slices), for a storage
+            other than `scan_geometry`'s (the scanner convention, a storage order); None: `scan_geometry`'s.
     """
     pydicom = _optional("dicom")
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
     pixels = _check_scan(pixels)
-    geometry = scan_geometry(pixels.shape, side=side, plane=plane)
+    voxels = frame or scan_geometry(pixels.shape, side=side, plane=plane).frame()
     key = ["phantom.py", str(seed), str(patient), str(visit)]
     study = generate_uid(entropy_srcs=key)
     series = generate_uid(entropy_srcs=key + [side, plane])
@@ -1160,7 +1220,7 @@ def write_dicom_series(folder, pixels, *, side, patient, seed, visit=0, plane="s
         ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
         ds.file_meta.MediaStorageSOPInstanceUID = sop
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        _dicom_header(ds, geometry, k, side=side, patient=patient, plane=plane)
+        _dicom_header(ds, voxels, pixels.shape, k, side=side, patient=patient, plane=plane)
         ds.update(dict(SOPClassUID=MRImageStorage, SOPInstanceUID=sop, StudyInstanceUID=study,
                        SeriesInstanceUID=series, FrameOfReferenceUID=frame_of_reference))
         ds.PixelData = frame.tobytes() + b"\0" * (frame.size % 2)  # even length, as DICOM requires
@@ -1171,9 +1231,9 @@ def write_dicom_series(folder, pixels, *, side, patient, seed, visit=0, plane="s
     return paths
 
 
-def _dicom_header(ds, geometry, k, *, side, patient, plane):
+def _dicom_header(ds, frame, shape, k, *, side, patient, plane):
     """The attributes of slice k of a scan that are not UIDs or pixels (MR Image IOD; type 2 ones left empty)."""
-    _, rows, cols = geometry.shape
+    _, rows, cols = shape
     letter = side[0]  # "L" or "R"
     ds.update(dict(
         ImageType=["DERIVED", "SECONDARY", "OTHER"], Modality="MR", Manufacturer="phantom.py",
@@ -1183,32 +1243,34 @@ def _dicom_header(ds, geometry, k, *, side, patient, plane):
         SeriesNumber=1, InstanceNumber=k + 1, BodyPartExamined="KNEE", Laterality=letter, ImageLaterality=letter,
         ScanningSequence="GR", SequenceVariant="SS", ScanOptions="", MRAcquisitionType="3D",
         PositionReferenceIndicator="",
-        ImagePositionPatient=list(geometry.position(k)),
-        ImageOrientationPatient=[*geometry.right, *geometry.down],
-        PixelSpacing=[geometry.pixel_mm, geometry.pixel_mm],
-        SliceThickness=geometry.slice_mm, SpacingBetweenSlices=geometry.slice_mm,
+        ImagePositionPatient=list(frame.position(k)),
+        ImageOrientationPatient=[*frame.directions[1], *frame.directions[0]],  # image right, then image down
+        PixelSpacing=[frame.spacing[0], frame.spacing[1]],  # between rows, between columns
+        SliceThickness=frame.spacing[2], SpacingBetweenSlices=frame.spacing[2],
         SamplesPerPixel=1, PhotometricInterpretation="MONOCHROME2", Rows=rows, Columns=cols,
         BitsAllocated=8, BitsStored=8, HighBit=7, PixelRepresentation=0,
     ))
 
 
-def write_nifti(path, pixels, *, side, plane="sagittal"):
+def write_nifti(path, pixels, *, side, plane="sagittal", frame=None):
     """Writes a scan as a NIfTI-1 volume (gzip-compressed if `path` ends in ".gz") and returns the path.
 
     The data is stored as AKOA's volumes are cut into PNGs: data[:, :, k] is slice k, array axis 0 the image rows;
-    the affine (qform and sform, code "scanner") is `scan_geometry(...).affine()`, so that for a sagittal scan
-    nibabel.aff2axcodes gives "I", "P" (RIGHT knee) or "A" (LEFT knee), and "L": the slices run along the
-    left-right axis. The gzip stream has no time stamp, so the same scan writes the same bytes.
+    the affine (qform and sform, code "scanner") is `frame`'s, by default `scan_geometry(...).frame()`'s, so that
+    for a sagittal scan nibabel.aff2axcodes gives "I", "P" (RIGHT knee) or "A" (LEFT knee), and "L": the slices run
+    along the left-right axis. The gzip stream has no time stamp, so the same scan writes the same bytes.
 
     Args:
         path: str or Path. File to write (its folder must exist).
         pixels: uint8 array (slices, rows, columns). The scan, e.g. from `scan_pixels`.
         side: str. "LEFT" or "RIGHT".
         plane: str. "sagittal" (true) or "coronal" / "axial" (a deliberately wrong geometry). Defaults to "sagittal".
+        frame: VoxelFrame | None. The geometry of the pixels transposed to (rows, columns, slices); None:
+            `scan_geometry`'s (see `write_dicom_series`).
     """
     nibabel = _optional("nifti")
     pixels = _check_scan(pixels)
-    affine = scan_geometry(pixels.shape, side=side, plane=plane).affine()
+    affine = (frame or scan_geometry(pixels.shape, side=side, plane=plane).frame()).affine()
     image = nibabel.Nifti1Image(np.ascontiguousarray(pixels.transpose(1, 2, 0)), affine)  # (rows, columns, slices)
     image.set_qform(affine, code="scanner")
     image.set_sform(affine, code="scanner")
@@ -1219,32 +1281,60 @@ def write_nifti(path, pixels, *, side, plane="sagittal"):
     return path
 
 
-def _write_volume(job):
-    out_dir, fmt, seed, spec, slices, height, width = job
+def storage_order(seed, spec):
+    """The legal storage order (canonical.storage_orders) drawn for a scan with storage "random": the same for the
+    same seed and scan."""
+    from perceiver import canonical
+
+    orders = canonical.storage_orders()
+    draw = int.from_bytes(hashlib.sha256(f"phantom.py storage {seed} {spec.stem()}".encode()).digest()[:8], "big")
+    return orders[draw % len(orders)]
+
+
+def volume_pixels(seed, spec, slices, height, width, *, convention="akoa", storage="as-acquired"):
+    """A scan's pixels (stored slices, rows, columns) and their VoxelFrame, as `write_volumes` writes them."""
     pixels = scan_pixels(seed, spec, slices, height, width)
+    frame = scan_geometry(pixels.shape, side=spec.side, convention=convention).frame()
+    if convention == "scanner":
+        pixels = scanner_pixels(pixels, spec.side)
+    if storage == "random":
+        data, frame = frame.stored(pixels.transpose(1, 2, 0), *storage_order(seed, spec))
+        pixels = np.ascontiguousarray(data.transpose(2, 0, 1))
+    return pixels, frame
+
+
+def _write_volume(job):
+    out_dir, fmt, seed, spec, slices, height, width, convention, storage = job
+    pixels, frame = volume_pixels(seed, spec, slices, height, width, convention=convention, storage=storage)
     if fmt == "dicom":
         write_dicom_series(Path(out_dir) / spec.stem(), pixels, side=spec.side, patient=spec.patient, seed=seed,
-                           visit=spec.visit)
+                           visit=spec.visit, frame=frame)
     else:
-        write_nifti(Path(out_dir) / f"{spec.stem()}.nii.gz", pixels, side=spec.side)
+        write_nifti(Path(out_dir) / f"{spec.stem()}.nii.gz", pixels, side=spec.side, frame=frame)
     return slices
 
 
 def write_volumes(out_dir, fmt, *, patients=40, seed=0, slices=40, height=HEIGHT, width=WIDTH, workers=None,
-                  progress=True):
+                  progress=True, convention="akoa", storage="as-acquired"):
     """Writes the scans `generate` would write as PNG slices, with the same pixels, as volumes; returns their paths.
 
     fmt "dicom" writes one folder "<stem>" of DICOM files per scan (see `write_dicom_series`), "nifti" one file
     "<stem>.nii.gz" (see `write_nifti`), where <stem> is the AKOA name of the scan (`ScanSpec.stem`). Existing files
-    of the same names are replaced; nothing is reused. The arguments are those of `generate`.
+    of the same names are replaced; nothing is reused. The other arguments are those of `generate`, and
+    `convention` and `storage` (CONVENTIONS, STORAGES): with "scanner" both knees are written in one in-plane
+    orientation, with "random" each scan's axes in one of the 48 legal orders, the geometry always true.
     """
     if fmt not in ("dicom", "nifti"):
         raise ValueError(f"volume format must be 'dicom' or 'nifti', got {fmt!r}")
+    if convention not in CONVENTIONS or storage not in STORAGES:
+        raise ValueError(f"convention must be one of {', '.join(CONVENTIONS)} and storage one of "
+                         f"{', '.join(STORAGES)}, got {convention!r} and {storage!r}")
     out = _output_folder(out_dir, slices, height, width, "volumes")
     specs = plan_population(patients, seed)
     _optional(fmt)  # fail here, not in a worker, without the package
     out.mkdir(parents=True, exist_ok=True)
-    _run_jobs(_write_volume, [(str(out), fmt, seed, spec, slices, height, width) for spec in specs], workers, progress)
+    _run_jobs(_write_volume, [(str(out), fmt, seed, spec, slices, height, width, convention, storage)
+                              for spec in specs], workers, progress)
     return sorted(out / (spec.stem() if fmt == "dicom" else f"{spec.stem()}.nii.gz") for spec in specs)
 
 
@@ -1341,6 +1431,12 @@ def _parse_args(argv=None):
     group.add_argument("--format", choices=VOLUME_FORMATS, default="png",
                        help="png: AKOA's flat folder of slices; dicom: a folder of DICOM files per scan (needs "
                             "pydicom); nifti: a .nii.gz per scan (needs nibabel); the same pixels (default: png)")
+    group.add_argument("--convention", choices=CONVENTIONS, default="akoa",
+                       help="volumes only: akoa, a left knee stored as the mirror image of a right one; scanner, both "
+                            "knees in one in-plane orientation, as a scanner writes them (default: akoa)")
+    group.add_argument("--storage", choices=STORAGES, default="as-acquired",
+                       help="volumes only: as-acquired, or random, each scan's axes stored in one of the 48 legal "
+                            "orders with its geometry to match (default: as-acquired)")
     group = parser.add_argument_group("run")
     group.add_argument("--workers", type=int, default=None, help="processes (default: min(2, CPU count))")
     group.add_argument("--sheet", type=Path, default=None, help="also write a contact sheet PNG here (default: none)")
@@ -1354,6 +1450,8 @@ def main(argv=None):
     parser, args = _parse_args(argv)
     if args.sheet is not None and args.format != "png":
         parser.error("--sheet needs --format png: the contact sheet is made of the PNG slices")
+    if args.format == "png" and (args.convention, args.storage) != ("akoa", "as-acquired"):
+        parser.error("--convention and --storage apply to volumes (--format dicom or nifti); PNG slices are AKOA's")
     start = time.perf_counter()
     try:
         specs = plan_population(args.patients, args.seed)
@@ -1361,9 +1459,12 @@ def main(argv=None):
         if args.format != "png":
             paths = write_volumes(
                 args.out, args.format, patients=args.patients, seed=args.seed, slices=args.slices,
+                convention=args.convention, storage=args.storage,
                 height=args.height, width=args.width, workers=args.workers,
             )
             kind = "DICOM series" if args.format == "dicom" else "NIfTI volumes"
+            if (args.convention, args.storage) != ("akoa", "as-acquired"):
+                kind += f" ({args.convention} convention, {args.storage} storage)"
             print(f"wrote {len(paths):,} {kind} of {args.slices} slices to {args.out}: {args.patients} patients, "
                   f"LEFT {left:,} / RIGHT {len(paths) - left:,} scans in {time.perf_counter() - start:.1f} s")
             return

@@ -152,3 +152,38 @@ def test_degenerate_geometry_is_refused():
         Geometry(np.array([[1.0, 0, 0], [1.0, 0, 0], [0, 0, 1.0]]), (1, 1, 1))
     with pytest.raises(VolumeError, match="do not name each patient axis once"):
         canonical.transform("LLS")
+
+
+@pytest.mark.parametrize("fmt", ["nifti", "dicom"])
+def test_scanner_convention_volumes_in_random_storage_come_back_to_one_frame(fmt, tmp_path):
+    """phantom.py --convention scanner --storage random: both knees in one in-plane orientation, each scan's axes in
+    a drawn legal order with its true geometry. Read back and canonicalised, every scan is the scanner's as-acquired
+    voxels in IPL, so only the anatomy across the slices tells the side."""
+    spec_of = {spec.stem(): spec for spec in phantom.plan_population(6, 0)}
+    paths = phantom.write_volumes(tmp_path, fmt, patients=6, seed=0, slices=6, height=64, width=72, progress=False,
+                                  convention="scanner", storage="random")
+    codes = set()
+    for path in paths:
+        stem = path.name.removesuffix(".nii.gz")
+        volume = (nifti.read_nifti_volume(path) if fmt == "nifti"
+                  else volumes.read_dicom_series(sorted(path.glob("*.dcm"))))
+        codes.add(volume.geometry.codes)
+        canonical.check(volume.geometry)  # acquired sagittally, whatever the storage
+        voxels, geometry = canonical.canonicalize(np.stack(volume.frames, axis=2), volume.geometry)
+        spec = spec_of[stem]
+        pixels, frame = phantom.volume_pixels(0, spec, 6, 64, 72, convention="scanner")
+        assert canonical.Geometry(np.asarray(frame.directions), frame.spacing).codes == "IPL", spec.side
+        np.testing.assert_array_equal(voxels, pixels.transpose(1, 2, 0))
+        assert geometry.codes == "IPL"
+        akoa = phantom.scan_pixels(0, spec, 6, 64, 72)  # AKOA's left knee is the scanner's, mirrored in-plane
+        np.testing.assert_array_equal(pixels, akoa[:, :, ::-1] if spec.side == "LEFT" else akoa)
+    assert len(codes) >= 3  # the storage orders were drawn, not all the same
+
+
+def test_the_conventions_apply_to_volumes_only(tmp_path, capsys):
+    with pytest.raises(SystemExit) as done:
+        phantom.main([str(tmp_path / "png"), "--convention", "scanner"])
+    assert done.value.code == 2 and "apply to volumes" in capsys.readouterr().err
+    assert not (tmp_path / "png").exists()
+    same = [phantom.storage_order(0, spec) for spec in phantom.plan_population(6, 0)]
+    assert same == [phantom.storage_order(0, spec) for spec in phantom.plan_population(6, 0)]  # drawn, repeatably
