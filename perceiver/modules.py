@@ -488,12 +488,17 @@ class ConvStem(layers.Layer):
     Args:
         channels: int. Output channels of the convolution. Defaults to 64 (the paper's ResNet stem).
 
+    A volume `(batch, slices, H, W, channels_in)` goes through slice by slice (the slices folded into the batch):
+    the stem is 2-D, the slices keep their resolution, and the Fourier positions that follow run over slice, row and
+    column, so the latents attend to every token of the scan (issue 28's volume Perceiver).
+
     Call arguments:
-        inputs: tensor `(batch, H, W, channels_in)`.
+        inputs: tensor `(batch, H, W, channels_in)`, or `(batch, slices, H, W, channels_in)`.
         training: bool. Batch norm uses the batch statistics when True.
 
     Returns:
-        A tensor `(batch, ceil(H / 4), ceil(W / 4), channels)`.
+        A tensor `(batch, ceil(H / 4), ceil(W / 4), channels)`, or `(batch, slices, ceil(H / 4), ceil(W / 4),
+        channels)`.
     """
 
     def __init__(self, channels=64, **kwargs):
@@ -509,17 +514,26 @@ class ConvStem(layers.Layer):
         self.pool = layers.MaxPooling2D(3, strides=2, padding="same", dtype=policy, name="pool")
 
     def build(self, input_shape):
-        if len(input_shape) != 4:
-            raise ValueError(f"ConvStem needs images of shape (batch, H, W, channels), got {tuple(input_shape)}.")
-        self.conv.build(input_shape)
-        shape = self.conv.compute_output_shape(input_shape)
+        if len(input_shape) not in (4, 5):
+            raise ValueError(f"ConvStem needs images (batch, H, W, channels) or volumes (batch, slices, H, W, "
+                             f"channels), got {tuple(input_shape)}.")
+        image_shape = (None, *input_shape[-3:])
+        self.conv.build(image_shape)
+        shape = self.conv.compute_output_shape(image_shape)
         self.norm.build(shape)
         self.pool.build(shape)
 
     def call(self, inputs, training=None):
+        if len(inputs.shape) == 5:  # a volume: each slice through the 2-D stem
+            batch, slices = ops.shape(inputs)[0], inputs.shape[1]
+            images = ops.reshape(inputs, (-1, *inputs.shape[2:]))
+            out = self.call(images, training=training)
+            return ops.reshape(out, (batch, slices, *out.shape[1:]))
         return self.pool(ops.relu(self.norm(self.conv(inputs), training=training)))
 
     def compute_output_shape(self, input_shape):
+        if len(input_shape) == 5:
+            return (input_shape[0], input_shape[1], *self.compute_output_shape((None, *input_shape[2:]))[1:])
         return self.pool.compute_output_shape(self.conv.compute_output_shape(input_shape))
 
     def get_config(self):
@@ -532,10 +546,12 @@ PREPROCESSORS = ("pixels", "conv")
 
 
 def token_grid(input_shape, preprocessor):
-    """Index dimensions of the tokens the cross-attention sees: the pixel grid, or a quarter of it per axis for the
-    convolutional stem (stride 2, then a stride-2 pool, both with "same" padding)."""
+    """Index dimensions of the tokens the cross-attention sees: the pixel grid, or a quarter of it per image axis for
+    the convolutional stem (stride 2, then a stride-2 pool, both with "same" padding; a volume's slices are kept)."""
     dims = tuple(input_shape[:-1])
-    return dims if preprocessor == "pixels" else tuple(-(-n // 4) for n in dims)  # ceil(ceil(n / 2) / 2)
+    if preprocessor == "pixels":
+        return dims
+    return dims[:-2] + tuple(-(-n // 4) for n in dims[-2:])  # ceil(ceil(n / 2) / 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -600,8 +616,9 @@ class PerceiverConfig:
                 raise ValueError(f"config {name} must be at least 1, got {value}.")
         if self.preprocessor not in PREPROCESSORS:
             raise ValueError(f"config preprocessor must be one of {', '.join(PREPROCESSORS)}, got {self.preprocessor!r}.")
-        if self.preprocessor == "conv" and len(self.input_shape) != 3:
-            raise ValueError(f"the conv pre-processor needs 2-D images (H, W, channels), got {self.input_shape}.")
+        if self.preprocessor == "conv" and len(self.input_shape) not in (3, 4):
+            raise ValueError(f"the conv pre-processor needs 2-D images (H, W, channels) or volumes (slices, H, W, "
+                             f"channels), got {self.input_shape}.")
         _check_kernel(self.attention_kernel)
         if self.conv_channels < 1:
             raise ValueError(f"config conv_channels must be at least 1, got {self.conv_channels}.")
@@ -1007,8 +1024,9 @@ def forward_flops(config):
     cin, d, n = c.input_channels, c.latent_dim, c.num_latents
     qk = c.cross_attend_qk
     macs = 0
-    if c.preprocessor == "conv":  # the 7x7 convolution at stride 2
-        macs += math.prod(-(-s // 2) for s in c.input_shape[:-1]) * 49 * c.input_shape[-1] * c.conv_channels
+    if c.preprocessor == "conv":  # the 7x7 convolution at stride 2, on every slice of a volume
+        slices = math.prod(c.input_shape[:-3])
+        macs += slices * math.prod(-(-s // 2) for s in c.input_shape[-3:-1]) * 49 * c.input_shape[-1] * c.conv_channels
     distinct_cross = min(c.num_cross_attends, 2) if c.share_cross_attend_weights else c.num_cross_attends
     macs += distinct_cross * positions * cin * 2 * qk  # keys and values, once per distinct cross-attend layer
     per_cross = n * d * qk + n * positions * qk * 2 + n * qk * d + 2 * n * d * d * c.cross_attend_widening

@@ -417,6 +417,28 @@ def test_tiny_model_learns_mirrored_shapes():
     assert model.evaluate(x, y, verbose=0)[1] == 1.0
 
 
+def test_a_tiny_volume_perceiver_learns_which_end_of_the_scan_a_structure_is_at():
+    """The scanner-convention task in miniature: every slice looks alike in the plane, and the class is where along
+    the slices a structure lies (a fibular head lateral: at the first slices of a right knee, the last of a left).
+    Only positions over the slices tell, and the volume model learns it; a slice model could not."""
+    rng = np.random.default_rng(0)
+    n, slices = 48, 6
+    y = np.arange(n) % 2
+    x = rng.normal(0, 0.3, (n, slices, 16, 16, 1)).astype("float32")
+    for i in range(n):
+        k = int(rng.integers(0, 2)) if y[i] == 0 else int(rng.integers(slices - 2, slices))
+        r, c = rng.integers(2, 10, size=2)
+        x[i, k, r:r + 5, c:c + 5, 0] += 2.0  # the structure, anywhere in the plane
+    keras.utils.set_random_seed(0)
+    model = build_model(TINY.replace(input_shape=(slices, 16, 16, 1), preprocessor="conv", conv_channels=8))
+    model.compile(optimizer=keras.optimizers.Adam(3e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    stop_at_one = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: setattr(model, "stop_training", logs["accuracy"] == 1.0))
+    history = model.fit(x, y, batch_size=16, epochs=80, verbose=0, callbacks=[stop_at_one])
+    assert history.history["accuracy"][-1] == 1.0, history.history["accuracy"][-5:]
+
+
 def test_xla_compiled_training_step():
     model = build_model(TINY)
     model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=True)
@@ -459,7 +481,7 @@ def test_forward_flops_counts_the_matmuls():
         (dict(concat_pos=1), "must be true or false"),
         (dict(max_resolution=(64,)), "one value per index dimension"),
         (dict(preprocessor="patches"), "preprocessor must be one of pixels, conv"),
-        (dict(preprocessor="conv", input_shape=(6, 5, 4, 1)), "conv pre-processor needs 2-D images"),
+        (dict(preprocessor="conv", input_shape=(64, 3)), "conv pre-processor needs 2-D images"),
         (dict(preprocessor="conv", conv_channels=0), "conv_channels must be at least 1"),
         (dict(attention_kernel="flash"), "attention_kernel must be one of matmul, fused"),
     ],
@@ -550,6 +572,31 @@ def test_conv_stem_flops_and_training_mode():
     model(x, training=True)  # batch statistics: the moving averages move
     assert not all(np.array_equal(b, ops.convert_to_numpy(w))
                    for b, w in zip(before, model.stem.norm.non_trainable_weights))
+
+
+def test_a_volume_perceiver_sees_every_slice_through_the_conv_stem(tmp_path):
+    """Issue 28's volume Perceiver: (slices, H, W, C) through the 2-D conv stem slice by slice, 3-D Fourier
+    positions over slice, row and column; each slice's tokens are that slice's stem output, the attention covers
+    every token, and the model saves and loads."""
+    config = TINY.replace(input_shape=(5, 16, 20, 1), preprocessor="conv", conv_channels=8, num_cross_attends=2)
+    assert config.token_grid == (5, 4, 5)
+    keras.utils.set_random_seed(0)
+    model = build_model(config)
+    x = np.random.default_rng(0).normal(size=(2, 5, 16, 20, 1)).astype("float32")
+    logits, maps = model(x, return_attention=True)
+    assert tuple(logits.shape) == (2, 2) and tuple(maps[0].shape)[-1] == 5 * 4 * 5
+    # the stem works slice by slice: a volume's stem output is its slices' outputs, stacked
+    stem = ops.convert_to_numpy(model.stem(x, training=False))
+    per_slice = np.stack([ops.convert_to_numpy(model.stem(x[:, k], training=False)) for k in range(5)], axis=1)
+    np.testing.assert_allclose(stem, per_slice, atol=1e-6)
+    heat = model.attention_heatmaps(x)
+    assert heat.shape == (2, 2, 5, 4, 5) and np.allclose(heat.sum(axis=(2, 3, 4)), 1.0, atol=1e-4)
+    # the slice order matters to the model (positions over slices): reversing the slices changes the logits
+    assert not np.allclose(ops.convert_to_numpy(model(x[:, ::-1])), ops.convert_to_numpy(logits), atol=1e-6)
+    model.save(tmp_path / "volume.keras")
+    again = keras.saving.load_model(tmp_path / "volume.keras", safe_mode=True)
+    np.testing.assert_allclose(ops.convert_to_numpy(again(x)), ops.convert_to_numpy(logits), atol=1e-5)
+    assert forward_flops(config) > forward_flops(config.replace(input_shape=(1, 16, 20, 1)))
 
 
 def test_conv_model_serialisation_round_trips(tmp_path):
