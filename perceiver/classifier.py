@@ -89,7 +89,7 @@ def _load_keras_file(path, classes):
         return runs.LoadedRun(run_dir=path.parent, config=config, model=model.perceiver,
                               classes=list(model.class_names), image_size=tuple(c.input_shape[:2]),
                               channels=int(c.input_shape[2]), weights_path=path, temperature=model.temperature,
-                              min_confidence=model.min_confidence)
+                              min_confidence=model.min_confidence, classifier=model)
     config = getattr(model, "config", None)  # a Perceiver knows its shapes; another model may declare them
     try:
         shape = tuple(config.input_shape) if config is not None else tuple(model.input_shape[1:])
@@ -144,16 +144,13 @@ def load(path="goliath", *, weights="best"):
     from perceiver.modules import PerceiverClassifier
 
     path = pathlib.Path(path)
-    if path.suffix != ".keras":
-        loaded = runs.load_run(path, weights=weights)
-        return PerceiverClassifier.wrap(loaded.model, loaded.classes, loaded.temperature, loaded.min_confidence)
-    model = read_keras(path)
-    if not isinstance(model, PerceiverClassifier):
-        raise UsageError(f"{path} holds a {type(model).__name__}, not a classifier with its classes and "
+    loaded = load_model(path, weights=weights)
+    if loaded.classifier is not None:  # a .keras file of this project's classifier: itself
+        return loaded.classifier
+    if path.suffix == ".keras":
+        raise UsageError(f"{path} holds a {type(loaded.model).__name__}, not a classifier with its classes and "
                          "pre-processing; classify with driver.py --run and --classes, or export a run folder.")
-    if _in_its_run(path):
-        _cross_check(path, model)
-    return model
+    return PerceiverClassifier.wrap(loaded.model, loaded.classes, loaded.temperature, loaded.min_confidence)
 
 
 def read_keras(path):

@@ -918,7 +918,8 @@ class Preprocess(layers.Layer):
         # what the width does (Pillow 11+ then goes vertical first). Both orders are computed and Pillow's kept: one
         # order alone stays within one grey level too, but where Pillow goes vertical first and the width shrinks as
         # well, 10-22% of pixels then differ by one (200 x 70, 300 x 120, 512 x 100, 1000 x 300 to 64 x 64), against
-        # at most 1.6% with Pillow's order (tests/test_classifier.py measures both at every size it tests)
+        # at most 1.6% with Pillow's order (tests/test_classifier.py measures both at every size it tests; Pillow
+        # before 11 always goes horizontal first, and there these sizes keep the one-grey-level promise only)
         across = _to_8bit(ops.einsum("oh,bhpc->bopc", rows, _to_8bit(ops.einsum("pw,bhwc->bhpc", cols, x))))
         down = _to_8bit(ops.einsum("pw,bowc->bopc", cols, _to_8bit(ops.einsum("oh,bhwc->bowc", rows, x))))
         shrink_h, shrink_w = ops.cast(height, "int32") - h, ops.cast(width, "int32") - w

@@ -341,6 +341,7 @@ class LoadedRun:
     weights_path: pathlib.Path
     temperature: float = 1.0  # calibration.json's; 1.0 (the raw softmax) for a run without one
     min_confidence: float | None = None  # calibration.json's default threshold; None for a run without one
+    classifier: object = None  # the modules.PerceiverClassifier a .keras file held (classifier.load returns it)
 
 
 def data_note(config):

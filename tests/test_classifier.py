@@ -9,6 +9,7 @@ import sys
 import warnings
 
 import numpy as np
+import PIL
 import pytest
 from PIL import Image
 
@@ -52,11 +53,14 @@ def _horizontal_first(img, channels):
 @pytest.mark.parametrize("mode", ["L", "RGB"])
 def test_preprocess_equals_the_training_pipeline_to_the_grey_level(h, w, mode, tmp_path):
     """Within one grey level of images.load_image (Pillow) everywhere, and off by one on at most 2% of pixels at every
-    size, those where Pillow 11+ resizes vertically first (300 x 120, 200 x 70, 512 x 100, 160 x 64) included."""
+    size, those where Pillow 11+ resizes vertically first (300 x 120, 200 x 70, 512 x 100, 160 x 64) included. The
+    layer follows Pillow 11's pass order; under an older Pillow (the floor, 10.0) those sizes keep the one-level
+    promise only, as the training pipeline there resizes horizontally first."""
     img = _pictures(h, w, 1 if mode == "L" else 3, seed=h + w)
     path = tmp_path / "x.png"
     Image.fromarray(img[..., 0] if mode == "L" else img, mode).save(path)
     vertical_first = h - 64 > 0 and h - 64 > 2 * (w - 64)
+    same_order = not vertical_first or int(PIL.__version__.split(".")[0]) >= 11
     for channels in (3, 1):
         want = images.load_image(str(path), (64, 64), channels).astype(np.float64)
         got = _through_layer(Preprocess((64, 64), channels), img)
@@ -64,10 +68,11 @@ def test_preprocess_equals_the_training_pipeline_to_the_grey_level(h, w, mode, t
         off = np.abs(got - want)
         # the layer rounds each pass as Pillow does; Pillow's fixed-point weights still round a few ties the other way
         assert off.max() <= 1.0 + 1e-3, (h, w, mode, channels)
-        assert (off > 1e-3).mean() <= 0.02, (h, w, mode, channels)
+        if same_order:
+            assert (off > 1e-3).mean() <= 0.02, (h, w, mode, channels)
         if (h, w) == (64, 64) and (mode == "L" or channels == 3):  # nothing to resize or convert: exact
             assert off.max() < 1e-3
-        if vertical_first and w > 64:  # why both pass orders are kept: one order alone is off far more often
+        if vertical_first and w > 64 and same_order:  # why both orders are kept: one alone is off far more often
             one_order = np.abs(_horizontal_first(img, channels) - want)
             assert one_order.max() <= 1.0 + 1e-3 and (one_order > 1e-3).mean() > 0.05, (h, w, mode, channels)
 
