@@ -12,8 +12,9 @@
                  test metrics; the temperature and calibration scores; one verdict per scan
     finish       the end of a run, one sequence for train.py and the refit: calibration.json, metrics.json,
                  model.keras, the plots, report.html
-    inputs, volumes, nifti
-                 what driver.py classifies; the DICOM reader with its header rules; the NIfTI reader
+    inputs, volumes, nifti, canonical
+                 what driver.py classifies; the DICOM reader with its header rules; the NIfTI reader; one frame (IPL)
+                 for a volume whatever its storage order, and its acquisition plane
     predict      batched inference: Predictor (images in, calibrated probabilities out), classify (a Result an input)
     classifier   load_model, the one loader (a run folder or a .keras file); the model as one file and its exports
     reports, htmlreport, plots
