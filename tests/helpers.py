@@ -60,9 +60,10 @@ def goliath_copy(tmp_path):
     shutil.copytree(GOLIATH, run, ignore=shutil.ignore_patterns("tensorboard"))
     return run
 
-def tiny_run(tmp, *, seed=0):
+def tiny_run(tmp, *, seed=0, edit=None):
     """A run folder of the `tiny` preset (16 x 16 inputs) with random weights (keras seed `seed`) on an 8-patient
-    phantom set in `tmp`/data, as train.py writes one: config.json, split.csv, model.weights.h5. Returns the folder."""
+    phantom set in `tmp`/data, as train.py writes one: config.json, split.csv, model.weights.h5. `edit(model)`, if
+    given, changes the model before its weights are saved (NaN weights, say). Returns the folder."""
     import keras
 
     from perceiver import dataset, phantom, runs
@@ -81,7 +82,10 @@ def tiny_run(tmp, *, seed=0):
         "data": {"root": str(data), "layout": "akoa", "classes": ["left", "right"], "image_size": [16, 16],
                  "channels": 3}})
     dataset.write_manifest(run / runs.SPLIT, found.records, split, root=data)
-    runs.atomic_save_weights(build_model(config), run / runs.BEST_WEIGHTS)
+    model = build_model(config)
+    if edit is not None:
+        edit(model)
+    runs.atomic_save_weights(model, run / runs.BEST_WEIGHTS)
     return run
 
 

@@ -27,7 +27,7 @@ from perceiver import nifti
 from perceiver import volumes
 from perceiver.modules import PerceiverConfig, build_model
 
-from helpers import GOLIATH, REPO, cli, one_sentence, small_knees
+from helpers import GOLIATH, REPO, cli, one_sentence, small_knees, tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -96,20 +96,11 @@ def test_a_damaged_resume_state_is_refused_before_it_is_used(tmp_path):
 
 def test_nan_weights_give_failures_and_valid_json_never_a_verdict(knees, tmp_path):
     """Weights that are intact on disk (their checksum matches) but produce NaN: every input fails, exit 1."""
-    import keras
+    def nan_logits(model):
+        kernel, bias = model.classifier.get_weights()
+        model.classifier.set_weights([np.full_like(kernel, np.nan), bias])
 
-    keras.utils.set_random_seed(0)
-    config = PerceiverConfig.preset("tiny", input_shape=(16, 16, 3), num_classes=2)
-    model = build_model(config)
-    kernel, bias = model.classifier.get_weights()
-    model.classifier.set_weights([np.full_like(kernel, np.nan), bias])
-    run = tmp_path / "nan-run"
-    run.mkdir()
-    runs.write_config(run, {
-        "train": {"preset": "tiny"}, "model": config.to_dict(),
-        "data": {"root": str(knees), "layout": "akoa", "classes": ["left", "right"], "image_size": [16, 16],
-                 "channels": 3}})
-    runs.atomic_save_weights(model, run / runs.BEST_WEIGHTS)
+    run = tiny_run(tmp_path, edit=nan_logits)
     proc = cli("driver.py", knees, "--run", run, "--results-file", tmp_path / "r.json")
     assert proc.returncode == 1, proc.stderr
     assert "0 classified" in proc.stdout and "non-finite output" in proc.stdout
