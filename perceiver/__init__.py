@@ -16,6 +16,8 @@
                  what driver.py classifies; the DICOM reader with its header rules; the NIfTI reader; one frame (IPL)
                  for a volume whatever its storage order, and its acquisition plane
     predict      batched inference: Predictor (images in, calibrated probabilities out), classify (a Result an input)
+    novelty      how unlike the training images an input is: Mahalanobis, k-nearest-neighbour and energy scores
+                 fitted with a threshold (not yet used by driver.py: issue 29)
     classifier   load_model, the one loader (a run folder or a .keras file); the model as one file and its exports
     reports, htmlreport, plots
                  what driver.py prints and writes; the HTML reports; every figure

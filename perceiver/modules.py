@@ -797,6 +797,17 @@ class Perceiver(keras.Model):
             raise ValueError(f"This model was configured for inputs of shape {expected}, got {got}.")
 
     def call(self, inputs, training=None, return_attention=False):
+        pooled, maps = self._pooled(inputs, training, return_attention)
+        logits = self.classifier(ops.cast(pooled, "float32"))  # (batch, classes)
+        return (logits, maps) if return_attention else logits
+
+    def features(self, inputs, training=None):
+        """The pooled, normalised latents the classification head reads, `(batch, latent_dim)`: what a novelty score
+        is fitted on (novelty.py)."""
+        return self._pooled(inputs, training, False)[0]
+
+    def _pooled(self, inputs, training, return_attention):
+        """(pooled latents (batch, latent_dim), the cross-attention maps when asked for, else [])."""
         self._check_input_shape(inputs.shape)
         x = ops.cast(inputs, self.compute_dtype)
         if self.stem is not None:
@@ -819,9 +830,7 @@ class Perceiver(keras.Model):
             else:
                 z = cross.attend(z, keys, values)
             z = transformer(z)
-        pooled = self.final_norm(ops.mean(z, axis=1))  # (batch, latent_dim)
-        logits = self.classifier(ops.cast(pooled, "float32"))  # (batch, classes)
-        return (logits, maps) if return_attention else logits
+        return self.final_norm(ops.mean(z, axis=1)), maps  # (batch, latent_dim)
 
     def attention_heatmaps(self, images, batch_size=64):
         """Cross-attention maps of every cross-attend, averaged over heads and latents, on the token grid (the
